@@ -1,0 +1,191 @@
+"""Run configuration: typed sections, YAML/JSON loading, dotted CLI overrides, validation.
+
+Precedence: command-line ``a.b=value`` > config file > defaults. ``RunConfig.validate(world_size)``
+checks what depends on the launch (batch divisibility) before any model is built.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+from remix_ds import configtools
+from remix_ds.configtools import ConfigError
+from remix_ds.data.config import DataConfig
+from remix_ds.eval.config import EvalConfig
+
+
+@dataclass
+class TinyModelConfig:
+    """Shape of the built-in random-init Llama used by the demo and the tests."""
+
+    vocab_size: int = 2048
+    """Sentencepiece vocabulary size of the locally trained tokenizer."""
+    hidden_size: int = 128
+    """Model width."""
+    intermediate_size: int = 344
+    """MLP width."""
+    num_hidden_layers: int = 4
+    """Number of decoder layers."""
+    num_attention_heads: int = 4
+    """Attention heads."""
+    num_key_value_heads: int = 2
+    """Key/value heads (grouped-query attention)."""
+    max_position_embeddings: int = 1024
+    """Longest sequence the rotary embedding is set up for."""
+    seed: int = 0
+    """Seed of the random initialization and of the tokenizer's training text."""
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError("model.tiny.hidden_size must be divisible by model.tiny.num_attention_heads")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError("model.tiny.num_attention_heads must be divisible by model.tiny.num_key_value_heads")
+
+
+@dataclass
+class ModelConfig:
+    """Which model to train and how to run its forward pass."""
+
+    name_or_path: str = "tiny"
+    """Hugging Face hub id or local folder of a causal LM, or `tiny` for the built-in spec."""
+    tokenizer: str | None = None
+    """Tokenizer hub id or folder; defaults to the model's own."""
+    init_from: str | None = None
+    """Start from an earlier stage: an exported HF folder or a `RUN_DIR/checkpoint-N` folder."""
+    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
+    """`auto`: flash_attention_2 when flash-attn imports and CUDA is present, else sdpa."""
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """Training precision; `auto` is bf16 on GPU and fp32 on CPU."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+    trust_remote_code: bool = False
+    """Passed to `from_pretrained` for hub models with custom code."""
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    """Shape of the `tiny` model (used only when name_or_path is `tiny`)."""
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and the learning-rate schedule."""
+
+    lr: float = 5e-5
+    """Peak learning rate."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    schedule: Literal["cosine", "constant"] = "cosine"
+    """Decay after warmup: cosine to `min_lr_ratio * lr`, or constant."""
+    warmup_ratio: float = 0.05
+    """Fraction of the total optimizer steps spent in linear warmup."""
+    min_lr_ratio: float = 0.0
+    """Final learning rate of the cosine schedule as a fraction of `lr`."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 disables)."""
+
+    def __post_init__(self):
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"optim.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas must be in [0, 1), got {self.betas}")
+        if self.grad_clip < 0:
+            raise ConfigError(f"optim.grad_clip must be >= 0, got {self.grad_clip}")
+
+
+@dataclass
+class TrainConfig:
+    """Batching, length of training, logging and checkpointing."""
+
+    output_dir: str = "runs/default"
+    """Run folder: resolved config, metrics, TensorBoard logs, checkpoints, final export."""
+    global_batch_size: int = 32
+    """Examples per optimizer step across all ranks and micro-batches."""
+    micro_batch_size: int = 4
+    """Examples per micro-batch per rank (packed into rows of data.max_seq_len tokens)."""
+    epochs: float = 1.0
+    """Passes over the stage's data stream (ignored when max_steps > 0)."""
+    max_steps: int = 0
+    """Optimizer steps to run; 0 means derive from epochs."""
+    seed: int = 0
+    """Seed of data order and of any randomness in training."""
+    log_every: int = 1
+    """Write metrics every N optimizer steps."""
+    eval_every: int = 0
+    """Run the eval hook every N optimizer steps (0: only at the end)."""
+    save_every: int = 0
+    """Save a checkpoint every N optimizer steps (0: only at the end)."""
+    keep_last: int = 2
+    """Keep the newest K complete checkpoints."""
+    resume: str = "auto"
+    """`auto`: newest complete checkpoint in output_dir if any; `none`; or a checkpoint folder."""
+    export_final: bool = True
+    """Write a Hugging Face model folder to OUTPUT_DIR/final at the end."""
+    tensorboard: bool = True
+    """Also write metrics to TensorBoard (rank 0 only)."""
+    progress_bar: bool = True
+    """Show a tqdm bar on rank 0."""
+
+    def __post_init__(self):
+        for name in ("global_batch_size", "micro_batch_size", "log_every", "keep_last"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps < 0 or self.epochs < 0 or self.eval_every < 0 or self.save_every < 0:
+            raise ConfigError("train.max_steps, train.epochs, train.eval_every and train.save_every must be >= 0")
+        if self.max_steps == 0 and self.epochs == 0:
+            raise ConfigError("set train.epochs > 0 or train.max_steps > 0")
+
+
+@dataclass
+class DeepSpeedConfig:
+    """How the DeepSpeed config JSON is derived."""
+
+    config: str = "zero3"
+    """Template: `zero3`, `zero3_offload`, `zero2` (from ds_configs/) or a path to a JSON file."""
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """torch.distributed backend; `auto` is nccl with CUDA, gloo on CPU."""
+
+
+@dataclass
+class RunConfig:
+    """A training run: one stage of a REMIX experiment."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Model, tokenizer, attention and precision."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and schedule."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Batching, duration, logging, checkpoints."""
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    """DeepSpeed template and backend."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """What the stage trains on and how it is packed."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """What the eval hook scores."""
+
+    def grad_accum(self, world_size: int) -> int:
+        per_pass = self.train.micro_batch_size * world_size
+        return self.train.global_batch_size // per_pass
+
+    def validate(self, world_size: int) -> None:
+        """Checks that need the world size; raise before any work starts."""
+        per_pass = self.train.micro_batch_size * world_size
+        if self.train.global_batch_size % per_pass:
+            raise ConfigError(
+                f"train.global_batch_size={self.train.global_batch_size} is not divisible by "
+                f"train.micro_batch_size={self.train.micro_batch_size} x world size {world_size} = {per_pass}"
+            )
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(configtools.to_dict(self), indent=2) + "\n")
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Load a RunConfig: defaults < file < overrides."""
+    return configtools.load(RunConfig, path, overrides)

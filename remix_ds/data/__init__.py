@@ -1,0 +1,1 @@
+"""Data pipeline: records -> tokens -> mixed stream -> packed micro-batches."""

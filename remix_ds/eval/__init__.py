@@ -1,0 +1,1 @@
+"""Evaluation: exact-match matchers, fused evaluator, generation evaluator."""
