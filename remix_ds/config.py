@@ -113,6 +113,8 @@ class TrainConfig:
     """Passes over the stage's data stream (ignored when max_steps > 0)."""
     max_steps: int = 0
     """Optimizer steps to run; 0 means derive from epochs."""
+    stop_at_step: int = 0
+    """Save and exit once this step is reached, schedule unchanged (fits a run into job time limits)."""
     seed: int = 0
     """Seed of data order and of any randomness in training."""
     log_every: int = 1
@@ -136,8 +138,8 @@ class TrainConfig:
         for name in ("global_batch_size", "micro_batch_size", "log_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_steps < 0 or self.epochs < 0 or self.eval_every < 0 or self.save_every < 0:
-            raise ConfigError("train.max_steps, train.epochs, train.eval_every and train.save_every must be >= 0")
+        if min(self.max_steps, self.stop_at_step) < 0 or self.epochs < 0 or self.eval_every < 0 or self.save_every < 0:
+            raise ConfigError("train.max_steps, train.stop_at_step, train.epochs, train.eval_every and train.save_every must be >= 0")
         if self.max_steps == 0 and self.epochs == 0:
             raise ConfigError("set train.epochs > 0 or train.max_steps > 0")
 

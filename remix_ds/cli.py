@@ -1,0 +1,125 @@
+"""`remix-ds` command line: parse -> build -> run -> close. Each subcommand lives with its module."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from remix_ds.configtools import ConfigError
+
+
+def _train(args) -> int:
+    if args.num_gpus > 1:
+        # Re-launch through the real deepspeed launcher, one process per device.
+        launcher = Path(sys.executable).with_name("deepspeed")
+        cmd = [str(launcher if launcher.exists() else "deepspeed"), "--num_gpus", str(args.num_gpus)]
+        if args.master_port:
+            cmd += ["--master_port", str(args.master_port)]
+        cmd += ["--module", "remix_ds.train", *([args.config] if args.config else []), *args.overrides]
+        os.execvp(cmd[0], cmd)
+    from remix_ds.train import run
+
+    run(args.config, args.overrides)
+    return 0
+
+
+def _export(args) -> int:
+    from remix_ds.engine.export import export_checkpoint
+    from remix_ds.models import resolve_dtype
+
+    dtype = None if args.dtype == "fp32" else resolve_dtype(args.dtype)
+    out = export_checkpoint(args.checkpoint, args.out, dtype=dtype)
+    print(f"exported {args.checkpoint} -> {out}")
+    return 0
+
+
+def _info(args) -> int:
+    import deepspeed
+    import torch
+    import transformers
+
+    from remix_ds import __version__, models
+
+    info = {
+        "remix_ds": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "deepspeed": deepspeed.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "flash_attn": models.flash_attn_available(),
+        "attn_implementation(auto)": models.choose_attn_implementation("auto"),
+        "dtype(auto)": str(models.resolve_dtype("auto")).replace("torch.", ""),
+        "cache": str(models.cache_root()),
+    }
+    if args.config:
+        from remix_ds.config import load_config
+
+        cfg = load_config(args.config, args.overrides)
+        info["config"] = args.config
+        info["grad_accum(world=1)"] = cfg.grad_accum(1) if cfg.train.global_batch_size % cfg.train.micro_batch_size == 0 else None
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="remix-ds", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one stage (single process, or --num-gpus N through deepspeed)")
+    p.add_argument("config", nargs="?", help="YAML/JSON run config")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-5")
+    p.add_argument("--num-gpus", type=int, default=1, help="launch N ranks with the deepspeed launcher")
+    p.add_argument("--master-port", type=int, default=0, help="rendezvous port for --num-gpus > 1")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("export", help="ZeRO checkpoint -> Hugging Face model folder (safetensors)")
+    p.add_argument("checkpoint", help="RUN_DIR/checkpoint-N")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="weights dtype to save")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("info", help="versions, devices, attention implementation; validates a config if given")
+    p.add_argument("config", nargs="?")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=_info)
+
+    _add_module_commands(sub)
+    return parser
+
+
+def _add_module_commands(sub) -> None:
+    """Subcommands that live with their modules."""
+    from remix_ds.bench import add_bench_command
+
+    add_bench_command(sub)
+    try:
+        from remix_ds.data.commands import add_build_shards_command
+    except ImportError:
+        pass
+    else:
+        add_build_shards_command(sub)
+    try:
+        from remix_ds.eval.commands import add_eval_command
+    except ImportError:
+        pass
+    else:
+        add_eval_command(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except ConfigError as e:
+        print(f"remix-ds: config error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

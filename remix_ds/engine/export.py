@@ -1,0 +1,86 @@
+"""Hugging Face model folders out of DeepSpeed checkpoints or a live engine.
+
+Both paths write to a temp folder and rename it into place, so an interrupted export never
+leaves a folder that looks finished.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from remix_ds.engine import dist
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    os.rename(tmp, out)
+
+
+def _save_folder(config, state_dict: dict, out: Path, tokenizer_src: Path | None, tokenizer=None, dtype=None) -> Path:
+    """Build the architecture on the meta device, assign the weights, save safetensors + tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        if dtype is not None:
+            state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+        missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
+        tied = set(getattr(model, "_tied_weights_keys", None) or [])
+        missing = [k for k in missing if k not in tied]
+        if missing or unexpected:
+            raise RuntimeError(f"weights do not match the architecture: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        if config.tie_word_embeddings:
+            model.tie_weights()
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is None and tokenizer_src is not None:
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_src)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        _publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Consolidate the ZeRO shards of RUN_DIR/checkpoint-N (fp32 master weights) into an HF folder.
+
+    Runs on CPU in a single process. dtype: cast the weights before saving (default: keep fp32).
+    """
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from transformers import AutoConfig
+
+    ckpt = Path(ckpt)
+    if not (ckpt / "config.json").is_file():
+        raise FileNotFoundError(f"{ckpt} is not a remix-ds checkpoint folder (no config.json)")
+    state_dict = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
+    config = AutoConfig.from_pretrained(ckpt)
+    return _save_folder(config, state_dict, Path(out), tokenizer_src=ckpt, dtype=dtype)
+
+
+def export_engine(engine, out: Path, tokenizer) -> Path | None:
+    """Gather the live engine's weights to rank 0 and save them there (all ranks must call).
+
+    Under ZeRO-3 DeepSpeed gathers one layer at a time into rank 0's CPU memory, so no rank ever
+    holds the full model on its accelerator.
+    """
+    if engine.zero_optimization_partition_weights():
+        state_dict = engine._zero3_consolidated_16bit_state_dict()  # gathers on rank 0 only
+    else:
+        state_dict = engine.module.state_dict()
+    path = None
+    if dist.is_main():
+        state_dict = {k: v.detach().cpu() for k, v in state_dict.items()}
+        path = _save_folder(engine.module.config, state_dict, out, tokenizer_src=None, tokenizer=tokenizer)
+    dist.barrier()
+    return path

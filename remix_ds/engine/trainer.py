@@ -1,0 +1,261 @@
+"""The training loop: build (model, engine, data), then train, then close.
+
+*What a step does* lives in `Trainer.train_step` (forward, backward, optimizer step over one
+optimizer step's micro-batches); *when* logging, evaluation and checkpointing happen lives in
+`Trainer.fit`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from remix_ds import models
+from remix_ds.config import RunConfig
+from remix_ds.engine import checkpoint as ckpt_lib
+from remix_ds.engine import dist
+from remix_ds.engine.ds_config import build_ds_config, zero_stage
+from remix_ds.engine.export import export_checkpoint, export_engine
+from remix_ds.engine.loss import token_loss_sum
+from remix_ds.engine.metrics import MetricsWriter
+from remix_ds.engine.schedule import make_scheduler
+
+# An eval hook is called on every rank with the (possibly partitioned) module and returns the
+# same metrics dict everywhere.
+EvalHook = Callable[..., dict]
+
+
+@dataclass
+class StepStats:
+    loss: float
+    supervised_tokens: int
+    tokens: int
+    examples: int
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+
+class Trainer:
+    """One training stage under DeepSpeed. Call `fit()`, then `close()` (also on error)."""
+
+    def __init__(self, cfg: RunConfig, eval_hooks: list[EvalHook] | None = None):
+        self.cfg = cfg
+        dist.init_distributed(cfg.deepspeed.backend)
+        self.rank, self.world = dist.rank(), dist.world_size()
+        cfg.validate(self.world)
+        self.device = dist.device()
+        self.out = Path(cfg.train.output_dir)
+        self.dtype = models.resolve_dtype(cfg.model.dtype)
+        self.attn = models.choose_attn_implementation(cfg.model.attn_implementation)
+        self.gas = cfg.grad_accum(self.world)
+        self.ds_config = build_ds_config(cfg, self.world, self.dtype)
+        if dist.is_main():
+            self.out.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.out / "config.json")
+        self.tokenizer = models.load_tokenizer(
+            cfg.model.tokenizer or models.model_source(cfg.model), cfg.model.tiny, cfg.model.trust_remote_code
+        )
+        self.loader = self._build_loader()
+        self.total_steps = self._total_steps()
+        self.engine = self._build_engine()
+        self.metrics = MetricsWriter(self.out, enabled=dist.is_main(), tensorboard=cfg.train.tensorboard)
+        self.eval_hooks = list(eval_hooks or []) + self._config_eval_hooks()
+        self.step = 0
+        self._saved_step = -1
+        self._resume()
+
+    # ---- building -------------------------------------------------------------------------
+    def _build_loader(self):
+        from remix_ds.data.loader import build_train_loader
+
+        return build_train_loader(
+            self.cfg.data,
+            self.tokenizer,
+            micro_batch_size=self.cfg.train.micro_batch_size,
+            rank=self.rank,
+            world_size=self.world,
+            seed=self.cfg.train.seed,
+        )
+
+    def _total_steps(self) -> int:
+        if self.cfg.train.max_steps:
+            return self.cfg.train.max_steps
+        return max(1, math.ceil(self.cfg.train.epochs * self.loader.batches_per_epoch / self.gas))
+
+    def _init_source(self):
+        """An earlier stage's checkpoint is exported to an HF folder once (rank 0), then loaded."""
+        init = self.cfg.model.init_from
+        if init and models.is_deepspeed_checkpoint(init):
+            target = self.out / f"init-{Path(init).parent.name}-{Path(init).name}"
+            if dist.is_main() and not (target / "config.json").is_file():
+                export_checkpoint(init, target, dtype=self.dtype)
+            dist.barrier()
+            self.cfg.model.init_from = str(target)
+
+    def _build_engine(self):
+        import deepspeed
+        from transformers.integrations import HfDeepSpeedConfig
+
+        self._init_source()
+        # Keeping this object alive makes from_pretrained build the model under zero.Init, so an
+        # 8B model is partitioned as it loads and never materializes whole on one rank.
+        self._hf_ds = HfDeepSpeedConfig(self.ds_config) if zero_stage(self.ds_config) == 3 else None
+        torch.manual_seed(self.cfg.train.seed)
+        model = models.load_model(self.cfg.model, self.dtype, self.attn)
+        model.config.use_cache = False
+        if self.cfg.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.num_params = models.count_parameters(model)
+        engine, *_ = deepspeed.initialize(
+            model=model,
+            model_parameters=[p for p in model.parameters() if p.requires_grad],
+            config=self.ds_config,
+            lr_scheduler=make_scheduler(self.cfg.optim, self.total_steps),
+        )
+        engine.train()
+        return engine
+
+    def _config_eval_hooks(self) -> list[EvalHook]:
+        if not self.cfg.eval.datasets:
+            return []
+        from remix_ds.eval.hook import build_eval_hook
+
+        hook = build_eval_hook(self.cfg, self.tokenizer, self.rank, self.world)
+        return [hook] if hook is not None else []
+
+    def _resume(self) -> None:
+        resume = self.cfg.train.resume
+        if resume == "none":
+            return
+        ckpt = ckpt_lib.latest_checkpoint(self.out) if resume == "auto" else Path(resume)
+        if ckpt is None:
+            return
+        if not ckpt_lib.is_complete(ckpt):
+            raise RuntimeError(f"train.resume: {ckpt} is not a complete checkpoint")
+        state = ckpt_lib.load_checkpoint(self.engine, ckpt)
+        self.loader.load_state_dict(state["loader"])
+        self.step = self._saved_step = state["step"]
+        if dist.is_main():
+            print(f"[remix-ds] resumed from {ckpt} at step {self.step}", flush=True)
+
+    # ---- one optimizer step -----------------------------------------------------------------
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def train_step(self, micro_batches: list[dict]) -> StepStats:
+        """Forward/backward every micro-batch of one optimizer step, then the optimizer step.
+
+        NOTE: answer-only masks give micro-batches very different supervised-token counts, so a
+        per-micro-batch mean would weight tokens unequally. We divide the summed loss by the
+        step's global supervised-token count N instead; DeepSpeed averages gradients over the
+        data-parallel ranks, hence the factor world_size (and scale_wrt_gas=False).
+        """
+        start = time.perf_counter()
+        local = [sum(int(mb[k]) for mb in micro_batches) for k in ("num_supervised", "num_tokens", "num_examples")]
+        n_sup, n_tok, n_ex = (int(x) for x in dist.all_reduce_sum(local, self.device))
+        scale = self.world / max(n_sup, 1)
+        loss_sum = 0.0
+        for mb in micro_batches:
+            mb = self._to_device(mb)
+            loss = token_loss_sum(self.engine, mb, self.attn)
+            self.engine.backward(loss * scale, scale_wrt_gas=False)
+            self.engine.step()
+            loss_sum += loss.item()
+        total_loss = dist.all_reduce_sum([loss_sum], self.device)[0]
+        return StepStats(total_loss / max(n_sup, 1), n_sup, n_tok, n_ex, time.perf_counter() - start)
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def _banner(self) -> None:
+        if not dist.is_main():
+            return
+        c = self.cfg
+        print(
+            f"[remix-ds] world size {self.world} | device {self.device.type} | dtype {str(self.dtype).replace('torch.', '')}"
+            f" | attention {self.attn} | ZeRO stage {zero_stage(self.ds_config)} | params {self.num_params:,}\n"
+            f"[remix-ds] {c.train.global_batch_size} examples per optimizer step = micro-batch {c.train.micro_batch_size}"
+            f" x grad accum {self.gas} x {self.world} ranks | {self.loader.batches_per_epoch} micro-batches per rank per epoch"
+            f" | {self.total_steps} optimizer steps",
+            flush=True,
+        )
+
+    def _next_step_batches(self) -> list[dict]:
+        return [next(self.loader) for _ in range(self.gas)]
+
+    def _save(self) -> Path:
+        def write_hf_files(folder: Path) -> None:
+            self.engine.module.config.save_pretrained(folder)
+            self.tokenizer.save_pretrained(folder)
+
+        path = ckpt_lib.save_checkpoint(
+            self.engine, self.out, self.step, {"loader": self.loader.state_dict()}, write_hf_files,
+            self.cfg.train.keep_last,
+        )
+        self._saved_step = self.step
+        return path
+
+    def _evaluate(self) -> dict:
+        results = {}
+        for hook in self.eval_hooks:
+            results.update(hook(self.engine.module, step=self.step, out_dir=self.out / "eval"))
+        self.engine.train()
+        return results
+
+    def fit(self) -> list[dict]:
+        """Train to total_steps (or train.stop_at_step); returns the metrics rows this call logged."""
+        from tqdm.auto import tqdm
+
+        t = self.cfg.train
+        self._banner()
+        stop = min(self.total_steps, t.stop_at_step) if t.stop_at_step else self.total_steps
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (dist.is_main() and t.progress_bar),
+                   dynamic_ncols=True, desc="train")
+        logged = []
+        start_step = self.step
+        while self.step < stop:
+            stats = self.train_step(self._next_step_batches())
+            self.step += 1
+            row = {
+                "loss": stats.loss,
+                "lr": self.engine.get_lr()[0],
+                "epoch": self.loader.epoch,
+                "tokens": stats.tokens,
+                "supervised_tokens": stats.supervised_tokens,
+                "examples": stats.examples,
+                "tokens_per_s": stats.tokens / stats.seconds,
+                "supervised_tokens_per_s": stats.supervised_tokens / stats.seconds,
+                "step_time_s": stats.seconds,
+            }
+            if self.step == 1 and dist.is_main():
+                print(f"[remix-ds] tokens in the first optimizer step: {stats.tokens:,} "
+                      f"({stats.supervised_tokens:,} supervised)", flush=True)
+            if t.eval_every and self.step % t.eval_every == 0 and self.step < self.total_steps:
+                row.update(self._evaluate())
+            if self.step % t.log_every == 0 or self.step == stop:
+                self.metrics.log(self.step, row)
+                logged.append({"step": self.step, **row})
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats.loss:.4f}", lr=f"{row['lr']:.2e}",
+                            tok_s=f"{row['tokens_per_s']:.0f}", sup_tok_s=f"{row['supervised_tokens_per_s']:.0f}")
+            if t.save_every and self.step % t.save_every == 0 and self.step < stop:
+                self._save()
+        bar.close()
+        if self.step >= self.total_steps:
+            final = self._evaluate() if self.eval_hooks else {}
+            if final:
+                self.metrics.log(self.step, final)
+                logged.append({"step": self.step, **final})
+        if self._saved_step != self.step:
+            self._save()
+        if self.step >= self.total_steps and t.export_final and (
+            self.step > start_step or not (self.out / "final" / "config.json").is_file()
+        ):
+            export_engine(self.engine, self.out / "final", self.tokenizer)
+        return logged
+
+    def close(self) -> None:
+        self.metrics.close()

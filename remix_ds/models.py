@@ -1,0 +1,231 @@
+"""Model and tokenizer loading: any Hugging Face causal LM, plus the built-in `tiny` spec.
+
+`tiny` is a random-init small Llama with a sentencepiece tokenizer trained here on generated
+text. It is built once, saved as an ordinary Hugging Face folder in the cache
+(``$REMIX_DS_CACHE``, default ``~/.cache/remix_ds``) and from then on loaded through the same
+``from_pretrained`` path as a hub model, so tests exercise the real loading code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from remix_ds.config import ModelConfig, TinyModelConfig
+
+TINY = "tiny"
+# Bump when the way the tiny model or tokenizer is built changes, so caches are rebuilt.
+_TINY_VERSION = 1
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("REMIX_DS_CACHE", Path.home() / ".cache" / "remix_ds"))
+
+
+def _tiny_key(cfg: TinyModelConfig) -> str:
+    blob = json.dumps({"v": _TINY_VERSION, **asdict(cfg)}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _tokenizer_training_text(seed: int, n_sentences: int = 20000) -> list[str]:
+    """Generated text: English word salad from wordfreq, key/value strings and chat markers.
+
+    Covers what the demo and the tests feed the tiny model: prose-like text, 8-character
+    uppercase alphanumeric keys and values, digits and the plain-text chat template.
+    """
+    import wordfreq
+
+    rng = np.random.default_rng(seed)
+    words = np.array(wordfreq.top_n_list("en", 5000))
+    lengths = rng.integers(5, 31, size=n_sentences)
+    picks = rng.integers(0, len(words), size=int(lengths.sum()))
+    lines, start = [], 0
+    for n in lengths:
+        lines.append(" ".join(words[picks[start : start + n]]))
+        start += n
+    alnum = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"))
+    codes = alnum[rng.integers(0, len(alnum), size=(n_sentences // 4, 16))]
+    for row in codes:
+        key, value = "".join(row[:8]), "".join(row[8:])
+        lines.append(f"<|user|>\nThe value of key {key} is?\n<|assistant|>\n{value}")
+    return lines
+
+
+def _build_tiny(cfg: TinyModelConfig, out: Path) -> None:
+    import sentencepiece as spm
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    model_bytes = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_tokenizer_training_text(cfg.seed)),
+        model_writer=model_bytes,
+        vocab_size=cfg.vocab_size,
+        model_type="bpe",
+        byte_fallback=True,  # any text tokenizes, nothing maps to <unk>
+        character_coverage=1.0,
+        split_digits=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        num_threads=1,
+        minloglevel=2,
+    )
+    sp_dir = out / "_sp"
+    sp_dir.mkdir()
+    (sp_dir / "tokenizer.model").write_bytes(model_bytes.getvalue())
+    (sp_dir / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "LlamaTokenizer",
+                "add_bos_token": True,
+                "add_eos_token": False,
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "model_max_length": cfg.max_position_embeddings,
+            }
+        )
+    )
+    tokenizer = AutoTokenizer.from_pretrained(sp_dir)  # converts the sentencepiece model
+    tokenizer.save_pretrained(out)
+    shutil.copy(sp_dir / "tokenizer.model", out / "tokenizer.model")
+    shutil.rmtree(sp_dir)
+
+    config = LlamaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(cfg.seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out, safe_serialization=True)
+
+
+def tiny_model_dir(cfg: TinyModelConfig | None = None) -> Path:
+    """Hugging Face folder of the built-in tiny model (built on first use, then cached).
+
+    Safe to call from several ranks at once: each builds into its own temp folder and the first
+    atomic rename wins.
+    """
+    cfg = cfg or TinyModelConfig()
+    final = cache_root() / "models" / f"tiny-{_tiny_key(cfg)}"
+    if (final / "config.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-tiny-", dir=final.parent))
+    try:
+        _build_tiny(cfg, tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def resolve_path(name_or_path: str, tiny: TinyModelConfig | None = None) -> str:
+    """`tiny` -> the cached tiny folder; anything else is passed to `from_pretrained` as is."""
+    return str(tiny_model_dir(tiny)) if name_or_path == TINY else name_or_path
+
+
+def load_tokenizer(name_or_path: str = TINY, tiny: TinyModelConfig | None = None, trust_remote_code: bool = False):
+    """A Hugging Face tokenizer with a pad token (EOS when the model defines none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_path(name_or_path, tiny), trust_remote_code=trust_remote_code)
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"tokenizer {name_or_path} has no EOS token; remix-ds trains answers to end with EOS")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def flash_attn_available() -> bool:
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_attn_implementation(requested: str = "auto") -> str:
+    """`auto`: flash_attention_2 when flash-attn imports and CUDA is present, else sdpa."""
+    if requested != "auto":
+        if requested == "flash_attention_2" and not flash_attn_available():
+            raise ValueError("model.attn_implementation=flash_attention_2 needs CUDA and the flash-attn package "
+                             "(pip install 'remix-ds[gpu]')")
+        return requested
+    return "flash_attention_2" if flash_attn_available() else "sdpa"
+
+
+def resolve_dtype(requested: str = "auto") -> torch.dtype:
+    """`auto` is bf16 on GPU and fp32 on CPU."""
+    if requested == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[requested]
+
+
+def model_source(cfg: ModelConfig) -> str:
+    """Where the weights come from: `init_from` when it is an exported HF folder, else the model.
+
+    A `RUN_DIR/checkpoint-N` folder holds the architecture's config.json too, but its weights are
+    ZeRO shards; the engine loads those after building the model (see engine/checkpoint.py).
+    """
+    if cfg.init_from and not is_deepspeed_checkpoint(cfg.init_from):
+        return cfg.init_from
+    return resolve_path(cfg.name_or_path, cfg.tiny)
+
+
+def is_deepspeed_checkpoint(path: str | Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and any(path.glob("*model_states.pt"))
+
+
+def load_model(cfg: ModelConfig, dtype: torch.dtype, attn_implementation: str, from_config_only: bool = False):
+    """Load a causal LM. Under ZeRO-3 the caller keeps an `HfDeepSpeedConfig` alive first, so
+    `from_pretrained` builds the model under `deepspeed.zero.Init` and no rank holds it whole.
+
+    from_config_only: build the architecture with random weights (weights loaded afterwards
+    from a DeepSpeed checkpoint).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    source = model_source(cfg)
+    if cfg.init_from and is_deepspeed_checkpoint(cfg.init_from):
+        from_config_only = True
+        source = cfg.init_from  # the checkpoint folder carries config.json
+    if from_config_only:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+        return AutoModelForCausalLM.from_config(
+            config, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=cfg.trust_remote_code
+        )
+    return AutoModelForCausalLM.from_pretrained(
+        source, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=cfg.trust_remote_code
+    )
+
+
+def count_parameters(model) -> int:
+    """Parameter count that also works on ZeRO-3 partitioned models (`ds_numel`)."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())

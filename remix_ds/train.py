@@ -1,0 +1,36 @@
+"""Training entry point for the deepspeed launcher.
+
+    deepspeed --num_gpus 8 [--hostfile launch/hostfile] --module remix_ds.train CONFIG.yaml [a.b=value ...]
+
+Same arguments as `remix-ds train`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from remix_ds.config import load_config
+
+
+def run(config_path: str | None, overrides: list[str]) -> None:
+    from remix_ds.engine.trainer import Trainer
+
+    cfg = load_config(config_path, overrides)  # fails on bad keys before anything is built
+    trainer = Trainer(cfg)
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The deepspeed launcher appends --local_rank=N; the rank also comes from the environment.
+    argv = [a for a in argv if not a.startswith("--local_rank")]
+    config_path = argv[0] if argv and "=" not in argv[0] else None
+    overrides = argv[1:] if config_path else argv
+    run(config_path, overrides)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""remix-ds packaging.
+
+`kernels/` and `ds_configs/` live at the top of the repository (the design card's layout) but
+install under the `remix_ds` namespace: `remix_ds.kernels` (a top-level `kernels` module would
+shadow the Hugging Face package of that name, which transformers probes) and
+`remix_ds.ds_configs` (JSON templates read at run time).
+"""
+
+from setuptools import setup
+
+PACKAGES = [
+    "remix_ds",
+    "remix_ds.bench",
+    "remix_ds.data",
+    "remix_ds.engine",
+    "remix_ds.eval",
+    "remix_ds.kernels",
+    "remix_ds.ds_configs",
+]
+
+setup(
+    name="remix-ds",
+    version="0.1.0",
+    description="DeepSpeed training for studying and preventing forgetting in staged fine-tuning (REMIX)",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=PACKAGES,
+    package_dir={"remix_ds.kernels": "kernels", "remix_ds.ds_configs": "ds_configs"},
+    package_data={"remix_ds.ds_configs": ["*.json"]},
+    include_package_data=True,
+    install_requires=[
+        # torch is deliberately unpinned here: the CPU path pins torch==2.13.0 before installing
+        # this package (see README); GPU users keep the CUDA build they already have.
+        "torch>=2.4",
+        "deepspeed>=0.19,<0.20",
+        "transformers>=5.0,<6",
+        "tokenizers",
+        "sentencepiece",
+        "protobuf",
+        "safetensors",
+        "datasets",
+        "pyarrow",
+        "numpy",
+        "scipy",
+        "pyyaml",
+        "tqdm",
+        "tensorboard",
+        "matplotlib",
+        "wordfreq",
+    ],
+    extras_require={
+        "gpu": ["flash-attn>=2.6"],
+        "dev": ["pytest>=8"],
+    },
+    entry_points={"console_scripts": ["remix-ds=remix_ds.cli:main"]},
+)
