@@ -47,7 +47,7 @@ def test_two_rank_zero3_loss_falls(full_run):
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     losses = [r["loss"] for r in rows]
     assert all(math.isfinite(x) for x in losses)
-    assert losses[-1] < 0.8 * losses[0], losses
+    assert losses[-1] < 0.85 * losses[0] and max(losses[3:]) < min(losses[:3]), losses
     assert all(r["examples"] == 8 for r in rows)  # global batch 8 across 2 ranks
     assert rows[0]["supervised_tokens"] > 0 and rows[0]["tokens"] > rows[0]["supervised_tokens"]
     out = full_run["stdout"]
@@ -82,7 +82,6 @@ def test_loss_normalization_matches_single_process_full_batch_gradient(full_run)
     # A per-micro-batch mean would give a different gradient whenever counts differ.
     if len(set(sup)) > 1:
         model.zero_grad()
-        sum(token_loss_sum(model, b, "sdpa") / s for b, s in zip(batches, sup)) / len(batches)
         wrong = sum(token_loss_sum(model, b, "sdpa") / s for b, s in zip(batches, sup)) / len(batches)
         wrong.backward()
         name = "lm_head.weight"

@@ -24,14 +24,17 @@ def _publish(tmp: Path, out: Path) -> None:
 
 def _save_folder(config, state_dict: dict, out: Path, tokenizer_src: Path | None, tokenizer=None, dtype=None) -> Path:
     """Build the architecture on the meta device, assign the weights, save safetensors + tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
     try:
+        # The class itself, not AutoModel.from_config: inside a ZeRO-3 run the latter would build
+        # a partitioned model again.
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
+            model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)](config)
         if dtype is not None:
             state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
         missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)

@@ -217,11 +217,12 @@ class Trainer:
         logged = []
         start_step = self.step
         while self.step < stop:
+            lr = self.engine.get_lr()[0]  # the rate this step's update uses
             stats = self.train_step(self._next_step_batches())
             self.step += 1
             row = {
                 "loss": stats.loss,
-                "lr": self.engine.get_lr()[0],
+                "lr": lr,
                 "epoch": self.loader.epoch,
                 "tokens": stats.tokens,
                 "supervised_tokens": stats.supervised_tokens,

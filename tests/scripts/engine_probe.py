@@ -21,9 +21,9 @@ from remix_ds.engine.trainer import Trainer
 
 PROBE_PARAMS = ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight", "lm_head.weight")
 
-out = Path(sys.argv[1])
-argv = [a for a in sys.argv[2:] if not a.startswith("--local_rank")]
-cfg = load_config(argv[0], argv[1:])
+argv = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]  # the launcher adds it
+out = Path(argv[0])
+cfg = load_config(argv[1], argv[2:])
 trainer = Trainer(cfg)
 out.mkdir(parents=True, exist_ok=True)
 engine = trainer.engine

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Train one stage across several nodes. Run on the first node of the hostfile; the deepspeed
+# launcher starts the other nodes over passwordless ssh (or use `--launcher slurm` etc. in
+# DS_LAUNCHER_ARGS). RUN_DIR (train.output_dir) must be on a filesystem every node shares:
+# checkpoints are renamed into place by global rank 0.
+#
+#   HOSTFILE=launch/hostfile.example launch/multi_node.sh CONFIG.yaml [a.b=value ...]
+#
+# Knobs (environment):
+#   HOSTFILE          lines of `hostname slots=GPUS` (default launch/hostfile)
+#   MASTER_ADDR       address of this node as the others reach it (default: first host in HOSTFILE)
+#   MASTER_PORT       rendezvous port (default 29500)
+#   DS_LAUNCHER_ARGS  extra launcher flags, e.g. "--launcher openmpi" or "--num_nodes 2"
+#   DRY_RUN=1         only validate the config and print the command
+#
+# NCCL notes: export these in ~/.deepspeed_env (one VAR=value a line) so every node gets them:
+#   NCCL_SOCKET_IFNAME=eth0      the interface the nodes talk over (check `ip addr`)
+#   NCCL_IB_DISABLE=0            keep InfiniBand on where it exists; 1 on plain ethernet clusters
+#   NCCL_DEBUG=WARN              INFO when debugging hangs at init
+#   NCCL_ASYNC_ERROR_HANDLING=1  a failed rank ends the job instead of hanging it
+set -euo pipefail
+
+if [[ $# -lt 1 ]]; then
+  sed -n '2,23p' "$0"; exit 2
+fi
+HOSTFILE="${HOSTFILE:-launch/hostfile}"
+[[ -f "$HOSTFILE" ]] || { echo "hostfile not found: $HOSTFILE (see launch/hostfile.example)" >&2; exit 2; }
+MASTER_ADDR="${MASTER_ADDR:-$(awk 'NF && $1 !~ /^#/ {print $1; exit}' "$HOSTFILE")}"
+MASTER_PORT="${MASTER_PORT:-29500}"
+read -r -a extra <<< "${DS_LAUNCHER_ARGS:-}"
+
+cmd=(deepspeed --hostfile "$HOSTFILE" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT"
+     "${extra[@]}" --module remix_ds.train "$@")
+remix-ds info "$@" >/dev/null
+echo "+ ${cmd[*]}"
+if [[ "${DRY_RUN:-0}" == "1" ]]; then exit 0; fi
+exec "${cmd[@]}"
