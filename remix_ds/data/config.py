@@ -1,10 +1,145 @@
-"""Data section of the run config (owned by the data pipeline; placeholder until it lands)."""
+"""Data section of the run config: what a stage trains on, what is mixed in, how it is packed.
+
+Everything the data pipeline does is decided here; `remix_ds.data.loader.build_train_loader`
+reads nothing else. Validation raises `ConfigError` naming the dotted key (`data.mix.generic_ratio`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 from remix_ds.configtools import ConfigError
+
+LossMode = Literal["answer", "all", "key_spans"]
+
+
+@dataclass
+class KVRConfig:
+    """The synthetic key-value recall dataset (`kvr`), generated deterministically from `seed`."""
+
+    num_pairs: int = 2000
+    """Number of distinct key/value pairs."""
+    key_len: int = 8
+    """Characters per key."""
+    value_len: int = 8
+    """Characters per value."""
+    alphabet: str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    """Characters keys and values are drawn from (uniformly, with replacement)."""
+    seed: int = 0
+    """Seed of the generator; the same seed gives the same pairs on every machine."""
+
+    def validate(self, prefix: str) -> None:
+        for name in ("num_pairs", "key_len", "value_len"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{prefix}.{name} must be >= 1, got {getattr(self, name)}")
+        if len(set(self.alphabet)) < 2:
+            raise ConfigError(f"{prefix}.alphabet needs at least 2 distinct characters")
+        if len(set(self.alphabet)) ** self.key_len < 2 * self.num_pairs:
+            raise ConfigError(f"{prefix}: alphabet^key_len is too small for {self.num_pairs} distinct keys")
+
+
+@dataclass
+class SourceConfig:
+    """One dataset: a registered name (hub source or local file with the hub's fields) and its split."""
+
+    dataset: str = "kvr"
+    """Registered dataset name or a local .jsonl/.json/.parquet file of `prompt`+`answer` or `messages` rows."""
+    data_files: str | None = None
+    """Local file with the registered dataset's own fields, used instead of downloading it."""
+    num_examples: int = 0
+    """Train on this many examples (0: all that remain after the held-out split)."""
+    heldout_size: int = 0
+    """Examples set aside before subsampling (never trained; the evaluator can score them)."""
+    subsample_seed: int | None = 0
+    """Seed of the shuffle before the held-out/train split; null keeps file order (the reference takes the first rows)."""
+    loss_mode: LossMode | None = None
+    """Which tokens carry loss; null uses data.loss_mode."""
+
+    def validate(self, prefix: str) -> None:
+        if not self.dataset:
+            raise ConfigError(f"{prefix}.dataset must not be empty")
+        if self.num_examples < 0 or self.heldout_size < 0:
+            raise ConfigError(f"{prefix}.num_examples and {prefix}.heldout_size must be >= 0")
+
+
+@dataclass
+class ReplayConfig:
+    """An earlier stage's dataset replayed into this stage (the replay baseline)."""
+
+    dataset: str = "kvr"
+    """Registered dataset name or local .jsonl/.json/.parquet file (as in the earlier stage)."""
+    data_files: str | None = None
+    """Local file with the registered dataset's own fields (as in the earlier stage)."""
+    num_examples: int = 0
+    """Size of the earlier stage's train split (use the same value as that stage)."""
+    heldout_size: int = 0
+    """Held-out size of the earlier stage (use the same value, so the same rows are replayed)."""
+    subsample_seed: int | None = 0
+    """Subsample seed of the earlier stage (use the same value)."""
+    loss_mode: LossMode | None = None
+    """Which tokens carry loss; null uses data.loss_mode."""
+    ratio: float = 0.0
+    """Replay rows per stage-dataset row per epoch (0.01 = 1%), redrawn every epoch from seed + epoch."""
+
+    def validate(self, prefix: str) -> None:
+        SourceConfig.validate(self, prefix)  # type: ignore[arg-type]  # same fields
+        if self.ratio < 0:
+            raise ConfigError(f"{prefix}.ratio must be >= 0, got {self.ratio}")
+
+    def source(self) -> SourceConfig:
+        """This replay dataset as a plain SourceConfig (what the registry loads)."""
+        return _source_of(self)
+
+
+def _source_of(cfg) -> SourceConfig:
+    return SourceConfig(
+        dataset=cfg.dataset,
+        data_files=cfg.data_files,
+        num_examples=cfg.num_examples,
+        heldout_size=cfg.heldout_size,
+        subsample_seed=cfg.subsample_seed,
+        loss_mode=cfg.loss_mode,
+    )
+
+
+@dataclass
+class MixConfig:
+    """REMIX: generic pretraining text and random-word sequences mixed into the stage."""
+
+    generic_ratio: float = 0.0
+    """Generic-text rows per stage-dataset row (the reference's mix_ratio, e.g. 2.0)."""
+    generic_corpus: str = "builtin"
+    """`builtin` (the generated corpus, built into shards and cached) or a Megatron shard prefix/folder."""
+    generic_format: Literal["completion", "raw"] = "completion"
+    """`completion`: prompt_words under the instruction, next answer_words supervised; `raw`: raw_tokens, all trained."""
+    random_ratio: float = 0.0
+    """Random-word rows per stage-dataset row."""
+    random_format: Literal["completion", "raw"] = "raw"
+    """`raw`: raw_words random words, all trained (reference random pretraining); `completion`: as generic."""
+    prompt_words: int = 50
+    """Words in the prompt of a completion row."""
+    answer_words: int = 50
+    """Words in the supervised continuation of a completion row."""
+    raw_words: int = 50
+    """Words in one raw random-word row."""
+    raw_tokens: int = 128
+    """Tokens in one raw generic window."""
+    random_word_source: str = "wordfreq:en"
+    """Random-word vocabulary: `wordfreq:LANG` or a text file with one word per line."""
+    random_vocab_size: int = 10000
+    """Number of words in the random-word vocabulary."""
+    instruction: str = "Complete the following partial passage:"
+    """Instruction line above the prompt words of a completion row."""
+    seed: int = 0
+    """Seed of which generic windows / random words are drawn (fixed across epochs, like a dataset)."""
+
+    def validate(self, prefix: str) -> None:
+        if self.generic_ratio < 0 or self.random_ratio < 0:
+            raise ConfigError(f"{prefix}.generic_ratio and {prefix}.random_ratio must be >= 0")
+        for name in ("prompt_words", "answer_words", "raw_words", "raw_tokens", "random_vocab_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{prefix}.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -12,10 +147,48 @@ class DataConfig:
     """What a stage trains on and how it is packed."""
 
     dataset: str = "kvr"
-    """Registered dataset name or a local jsonl/json/parquet file."""
+    """Registered dataset name (see remix_ds.data.datasets.REGISTRY) or a local .jsonl/.json/.parquet file."""
+    data_files: str | None = None
+    """Local file with the registered dataset's own fields, used instead of downloading it."""
+    num_examples: int = 0
+    """Train on this many examples (0: all that remain after the held-out split)."""
+    heldout_size: int = 0
+    """Examples set aside before subsampling (never trained; the evaluator can score them)."""
+    subsample_seed: int | None = 0
+    """Seed of the shuffle before the held-out/train split; null keeps file order (reference behaviour)."""
     max_seq_len: int = 512
-    """Token budget of one packed row; longer examples are dropped and counted."""
+    """Token budget of one packed row; longer examples are dropped and counted, never truncated."""
+    loss_mode: LossMode = "answer"
+    """`answer`: answer tokens + EOS of every assistant turn; `all`: every token; `key_spans`: marked spans only."""
+    key_span_delimiters: tuple[str, str] = ("[[", "]]")
+    """Opening and closing markers of supervised spans in `key_spans` mode."""
+    prompt_format: Literal["plain", "chat_template"] = "plain"
+    """`plain`: `<|user|>\\n{prompt}\\n<|assistant|>\\n{answer}<eos>` text; `chat_template`: the tokenizer's template."""
+    kvr: KVRConfig = field(default_factory=KVRConfig)
+    """Generator settings of the `kvr` dataset (also used when kvr is replayed)."""
+    mix: MixConfig = field(default_factory=MixConfig)
+    """REMIX generic / random-word mixing."""
+    replay: list[ReplayConfig] = field(default_factory=list)
+    """Earlier stages' datasets replayed into this stage, each at its own ratio."""
+    pad_to_multiple_of: int = 1
+    """Round a packed micro-batch's row length up to a multiple of this (8 helps tensor cores)."""
+    reference_compat: bool = False
+    """Reference quirks: one shuffle order for all epochs; no packing, rows padded to max_seq_len, pads trained to EOS."""
 
     def __post_init__(self):
+        SourceConfig.validate(self, "data")  # type: ignore[arg-type]  # same fields
         if self.max_seq_len < 8:
             raise ConfigError(f"data.max_seq_len must be >= 8, got {self.max_seq_len}")
+        if self.pad_to_multiple_of < 1:
+            raise ConfigError(f"data.pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}")
+        open_, close = self.key_span_delimiters
+        if not open_ or not close or open_ == close:
+            raise ConfigError("data.key_span_delimiters must be two different non-empty strings")
+        self.kvr.validate("data.kvr")
+        self.mix.validate("data.mix")
+        for i, r in enumerate(self.replay):
+            r.validate(f"data.replay[{i}]")
+
+    def source(self) -> SourceConfig:
+        """The stage dataset as a plain SourceConfig (what the registry loads)."""
+        return _source_of(self)

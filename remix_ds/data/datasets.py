@@ -1,0 +1,257 @@
+"""Dataset registry: name -> where the data comes from and how a row becomes an `Example`.
+
+Each registered dataset keeps its real public source (a Hugging Face hub id loaded with
+`datasets.load_dataset`) and accepts a local .jsonl/.json/.parquet file with the *same fields*
+(`data.data_files`), which is what runs offline and in the tests. A `data.dataset` that is itself
+a file path uses the generic schema (`prompt`+`answer` or `messages`).
+
+Splits: rows are shuffled with `subsample_seed` (or kept in file order when it is null), the first
+`heldout_size` rows are the held-out split, the next `num_examples` (0: all the rest) are train.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+
+from remix_ds.data import formats
+from remix_ds.data.config import KVRConfig, SourceConfig
+from remix_ds.data.records import LOCAL_SUFFIXES, DataError, Example, generic_examples, read_rows, require
+
+Split = Literal["train", "heldout"]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """How to get one dataset: its hub source and a row converter (row, index) -> Example or None."""
+
+    name: str
+    kind: Literal["factoid", "non-factoid"]
+    hub_id: str | None
+    hub_config: str | None
+    hub_splits: tuple[str, ...]
+    convert: Callable[[dict, int], Example | None]
+    note: str = ""
+
+
+def _qa_answers(row: dict, field: str, at: str) -> tuple[str, tuple[str, ...]]:
+    answers = require(row, field, at)
+    if isinstance(answers, str):  # PopQA stores its list as a JSON string
+        try:
+            answers = json.loads(answers)
+        except json.JSONDecodeError:
+            answers = [answers]
+    if isinstance(answers, str):
+        answers = [answers]
+    answers = [str(a) for a in answers if str(a).strip()]
+    if not answers:
+        raise DataError(f"{at}: field {field!r} has no answer")
+    return answers[0], tuple(answers)
+
+
+def _popqa(row: dict, i: int) -> Example:
+    at = f"popqa row {i}"
+    answer, aliases = _qa_answers(row, "possible_answers", at)
+    q = require(row, "question", at)
+    return Example(id=f"popqa-{row.get('id', i)}", source="popqa", prompt=formats.qa_prompt(q), answer=answer, aliases=aliases)
+
+
+def _triviaqa(row: dict, i: int) -> Example:
+    at = f"triviaqa row {i}"
+    ans = require(row, "answer", at)
+    if not isinstance(ans, dict) or "value" not in ans:
+        raise DataError(f"{at}: field 'answer' must be an object with 'value' (and 'aliases')")
+    aliases = tuple(dict.fromkeys([ans["value"], *(ans.get("aliases") or [])]))
+    q = require(row, "question", at)
+    return Example(
+        id=f"triviaqa-{row.get('question_id', i)}", source="triviaqa", prompt=formats.qa_prompt(q), answer=str(ans["value"]), aliases=aliases
+    )
+
+
+def _lama(row: dict, i: int) -> Example | None:
+    """LAMA T-REx: the relation template with the subject filled in, the object label as answer."""
+    at = f"lama row {i}"
+    template, sub, obj = require(row, "template", at), require(row, "sub_label", at), require(row, "obj_label", at)
+    text = template.replace("[X]", sub).strip()
+    if text.endswith("[Y] .") or text.endswith("[Y]."):
+        prompt = text[: text.rindex("[Y]")].strip()  # cloze at the end: a plain continuation
+    else:
+        prompt = "Fill in the blank: " + text.replace("[Y]", "___")
+    return Example(id=f"lama-{row.get('uuid', i)}", source="lama", prompt=prompt, answer=str(obj))
+
+
+def _answers_list(name: str, field: str = "answers") -> Callable[[dict, int], Example]:
+    def convert(row: dict, i: int) -> Example:
+        at = f"{name} row {i}"
+        answer, aliases = _qa_answers(row, field, at)
+        q = require(row, "question", at)
+        return Example(id=f"{name}-{row.get('id', i)}", source=name, prompt=q.strip(), answer=answer, aliases=aliases)
+
+    return convert
+
+
+def _ultrachat(row: dict, i: int) -> Example:
+    """stingning/ultrachat rows hold alternating user/assistant strings in `data`; `messages` also accepted."""
+    at = f"ultrachat row {i}"
+    if "messages" in row:
+        msgs = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+    else:
+        turns = require(row, "data", at)
+        msgs = [{"role": "user" if t % 2 == 0 else "assistant", "content": c} for t, c in enumerate(turns)]
+    return Example(id=f"ultrachat-{row.get('id', i)}", source="ultrachat", messages=msgs)
+
+
+def _evolcode(row: dict, i: int) -> Example:
+    at = f"evolcode row {i}"
+    return Example(id=f"evolcode-{i}", source="evolcode", prompt=require(row, "instruction", at), answer=require(row, "output", at))
+
+
+def _apps(row: dict, i: int) -> Example | None:
+    """APPS: first reference solution; introductory/interview only, rows without a solution skipped."""
+    at = f"apps row {i}"
+    if row.get("difficulty") not in (None, "introductory", "interview"):
+        return None
+    try:
+        solutions = json.loads(require(row, "solutions", at) or "[]")
+    except (json.JSONDecodeError, TypeError):
+        return None
+    if not solutions:
+        return None
+    try:
+        fn_name = (json.loads(row.get("input_output") or "{}") or {}).get("fn_name")
+    except (json.JSONDecodeError, AttributeError):
+        fn_name = None
+    prompt = formats.apps_prompt(require(row, "question", at), row.get("starter_code") or None, bool(fn_name))
+    return Example(id=f"apps-{row.get('problem_id', i)}", source="apps", prompt=prompt, answer=solutions[0])
+
+
+def _gsm8k(row: dict, i: int) -> Example:
+    at = f"gsm8k row {i}"
+    answer = require(row, "answer", at)  # the full worked solution ending in '#### N'
+    final = answer.split("####")[-1].strip()
+    return Example(id=f"gsm8k-{i}", source="gsm8k", prompt=require(row, "question", at), answer=answer, aliases=(final,))
+
+
+def _math(row: dict, i: int) -> Example:
+    at = f"math row {i}"
+    return Example(id=f"math-{i}", source="math", prompt=require(row, "problem", at), answer=require(row, "solution", at))
+
+
+REGISTRY: dict[str, DatasetInfo] = {
+    d.name: d
+    for d in [
+        DatasetInfo("kvr", "factoid", None, None, (), lambda r, i: None, "synthetic key-value recall, generated from data.kvr"),
+        DatasetInfo("popqa", "factoid", "akariasai/PopQA", None, ("test",), _popqa),
+        DatasetInfo("triviaqa", "factoid", "mandarjoshi/trivia_qa", "rc.nocontext", ("train",), _triviaqa),
+        DatasetInfo("lama", "factoid", "facebook/lama", "trex", ("train",), _lama, "hub copy needs a loading script: prefer data_files"),
+        DatasetInfo("entityqa", "factoid", None, None, (), _answers_list("entityqa"),
+                    "EntityQuestions ships as a zip on GitHub (princeton-nlp/EntityQuestions): pass data_files"),
+        DatasetInfo("webqa", "factoid", "stanfordnlp/web_questions", None, ("train",), _answers_list("webqa")),
+        DatasetInfo("ultrachat", "non-factoid", "stingning/ultrachat", None, ("train",), _ultrachat),
+        DatasetInfo("evolcode", "non-factoid", "nickrosh/Evol-Instruct-Code-80k-v1", None, ("train",), _evolcode),
+        DatasetInfo("apps", "non-factoid", "codeparrot/apps", "all", ("train", "test"), _apps),
+        DatasetInfo("gsm8k", "non-factoid", "openai/gsm8k", "main", ("train",), _gsm8k),
+        DatasetInfo("math", "non-factoid", "lighteval/MATH", "all", ("train",), _math),
+    ]
+}
+
+
+def known_datasets() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def generate_kvr(cfg: KVRConfig) -> list[Example]:
+    """`cfg.num_pairs` distinct keys with random values, deterministic from `cfg.seed` (vectorized)."""
+    rng = np.random.default_rng(cfg.seed)
+    alphabet = np.array(list(dict.fromkeys(cfg.alphabet)))
+    keys: list[str] = []
+    seen: set[str] = set()
+    while len(keys) < cfg.num_pairs:  # draw in bulk, keep first occurrences (collisions are rare)
+        need = cfg.num_pairs - len(keys)
+        draw = alphabet[rng.integers(0, len(alphabet), size=(2 * need, cfg.key_len))]
+        for k in map("".join, draw):
+            if k not in seen:
+                seen.add(k)
+                keys.append(k)
+                if len(keys) == cfg.num_pairs:
+                    break
+    values = map("".join, alphabet[rng.integers(0, len(alphabet), size=(cfg.num_pairs, cfg.value_len))])
+    return [
+        Example(id=f"kvr-{i}", source="kvr", prompt=formats.kvr_prompt(k), answer=v)
+        for i, (k, v) in enumerate(zip(keys, values))
+    ]
+
+
+def _hub_rows(info: DatasetInfo) -> list[dict]:
+    """All rows of the dataset's hub splits (needs network or a populated HF cache)."""
+    if info.hub_id is None:
+        raise DataError(f"dataset {info.name!r} has no hub source ({info.note}); set data.data_files to a local file")
+    import datasets
+
+    rows: list[dict] = []
+    try:
+        for split in info.hub_splits:
+            rows.extend(datasets.load_dataset(info.hub_id, info.hub_config, split=split))
+    except Exception as e:  # network, gated repo, script-based dataset: say what to do instead
+        raise DataError(
+            f"cannot load {info.name!r} from the hub ({info.hub_id}"
+            f"{', ' + info.hub_config if info.hub_config else ''}): {type(e).__name__}: {e}. "
+            f"Set data.data_files to a local .jsonl/.json/.parquet file with the same fields."
+        ) from None
+    return rows
+
+
+def load_all(source: SourceConfig, kvr: KVRConfig | None = None) -> list[Example]:
+    """Every example of a dataset, in source order, before any split."""
+    name = source.dataset
+    if Path(name).suffix.lower() in LOCAL_SUFFIXES:
+        examples = generic_examples(read_rows(name), source=Path(name).stem, where=name)
+    elif name not in REGISTRY:
+        raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(known_datasets())} (or a local .jsonl/.json/.parquet file)")
+    elif name == "kvr":
+        if source.data_files:  # a saved key/value file: {"key", "value"} rows
+            rows = read_rows(source.data_files)
+            examples = [
+                Example(id=f"kvr-{r.get('id', i)}", source="kvr",
+                        prompt=formats.kvr_prompt(require(r, "key", f"{source.data_files} row {i}")),
+                        answer=str(require(r, "value", f"{source.data_files} row {i}")))
+                for i, r in enumerate(rows)
+            ]
+        else:
+            examples = generate_kvr(kvr or KVRConfig())
+    else:
+        info = REGISTRY[name]
+        rows = read_rows(source.data_files) if source.data_files else _hub_rows(info)
+        examples = [ex for i, row in enumerate(rows) if (ex := info.convert(row, i)) is not None]
+    if not examples:
+        raise DataError(f"dataset {name!r}{' (' + source.data_files + ')' if source.data_files else ''} is empty")
+    return examples
+
+
+def split_examples(examples: list[Example], source: SourceConfig, split: Split = "train") -> list[Example]:
+    """Held-out / train split: seeded shuffle (or file order), held-out first, then `num_examples` train rows."""
+    order = np.arange(len(examples))
+    if source.subsample_seed is not None:
+        order = np.random.default_rng(source.subsample_seed).permutation(len(examples))
+    held = order[: source.heldout_size]
+    rest = order[source.heldout_size :]
+    if source.num_examples:
+        if source.num_examples > len(rest):
+            raise DataError(
+                f"dataset {source.dataset!r} has {len(examples)} examples; cannot take num_examples={source.num_examples}"
+                f" after heldout_size={source.heldout_size}"
+            )
+        rest = rest[: source.num_examples]
+    picked = held if split == "heldout" else rest
+    if len(picked) == 0:
+        raise DataError(f"dataset {source.dataset!r}: the {split} split is empty")
+    return [examples[i] for i in picked]
+
+
+def load_examples(source: SourceConfig, kvr: KVRConfig | None = None, split: Split = "train") -> list[Example]:
+    """The `split` of a dataset as Examples. Errors (unknown name, bad file, empty) raise DataError."""
+    return split_examples(load_all(source, kvr), source, split)

@@ -1,0 +1,173 @@
+"""REMIX mixing: one stream per stage = stage dataset + generic text + random words + replay.
+
+Ratios count mixed rows per stage-dataset row (the reference's `mix_ratio`): with 2,000 facts and
+`generic_ratio=2.0`, an epoch holds 2,000 facts and 4,000 generic rows. Generic and random-word
+rows are drawn once from `data.mix.seed` and stay fixed across epochs, like a dataset (as in the
+reference); replay rows are redrawn every epoch from (seed, epoch, replay index), so exposure
+spreads evenly over the earlier stage's data.
+
+Order: each epoch is a global permutation of all the epoch's rows from
+`np.random.default_rng(seed + epoch)` (`reference_compat`: the same permutation and replay draw in
+every epoch, as the reference does). `StageStream.epoch_items(epoch)` is that ordered list; the
+loader slices it across ranks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from remix_ds.data import formats
+from remix_ds.data.config import DataConfig
+from remix_ds.data.datasets import load_examples
+from remix_ds.data.records import DataError, Example
+from remix_ds.data.tokenize import TokenizedExample, from_token_ids, tokenize_examples
+
+
+def mix_count(ratio: float, n: int) -> int:
+    """Mixed rows for `n` dataset rows at `ratio` (floor, as the reference's int(n * ratio))."""
+    return int(math.floor(ratio * n + 1e-9))
+
+
+@dataclass
+class StageStream:
+    """The rows of one stage, by kind, and the per-epoch order over all of them."""
+
+    dataset: list[TokenizedExample]
+    generic: list[TokenizedExample] = field(default_factory=list)
+    random: list[TokenizedExample] = field(default_factory=list)
+    replay_pools: list[list[TokenizedExample]] = field(default_factory=list)
+    replay_counts: list[int] = field(default_factory=list)
+    seed: int = 0
+    reshuffle: bool = True
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Examples dropped for exceeding max_seq_len, by kind (reported, never silently lost)."""
+
+    def __post_init__(self):
+        if not self.dataset:
+            raise DataError("the stage dataset has no example that fits data.max_seq_len")
+        for i, (pool, count) in enumerate(zip(self.replay_pools, self.replay_counts)):
+            if count and not pool:
+                raise DataError(f"data.replay[{i}] has no example that fits data.max_seq_len")
+
+    def __len__(self) -> int:
+        return len(self.dataset) + len(self.generic) + len(self.random) + sum(self.replay_counts)
+
+    def counts(self) -> dict[str, int]:
+        return {"dataset": len(self.dataset), "generic": len(self.generic), "random": len(self.random),
+                "replay": sum(self.replay_counts)}
+
+    def _key(self, epoch: int) -> int:
+        return 0 if not self.reshuffle else epoch
+
+    def replay_draw(self, epoch: int, k: int) -> np.ndarray:
+        """Indices into replay pool k for this epoch: without replacement, whole passes if count > pool."""
+        pool, count = len(self.replay_pools[k]), self.replay_counts[k]
+        rng = np.random.default_rng([self.seed, self._key(epoch), k, 0x5EED])
+        reps = -(-count // pool)
+        return np.concatenate([rng.permutation(pool) for _ in range(reps)])[:count]
+
+    def epoch_items(self, epoch: int) -> list[TokenizedExample]:
+        """All rows of `epoch` in the global training order (same on every rank)."""
+        items = self.dataset + self.generic + self.random
+        for k, pool in enumerate(self.replay_pools):
+            if self.replay_counts[k]:
+                items = items + [pool[i] for i in self.replay_draw(epoch, k)]
+        perm = np.random.default_rng(self.seed + self._key(epoch)).permutation(len(items))
+        return [items[i] for i in perm]
+
+
+def _tokenize(examples: list[Example], cfg: DataConfig, tokenizer, mode) -> tuple[list[TokenizedExample], int]:
+    res = tokenize_examples(
+        examples, tokenizer, mode=mode, prompt_format=cfg.prompt_format, max_len=cfg.max_seq_len,
+        key_span_delimiters=cfg.key_span_delimiters,
+    )
+    return res.examples, res.dropped
+
+
+def completion_examples(word_rows: list[list[str]], cfg: DataConfig, kind: str) -> list[Example]:
+    """Rows of >= prompt_words + answer_words words -> `Complete the following partial passage` examples."""
+    p, a = cfg.mix.prompt_words, cfg.mix.answer_words
+    return [
+        Example(id=f"{kind}-{i}", source=kind, prompt=formats.completion_prompt(w[:p], cfg.mix.instruction),
+                answer=" ".join(w[p : p + a]))
+        for i, w in enumerate(word_rows)
+    ]
+
+
+def generic_rows(cfg: DataConfig, tokenizer, count: int) -> tuple[list[TokenizedExample], int]:
+    """`count` generic rows from the shard corpus (fixed by data.mix.seed)."""
+    if count == 0:
+        return [], 0
+    reader = open_generic_corpus(cfg, tokenizer)
+    rng = np.random.default_rng([cfg.mix.seed, 0x6E4E])
+    if cfg.mix.generic_format == "raw":
+        windows = reader.sample_windows(rng, count, cfg.mix.raw_tokens)
+        return [from_token_ids(w, f"generic-{i}") for i, w in enumerate(windows)], 0
+    need = cfg.mix.prompt_words + cfg.mix.answer_words
+    kept: list[TokenizedExample] = []
+    too_long = 0
+    for _ in range(20):  # draw documents in bulk; keep long-enough ones that fit (reference skips short docs)
+        want = count - len(kept)
+        docs = reader.sample_documents(rng, 2 * want + 8)
+        rows = [w[:need] for w in (t.split() for t in tokenizer.batch_decode(docs, skip_special_tokens=True)) if len(w) >= need]
+        toks, dropped = _tokenize(completion_examples(rows, cfg, "generic"), cfg, tokenizer, "answer")
+        too_long += dropped
+        kept += toks[:want]
+        if len(kept) == count:
+            # ids are positions in the mixed set, so they stay unique across refills
+            return [TokenizedExample(f"generic-{i}", t.input_ids, t.labels) for i, t in enumerate(kept)], too_long
+    raise DataError(
+        f"generic corpus {cfg.mix.generic_corpus!r}: could not draw {count} documents of >= {need} words that fit "
+        f"data.max_seq_len={cfg.max_seq_len} ({len(kept)} found)"
+    )
+
+
+def open_generic_corpus(cfg: DataConfig, tokenizer):
+    """The shard reader of data.mix.generic_corpus (`builtin`: the cached built-in corpus)."""
+    if cfg.mix.generic_corpus == "builtin":
+        from remix_ds.data import corpus
+
+        return corpus.generic_corpus(tokenizer)
+    from remix_ds.data.shards import ShardReader
+
+    return ShardReader(cfg.mix.generic_corpus, tokenizer)
+
+
+def random_rows(cfg: DataConfig, tokenizer, count: int) -> tuple[list[TokenizedExample], int]:
+    """`count` random-word rows (fixed by data.mix.seed): raw (all loss) or completion format."""
+    if count == 0:
+        return [], 0
+    from remix_ds.data.random_words import RandomWords
+
+    m = cfg.mix
+    n_words = m.raw_words if m.random_format == "raw" else m.prompt_words + m.answer_words
+    gen = RandomWords.from_source(tokenizer, m.random_word_source, m.random_vocab_size, min_words=n_words, max_words=n_words)
+    batch = gen.sample(np.random.default_rng([m.seed, 0x7A4D]), count)
+    if m.random_format == "raw":
+        kept = [from_token_ids(x, f"random-{i}") for i, x in enumerate(batch.split()) if 2 <= len(x) <= cfg.max_seq_len]
+        return kept, count - len(kept)
+    words = [gen.text(batch, i).split() for i in range(count)]
+    return _tokenize(completion_examples(words, cfg, "random"), cfg, tokenizer, "answer")
+
+
+def build_stage_stream(cfg: DataConfig, tokenizer, seed: int) -> StageStream:
+    """Load, tokenize and mix everything the stage trains on (deterministic in cfg and seed)."""
+    examples = load_examples(cfg.source(), cfg.kvr, "train")
+    dataset, dropped = _tokenize(examples, cfg, tokenizer, cfg.loss_mode)
+    n = len(examples)
+    generic, g_drop = generic_rows(cfg, tokenizer, mix_count(cfg.mix.generic_ratio, n))
+    random, r_drop = random_rows(cfg, tokenizer, mix_count(cfg.mix.random_ratio, n))
+    pools, counts, p_drop = [], [], 0
+    for rcfg in cfg.replay:
+        pool, d = _tokenize(load_examples(rcfg.source(), cfg.kvr, "train"), cfg, tokenizer, rcfg.loss_mode or cfg.loss_mode)
+        pools.append(pool)
+        counts.append(mix_count(rcfg.ratio, n))
+        p_drop += d
+    return StageStream(
+        dataset=dataset, generic=generic, random=random, replay_pools=pools, replay_counts=counts,
+        seed=seed, reshuffle=not cfg.reference_compat,
+        dropped={"dataset": dropped, "generic": g_drop, "random": r_drop, "replay": p_drop},
+    )

@@ -1,0 +1,237 @@
+"""Tokenization: Examples -> `TokenizedExample`s with loss masks, in batches.
+
+Contract (docs/architecture.md): `input_ids` and `labels` are int32 arrays of equal length,
+labels unshifted with -100 where there is no loss, and `labels[0] == -100` always.
+
+How an example is tokenized: it is rendered to `Segment`s (remix_ds.data.formats), every segment
+is tokenized on its own (one batched tokenizer call per kind of segment for the whole dataset)
+and the ids are concatenated; the first segment gets the tokenizer's special tokens (BOS), later
+ones none; a segment flagged `eos` is followed by the EOS id. Tokenizing the prompt and the answer
+separately is what generation sees at eval time (prompt ids in, answer ids out), and it makes the
+answer mask exact: no token straddles the prompt/answer boundary.
+
+Loss modes:
+- `answer`: the tokens of every assistant turn plus its EOS (chat templates: the end-of-turn marker).
+- `all`: every token except the first.
+- `key_spans`: only the character spans the user marked with delimiters (e.g. ``[[Paris]]``); the
+  markers are removed before tokenization, each segment is tokenized whole with offsets, and a
+  token is supervised when its characters overlap a marked span. EOS carries no loss.
+
+Examples longer than `max_len` tokens are dropped and counted, never truncated.
+
+Evaluator API: `encode_prompt_answer(examples, tokenizer, prompt_format)` returns, for each
+example, `prompt_ids` (feed these to generation) and `answer_ids` (the gold answer's tokens + EOS).
+For a single-turn example in `answer` mode, the training sequence is exactly
+``prompt_ids + answer_ids`` and its supervised ids are exactly ``answer_ids``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import numpy as np
+
+from remix_ds.data import formats
+from remix_ds.data.formats import Segment
+from remix_ds.data.records import DataError, Example
+
+IGNORE = -100
+LossMode = Literal["answer", "all", "key_spans"]
+PromptFormat = Literal["plain", "chat_template"]
+_CHUNK = 8192  # texts per tokenizer call: bounded memory on 100k-row datasets
+
+
+@dataclass
+class TokenizedExample:
+    """Token ids and unshifted labels (-100: no loss) of one example; `labels[0]` is always -100."""
+
+    id: str
+    input_ids: np.ndarray  # (L,) int32
+    labels: np.ndarray  # (L,) int32
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def num_supervised(self) -> int:
+        return int((self.labels != IGNORE).sum())
+
+
+@dataclass
+class TokenizeResult:
+    """Kept examples (input order) and what was dropped for being longer than max_len."""
+
+    examples: list[TokenizedExample]
+    dropped_ids: list[str] = field(default_factory=list)
+
+    @property
+    def dropped(self) -> int:
+        return len(self.dropped_ids)
+
+
+@dataclass
+class PromptAnswer:
+    """Eval view of an example: `prompt_ids` to feed generation, `answer_ids` = gold answer + EOS."""
+
+    id: str
+    prompt_ids: np.ndarray  # (P,) int32
+    answer_ids: np.ndarray  # (A,) int32
+
+
+def eos_id(tokenizer) -> int:
+    if tokenizer.eos_token_id is None:
+        raise DataError("the tokenizer has no eos_token; set one (answers end with EOS)")
+    return int(tokenizer.eos_token_id)
+
+
+def render(example: Example, tokenizer, prompt_format: PromptFormat = "plain") -> list[Segment]:
+    """The example's segments in the given prompt format."""
+    messages = example.as_messages()
+    if prompt_format == "chat_template":
+        return formats.render_chat_template(messages, tokenizer)
+    return formats.render_plain(messages)
+
+
+def batch_encode(tokenizer, texts: Sequence[str], add_special_tokens: bool) -> list[list[int]]:
+    """Token ids of many texts through the tokenizer's batched (Rust) path, in chunks."""
+    out: list[list[int]] = []
+    for start in range(0, len(texts), _CHUNK):
+        chunk = list(texts[start : start + _CHUNK])
+        out.extend(tokenizer(chunk, add_special_tokens=add_special_tokens)["input_ids"])
+    return out
+
+
+def _segment_ids(segmented: list[list[Segment]], tokenizer, first_special: bool) -> list[list[list[int]]]:
+    """ids[e][s] for segment s of example e, with two batched tokenizer calls in all."""
+    firsts = [segs[0].text for segs in segmented if segs]
+    rest = [s.text for segs in segmented for s in segs[1:]]
+    first_ids = iter(batch_encode(tokenizer, firsts, add_special_tokens=first_special))
+    rest_ids = iter(batch_encode(tokenizer, rest, add_special_tokens=False))
+    return [[next(first_ids) if j == 0 else next(rest_ids) for j in range(len(segs))] for segs in segmented]
+
+
+def _split_spans(text: str, open_: str, close: str, where: str) -> tuple[str, list[tuple[int, int]]]:
+    """Remove span markers; return the clean text and the marked (start, end) character ranges."""
+    out, spans, pos = [], [], 0
+    length = 0
+    while True:
+        i = text.find(open_, pos)
+        j_close = text.find(close, pos)
+        if i < 0:
+            if j_close >= 0:
+                raise DataError(f"{where}: unbalanced key-span marker {close!r}")
+            out.append(text[pos:])
+            break
+        if 0 <= j_close < i:
+            raise DataError(f"{where}: unbalanced key-span marker {close!r}")
+        j = text.find(close, i + len(open_))
+        if j < 0:
+            raise DataError(f"{where}: key-span marker {open_!r} is never closed")
+        out.append(text[pos:i])
+        length += i - pos
+        inner = text[i + len(open_) : j]
+        if open_ in inner:
+            raise DataError(f"{where}: nested key-span markers")
+        spans.append((length, length + len(inner)))
+        out.append(inner)
+        length += len(inner)
+        pos = j + len(close)
+    return "".join(out), spans
+
+
+def _key_span_ids(segmented, tokenizer, first_special, delimiters, ids_of_examples):
+    """(ids, supervised-mask) per segment using offsets over each whole segment."""
+    open_, close = delimiters
+    flat: list[tuple[int, int, str, list[tuple[int, int]]]] = []
+    for e, segs in enumerate(segmented):
+        for s, seg in enumerate(segs):
+            clean, spans = _split_spans(seg.text, open_, close, f"example {ids_of_examples[e]!r}")
+            flat.append((e, s, clean, spans))
+    result = [[None] * len(segs) for segs in segmented]
+    for first in (True, False):
+        items = [t for t in flat if (t[1] == 0) == first]
+        for start in range(0, len(items), _CHUNK):
+            chunk = items[start : start + _CHUNK]
+            enc = tokenizer(
+                [t[2] for t in chunk], add_special_tokens=first_special and first, return_offsets_mapping=True
+            )
+            for (e, s, _, spans), ids, offs in zip(chunk, enc["input_ids"], enc["offset_mapping"]):
+                mask = np.zeros(len(ids), dtype=bool)
+                if spans:
+                    offs = np.asarray(offs, dtype=np.int64).reshape(-1, 2)
+                    real = offs[:, 1] > offs[:, 0]  # special tokens have empty offsets
+                    for a, b in spans:
+                        mask |= real & (offs[:, 0] < b) & (offs[:, 1] > a)
+                result[e][s] = (ids, mask)
+    return result
+
+
+def tokenize_examples(
+    examples: Sequence[Example],
+    tokenizer,
+    *,
+    mode: LossMode = "answer",
+    prompt_format: PromptFormat = "plain",
+    max_len: int | None = None,
+    key_span_delimiters: tuple[str, str] = ("[[", "]]"),
+) -> TokenizeResult:
+    """Tokenize examples in batches; see the module docstring for the loss modes and the contract."""
+    eos = eos_id(tokenizer)
+    segmented = [render(ex, tokenizer, prompt_format) for ex in examples]
+    first_special = prompt_format == "plain"  # a chat template writes its own BOS
+    kept: list[TokenizedExample] = []
+    dropped: list[str] = []
+    if mode == "key_spans":
+        per_seg = _key_span_ids(segmented, tokenizer, first_special, key_span_delimiters, [ex.id for ex in examples])
+    else:
+        seg_ids = _segment_ids(segmented, tokenizer, first_special)
+    for e, (ex, segs) in enumerate(zip(examples, segmented)):
+        ids_parts, lab_parts = [], []
+        for s, seg in enumerate(segs):
+            if mode == "key_spans":
+                ids, mask = per_seg[e][s]
+                ids = np.asarray(ids, dtype=np.int32)
+                labels = np.where(mask, ids, IGNORE).astype(np.int32)
+                if seg.eos:
+                    ids, labels = np.append(ids, eos), np.append(labels, IGNORE)
+            else:
+                ids = np.asarray(seg_ids[e][s] + ([eos] if seg.eos else []), dtype=np.int32)
+                on = mode == "all" or seg.supervised
+                labels = ids.copy() if on else np.full(len(ids), IGNORE, dtype=np.int32)
+            ids_parts.append(ids)
+            lab_parts.append(labels.astype(np.int32))
+        input_ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int32)
+        labels = np.concatenate(lab_parts) if lab_parts else np.zeros(0, np.int32)
+        if len(input_ids) < 2 or (max_len is not None and len(input_ids) > max_len):
+            dropped.append(ex.id)
+            continue
+        labels[0] = IGNORE  # never train a row's first token (packing puts examples end to end)
+        kept.append(TokenizedExample(ex.id, input_ids.astype(np.int32), labels))
+    return TokenizeResult(kept, dropped)
+
+
+def from_token_ids(ids: np.ndarray, example_id: str) -> TokenizedExample:
+    """A raw token window with loss on every token but the first (generic `raw`, random words)."""
+    ids = np.asarray(ids, dtype=np.int32)
+    labels = ids.copy()
+    labels[0] = IGNORE
+    return TokenizedExample(example_id, ids, labels)
+
+
+def encode_prompt_answer(examples: Sequence[Example], tokenizer, prompt_format: PromptFormat = "plain") -> list[PromptAnswer]:
+    """Prompt ids (everything before the last assistant answer) and answer ids (that answer + EOS).
+
+    Uses exactly the segment tokenization of `tokenize_examples`, so for a single-turn example
+    ``concat(prompt_ids, answer_ids)`` equals its `answer`-mode `input_ids`.
+    """
+    eos = eos_id(tokenizer)
+    segmented = [render(ex, tokenizer, prompt_format) for ex in examples]
+    seg_ids = _segment_ids(segmented, tokenizer, first_special=prompt_format == "plain")
+    out = []
+    for ex, segs, ids in zip(examples, segmented, seg_ids):
+        last = max(i for i, s in enumerate(segs) if s.supervised)
+        prompt = [t for j in range(last) for t in ids[j] + ([eos] if segs[j].eos else [])]
+        answer = ids[last] + ([eos] if segs[last].eos else [])
+        out.append(PromptAnswer(ex.id, np.asarray(prompt, np.int32), np.asarray(answer, np.int32)))
+    return out

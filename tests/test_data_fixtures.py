@@ -1,0 +1,71 @@
+"""Helpers for the data tests (no tests here): two real tokenizers trained locally in < 1 s.
+
+- `sp_tokenizer()`: a sentencepiece BPE model converted to a Hugging Face `LlamaTokenizer`
+  (adds BOS, `▁` dummy prefix), as the built-in `tiny` model uses.
+- `bpe_tokenizer()`: a byte-level BPE `tokenizers` model (GPT-2 style, no BOS) wrapped in
+  `PreTrainedTokenizerFast`.
+Both are cached per process (training is deterministic).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+WORDS = (
+    "the of and to in is was for on that with as by at from his her are were which this be or an had "
+    "capital city river country born died music film actor singer paris france london england value key "
+    "answer question complete following partial passage user assistant system code math number one two three"
+).split()
+
+
+def training_text(n: int = 3000, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    alnum = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"))
+    lines = []
+    for i in range(n):
+        words = " ".join(rng.choice(WORDS, size=rng.integers(4, 15)))
+        code = "".join(alnum[rng.integers(0, len(alnum), 8)])
+        lines.append(f"<|user|>\nThe value of key {code} is?\n<|assistant|>\n{words}. {code} 12345, 6789!")
+    return lines
+
+
+@functools.lru_cache(maxsize=None)
+def sp_tokenizer():
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(training_text()), model_writer=buf, vocab_size=400, model_type="bpe",
+        byte_fallback=True, character_coverage=1.0, split_digits=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        num_threads=1, minloglevel=2,
+    )
+    d = Path(tempfile.mkdtemp(prefix="remix-sp-"))
+    (d / "tokenizer.model").write_bytes(buf.getvalue())
+    (d / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False,
+        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+    }))
+    return AutoTokenizer.from_pretrained(d)
+
+
+@functools.lru_cache(maxsize=None)
+def bpe_tokenizer():
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = ByteLevelBPETokenizer()
+    tok.train_from_iterator(training_text(), vocab_size=600, min_frequency=2, special_tokens=["<|endoftext|>"],
+                            show_progress=False)
+    return PreTrainedTokenizerFast(tokenizer_object=tok._tokenizer, eos_token="<|endoftext|>",
+                                   bos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def tokenizers():
+    return {"sentencepiece": sp_tokenizer(), "bytelevel_bpe": bpe_tokenizer()}

@@ -1,0 +1,125 @@
+"""Packing: layout contract, first-fit, efficiency, and packed == per-example logits/loss on a tiny Llama."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from remix_ds.data.packing import efficiency, empty_batch, first_fit_decreasing, pack, pad_reference, padded_efficiency
+from remix_ds.data.tokenize import IGNORE, TokenizedExample
+
+
+def ex(i: int, n: int, prompt: int = 3, vocab: int = 100, seed: int = 0) -> TokenizedExample:
+    rng = np.random.default_rng([seed, i])
+    ids = rng.integers(3, vocab, size=n).astype(np.int32)
+    labels = ids.copy()
+    labels[: min(prompt, n)] = IGNORE
+    labels[0] = IGNORE
+    return TokenizedExample(str(i), ids, labels)
+
+
+def test_first_fit_decreasing_fills_rows_and_keeps_every_example():
+    lengths = [50, 10, 40, 30, 60, 20, 5]
+    bins = first_fit_decreasing(lengths, 64)
+    assert sorted(i for b in bins for i in b) == list(range(7))
+    assert all(sum(lengths[i] for i in b) <= 64 for b in bins)
+    assert len(bins) == 4  # 215 tokens need >= 4 rows of 64
+    with pytest.raises(ValueError, match="does not fit"):
+        first_fit_decreasing([65], 64)
+
+
+def test_packed_layout_contract():
+    exs = [ex(0, 30), ex(1, 20), ex(2, 50), ex(3, 7)]
+    b = pack(exs, max_seq_len=64, pad_id=0)
+    R, T = b["input_ids"].shape
+    assert (R, T) == (2, 57)  # rows: [50, 7] and [30, 20] (+7 pad), T = fullest row
+    for k in ("input_ids", "position_ids", "labels"):
+        assert b[k].dtype == torch.long and b[k].shape == (R, T)
+    assert b["cu_seq_lens_q"].dtype == torch.int32
+    assert b["cu_seq_lens_q"].tolist() == [0, 50, 57, 87, 107, 114]  # pad tail = one extra sequence
+    assert torch.equal(b["cu_seq_lens_q"], b["cu_seq_lens_k"])
+    assert b["max_length_q"] == b["max_length_k"] == 50
+    assert b["position_ids"][1].tolist() == list(range(30)) + list(range(20)) + list(range(7))
+    assert b["input_ids"][1, :30].tolist() == exs[0].input_ids.tolist()
+    assert b["labels"][1, 30:50].tolist() == exs[1].labels.tolist()
+    assert (b["labels"][1, 50:] == IGNORE).all() and (b["input_ids"][1, 50:] == 0).all()
+    assert b["labels"][0, 0] == IGNORE and b["labels"][0, 50] == IGNORE  # example starts
+    assert b["num_examples"] == 4 and b["num_tokens"] == 107
+    assert b["num_supervised"] == sum(e.num_supervised for e in exs)
+    assert efficiency(b) == pytest.approx(107 / 114)
+    b8 = pack(exs, max_seq_len=64, pad_id=0, pad_to_multiple_of=8)
+    assert b8["input_ids"].shape == (2, 64)
+
+
+def test_many_pads_do_not_form_one_token_sequences():
+    b = pack([ex(0, 10), ex(1, 300)], max_seq_len=305, pad_id=0)  # two rows of T = 300
+    assert b["cu_seq_lens_q"].tolist() == [0, 300, 310, 600]  # one 290-token pad run, not 290 sequences
+    assert b["position_ids"][1, 10:].tolist() == list(range(290))  # row 0 holds the 300-token example (FFD)
+
+
+def test_empty_and_reference_batches():
+    e = empty_batch(7)
+    assert e["input_ids"].tolist() == [[7]] and e["num_supervised"] == 0 and e["num_examples"] == 0
+    r = pad_reference([ex(0, 5), ex(1, 8)], seq_len=10, eos_id=2)
+    assert r["input_ids"].shape == (2, 10)
+    assert r["input_ids"][0, 5:].tolist() == [2] * 5 and r["labels"][0, 5:].tolist() == [2] * 5
+    assert r["cu_seq_lens_q"].tolist() == [0, 10, 20]
+
+
+def test_packing_efficiency_beats_padding():
+    rng = np.random.default_rng(0)
+    lens = rng.integers(20, 400, size=256).tolist()
+    exs = [ex(i, n) for i, n in enumerate(lens)]
+    effs, pads = [], []
+    for s in range(0, 256, 32):  # micro-batches of 32 examples into rows of 1024
+        chunk = exs[s : s + 32]
+        effs.append(efficiency(pack(chunk, 1024, 0)))
+        pads.append(padded_efficiency([len(x) for x in chunk]))
+    assert np.mean(effs) >= 0.97 > np.mean(pads)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    return cfg, LlamaForCausalLM(cfg).float()
+
+
+def _loss_sum(logits, labels):
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_logits_and_loss_equal_per_example(tiny_llama, attn):
+    cfg, model = tiny_llama
+    model.config._attn_implementation = attn
+    model.set_attn_implementation(attn)
+    model.train()  # train mode, as the engine runs it (no dropout in Llama, no KV cache)
+    exs = [ex(i, n, prompt=4) for i, n in enumerate([17, 40, 9, 33, 25, 60])]
+    b = pack(exs, max_seq_len=64, pad_id=0)
+    assert b["input_ids"].shape[0] >= 3  # several rows, several examples per row
+    with torch.no_grad():
+        packed = model(input_ids=b["input_ids"], position_ids=b["position_ids"], use_cache=False).logits
+        packed_loss = _loss_sum(packed, b["labels"])
+        ref_loss = 0.0
+        cu = b["cu_seq_lens_q"].tolist()
+        flat = packed.reshape(-1, packed.shape[-1])
+        flat_ids = b["input_ids"].reshape(-1)
+        found = 0
+        for e in exs:
+            ids = torch.from_numpy(e.input_ids.astype(np.int64))[None]
+            single = model(input_ids=ids, use_cache=False).logits
+            ref_loss += _loss_sum(single, torch.from_numpy(e.labels.astype(np.int64))[None])
+            for s, t in zip(cu[:-1], cu[1:]):  # locate the example's segment in the flattened rows
+                if t - s == len(e) and torch.equal(flat_ids[s:t], ids[0]):
+                    torch.testing.assert_close(flat[s:t], single[0], atol=2e-5, rtol=1e-4)
+                    found += 1
+                    break
+    assert found == len(exs)
+    torch.testing.assert_close(packed_loss, torch.as_tensor(ref_loss), atol=1e-4, rtol=1e-5)
