@@ -27,7 +27,7 @@ setup(
     python_requires=">=3.10",
     packages=PACKAGES,
     package_dir={"remix_ds.kernels": "kernels", "remix_ds.ds_configs": "ds_configs"},
-    package_data={"remix_ds.ds_configs": ["*.json"]},
+    package_data={"remix_ds": ["*.yaml"], "remix_ds.ds_configs": ["*.json"]},
     include_package_data=True,
     install_requires=[
         # torch is deliberately unpinned here: the CPU path pins torch==2.13.0 before installing

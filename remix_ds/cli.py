@@ -95,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_module_commands(sub) -> None:
     """Subcommands that live with their modules."""
     from remix_ds.bench import add_bench_command
+    from remix_ds.demo import add_demo_command
 
+    add_demo_command(sub)
     add_bench_command(sub)
     try:
         from remix_ds.data.commands import add_build_shards_command
@@ -111,9 +113,18 @@ def _add_module_commands(sub) -> None:
         add_eval_command(sub)
 
 
+def _config_or_override(args) -> None:
+    """`remix-ds train a.b=1` has no config file: the first positional is an override."""
+    config = getattr(args, "config", None)
+    if config and "=" in config and not Path(config).exists():
+        args.overrides = [config, *args.overrides]
+        args.config = None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _config_or_override(args)
     try:
         return args.func(args) or 0
     except ConfigError as e:

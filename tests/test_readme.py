@@ -1,0 +1,24 @@
+"""The README's two commands are the ones CI and users run."""
+
+import re
+
+from conftest import REPO
+
+
+def readme_commands():
+    return re.findall(r"```bash\n(python3\.11 -m venv[^\n]*)\n```", (REPO / "README.md").read_text())
+
+
+def test_ci_runs_the_readme_test_command():
+    main, tests = readme_commands()
+    ci_lines = [l for l in (REPO / ".ci" / "run").read_text().splitlines() if l and not l.startswith("#")]
+    assert tests in ci_lines
+    assert tests.endswith("python -m pytest -q") and "pip install torch==2.13.0" in tests
+    assert main.endswith("remix-ds demo") and "pip install torch==2.13.0" in main
+
+
+def test_demo_command_exists():
+    from remix_ds.cli import build_parser
+
+    args = build_parser().parse_args(["demo", "train.epochs=1"])
+    assert args.overrides == [] and args.config == "train.epochs=1"  # main() moves it to overrides
