@@ -1,0 +1,235 @@
+"""`remix-ds bench eval`: examples/s of the fused evaluator vs Hugging Face ``generate``.
+
+    remix-ds bench eval [--model tiny] [--examples 64] [--ranks 2] [--out bench_eval.json]
+
+Same KVR examples, same model, three measurements per setting:
+
+- ``fused``: one teacher-forced forward per packed batch (ZeRO-3: parameters gathered once).
+- ``generate``: our generation path, HF ``generate`` with KV cache (ZeRO-3: gathered once).
+- ``generate_naive`` (ZeRO-3 only): ``model.generate`` on the *partitioned* engine module with
+  ``synced_gpus=True``, i.e. DeepSpeed all-gathers every layer for every generated token.
+
+Settings: one process, and ``--ranks`` ranks under ZeRO-3 (the command relaunches itself through
+the ``deepspeed`` launcher; gloo on CPU). Generation runs ``max_new_tokens`` = the longest gold
+answer + EOS (the least that decides every verdict). Verdicts are checked to agree: fused
+``correct`` == generated text matches the gold, and the generated tokens start with the prefix
+the fused pass proves (gold prefix + first wrong argmax).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def _examples(n: int):
+    from remix_ds.data.config import KVRConfig
+    from remix_ds.data.datasets import generate_kvr
+
+    return generate_kvr(KVRConfig(num_pairs=n, seed=1))
+
+
+def _check(items, fused, gens) -> dict:
+    """Verdict agreement between the fused results and generations (both sorted by index)."""
+    from remix_ds.eval.matchers import is_correct
+
+    by = {g.index: g for g in gens}
+    same_verdict = same_prefix = 0
+    for it, f in zip(items, fused):
+        g = by[it.index]
+        same_verdict += f.correct == is_correct(g.text, it.gold, "exact")
+        toks = g.token_ids + [int(it.answer_ids[-1])]  # EOS was cut off the generation
+        same_prefix += toks[: len(f.greedy_prefix)] == f.greedy_prefix
+    return {"verdicts_equal": same_verdict == len(items), "prefixes_equal": same_prefix == len(items),
+            "em": sum(f.correct for f in fused) / max(1, len(fused))}
+
+
+def _timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def _gather(obj):
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [obj]
+    parts: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, obj)
+    return parts
+
+
+def _barrier():
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def run_setting(model, tok, n: int, batch_size: int, max_batch_tokens: int, rank: int, world: int,
+                naive: bool) -> dict:
+    """Time fused / generate (/ naive generate) on this rank's shard of n KVR examples."""
+    from remix_ds.eval.fused import score_fused
+    from remix_ds.eval.generate import generate_greedy
+    from remix_ds.eval.items import make_items
+    from remix_ds.eval.zero import eval_model
+
+    examples = _examples(n)
+    items = make_items(examples, tok)
+    mine = [it for it in items if it.index % world == rank]
+    max_new = max(len(it.answer_ids) for it in items)
+    pad = tok.pad_token_id
+    res: dict = {"n": n, "ranks": world, "max_new_tokens": max_new}
+
+    # Warm-up (first-call overheads), untimed.
+    with eval_model(model) as m:
+        score_fused(m, mine[:2], 0, max_batch_tokens, pad)
+        generate_greedy(m, tok, mine[:2], batch_size, 2)
+    _barrier()
+    with eval_model(model) as m:  # gathers once under ZeRO-3
+        fused, t_f = _timed(lambda: score_fused(m, mine, 0, max_batch_tokens, pad))
+        _barrier()
+    t_f = max(_gather(t_f))
+    with eval_model(model) as m:
+        gens, t_g = _timed(lambda: generate_greedy(m, tok, mine, batch_size, max_new))
+        _barrier()
+    t_g = max(_gather(t_g))
+    res["fused"] = {"seconds": t_f, "examples_per_s": n / t_f}
+    res["generate"] = {"seconds": t_g, "examples_per_s": n / t_g, **_agree(mine, fused, gens)}
+    if naive:
+        module = model.module if hasattr(model, "module") else model
+        module.eval()
+        steps = max(_gather(-(-len(mine) // batch_size)))
+        # HF generate on the partitioned module: every forward all-gathers each layer, so ranks
+        # must step together (synced_gpus) and run the same number of generate calls.
+        naive_gens, t_n = _timed(lambda: generate_greedy(module, tok, mine, batch_size, max_new,
+                                                         n_steps=steps, synced=True))
+        t_n = max(_gather(t_n))
+        res["generate_naive"] = {"seconds": t_n, "examples_per_s": n / t_n, **_agree(mine, fused, naive_gens)}
+        res["fused_speedup_vs_naive_generate"] = t_n / t_f
+    res["fused_speedup_vs_generate"] = t_g / t_f
+    return res
+
+
+def _agree(items, fused, gens) -> dict:
+    """Agreement on this rank's shard, reduced over ranks."""
+    parts = _gather(_check(items, fused, gens))
+    return {"verdicts_equal": all(p["verdicts_equal"] for p in parts),
+            "prefixes_equal": all(p["prefixes_equal"] for p in parts)}
+
+
+def _load(model_name: str, dtype):
+    from transformers import AutoModelForCausalLM
+
+    from remix_ds import models
+
+    src = models.resolve_path(model_name)
+    return AutoModelForCausalLM.from_pretrained(src, dtype=dtype), models.load_tokenizer(src)
+
+
+def _worker(args) -> None:
+    """One rank of the ZeRO-3 setting (started by the deepspeed launcher)."""
+    import deepspeed
+    from transformers.integrations import HfDeepSpeedConfig
+
+    from remix_ds import models
+
+    cuda = torch.cuda.is_available()
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dtype = models.resolve_dtype("auto")
+    ds = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+          "bf16": {"enabled": dtype == torch.bfloat16},
+          "optimizer": {"type": "AdamW", "params": {"lr": 1e-5, "torch_adam": True}},
+          "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}, "steps_per_print": 10**9}
+    keep = HfDeepSpeedConfig(ds)  # noqa: F841  # from_pretrained partitions under zero.Init
+    model, tok = _load(args.model, dtype)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
+    res = run_setting(engine, tok, args.n, args.batch_size, args.max_batch_tokens, rank, world, naive=True)
+    if rank == 0:
+        Path(args.worker).write_text(json.dumps(res))
+
+
+def _build_shape(args) -> str:
+    """--layers/--hidden: a random-init Llama of that shape with the tiny tokenizer, saved once so
+    every rank loads the same weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from remix_ds import models
+
+    out = models.cache_root() / "bench" / f"eval-llama-{args.layers}x{args.hidden}"
+    if not (out / "config.json").is_file():
+        tok = models.load_tokenizer(args.model)
+        torch.manual_seed(0)
+        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=2 * args.hidden,
+                          num_hidden_layers=args.layers, num_attention_heads=4, num_key_value_heads=2,
+                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+        LlamaForCausalLM(cfg).save_pretrained(out)
+        tok.save_pretrained(out)
+    return str(out)
+
+
+def run(args) -> int:
+    from remix_ds import models
+
+    if args.layers:
+        args.model = _build_shape(args)
+    dtype = models.resolve_dtype("auto")
+    model, tok = _load(args.model, dtype)
+    if torch.cuda.is_available():
+        model = model.cuda()
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
+                   f"torch threads {torch.get_num_threads()}"
+                   + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
+        "model": args.model,
+        "params": sum(p.numel() for p in model.parameters()),
+        "command": "remix-ds bench eval " + " ".join(sys.argv[3:]),
+        "single": run_setting(model, tok, args.n, args.batch_size, args.max_batch_tokens, 0, 1, naive=False),
+    }
+    if args.ranks > 1:
+        out = Path(args.out).with_suffix(".zero3.json")
+        launcher = Path(sys.executable).with_name("deepspeed")
+        cmd = [str(launcher if launcher.exists() else "deepspeed"), "--num_gpus", str(args.ranks),
+               "--master_port", str(args.master_port), "--module", "remix_ds.bench.eval", "--worker", str(out),
+               "--model", args.model, "--examples", str(args.n), "--batch-size", str(args.batch_size),
+               "--max-batch-tokens", str(args.max_batch_tokens)]
+        subprocess.run(cmd, check=True)
+        report["zero3"] = json.loads(out.read_text())
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _add_args(p) -> None:
+    p.add_argument("--model", default="tiny", help="model folder / hub id / tiny")
+    p.add_argument("--examples", dest="n", type=int, default=64, help="number of KVR examples")
+    p.add_argument("--batch-size", type=int, default=16, help="generation prompts per batch")
+    p.add_argument("--max-batch-tokens", type=int, default=8192, help="fused tokens per forward")
+
+
+def add_bench_eval_command(subparsers) -> None:
+    """Register ``remix-ds bench eval`` (sets ``func=run``)."""
+    p = subparsers.add_parser("eval", help="fused evaluator vs HF generate, examples/s (1 process and ZeRO-3)")
+    _add_args(p)
+    p.add_argument("--ranks", type=int, default=2, help="ranks of the ZeRO-3 setting (1: skip it)")
+    p.add_argument("--layers", type=int, default=0, help="bench a random-init Llama with this many layers instead")
+    p.add_argument("--hidden", type=int, default=64, help="width of the --layers model")
+    p.add_argument("--master-port", type=int, default=29511)
+    p.add_argument("--out", default="bench_eval.json")
+    p.set_defaults(func=run)
+
+
+if __name__ == "__main__":  # the ZeRO-3 worker, under the deepspeed launcher
+    parser = argparse.ArgumentParser()
+    _add_args(parser)
+    parser.add_argument("--worker", required=True, help="JSON written by rank 0")
+    _worker(parser.parse_known_args()[0])

@@ -1,0 +1,47 @@
+"""The trainer's eval hook: score `eval.datasets` every `train.eval_every` steps.
+
+    hook = build_eval_hook(run_cfg, tokenizer, rank, world_size)   # None when nothing to score
+    metrics = hook(model, step=N, out_dir=RUN_DIR / "eval")        # on ALL ranks together
+
+``model`` may be the HF module or the DeepSpeed engine, ZeRO-3-partitioned or not. The hook puts
+it in eval mode and back in its previous mode, returns
+``{"eval/<set>/em": ..., "eval/<set>/answer_nll": ..., ...}`` (the same dict on every rank) and,
+with ``eval.write_rows``, rank 0 writes ``OUT_DIR/step-N/<set>.jsonl`` + ``<set>.metrics.json``.
+Examples are loaded and tokenized once, when the hook is built.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from remix_ds.eval.data import EvalSet, load_eval_sets
+from remix_ds.eval.runner import evaluate, write_results
+
+
+class EvalHook:
+    """Callable ``(model, step, out_dir) -> dict[str, float]``; see the module docstring."""
+
+    def __init__(self, sets: list[EvalSet], cfg, tokenizer, rank: int, world_size: int, prompt_format: str = "plain"):
+        self.sets, self.cfg, self.tokenizer = sets, cfg, tokenizer
+        self.rank, self.world_size, self.prompt_format = rank, world_size, prompt_format
+
+    def __call__(self, model, step: int, out_dir: str | Path) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for s in self.sets:
+            result = evaluate(model, self.tokenizer, s.examples, self.cfg, self.rank, self.world_size, self.prompt_format)
+            for key in ("em", "answer_nll", "answer_logprob"):
+                metrics[f"eval/{s.name}/{key}"] = result.metrics[key]
+            if "fused_generate_agreement" in result.metrics:
+                metrics[f"eval/{s.name}/fused_generate_agreement"] = result.metrics["fused_generate_agreement"]
+            if self.cfg.write_rows and self.rank == 0:
+                write_results(result, Path(out_dir) / f"step-{step}", s.name, extra={"step": step})
+        return metrics
+
+
+def build_eval_hook(run_cfg, tokenizer, rank: int, world_size: int) -> EvalHook | None:
+    """An EvalHook for ``run_cfg.eval``, or None when ``eval.datasets`` is empty."""
+    cfg = run_cfg.eval
+    if not cfg.datasets:
+        return None
+    sets = load_eval_sets(cfg, run_cfg.data)
+    return EvalHook(sets, cfg, tokenizer, rank, world_size, prompt_format=run_cfg.data.prompt_format)

@@ -1,0 +1,112 @@
+"""Running evaluation on a (possibly DeepSpeed-wrapped, possibly ZeRO-3-partitioned) model.
+
+Under ZeRO-3 every forward of every submodule all-gathers that submodule's parameters (a
+collective, so all ranks must run the same forwards) and frees them again afterwards. For
+generation that is one all-gather per layer *per new token*. ``eval_model`` instead gathers all
+parameters once per evaluation (``deepspeed.zero.GatheredParameters``) and removes DeepSpeed's
+module hooks while it runs, as TRL's ``unwrap_model_for_generation`` does (and
+``deepspeed.runtime.zero.unwrap_model_for_generation``); then each rank holds the whole model, its
+forwards involve no collectives, and ranks may run different amounts of work. The hooks are
+restored on exit, also on error.
+
+Memory: the gathered model must fit on one device (an 8B model in bf16 is 16 GB). When it does
+not, use ``gather=False``: parameters stay partitioned, hooks stay, and the evaluator runs every
+rank through the same number of forward passes instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+# DeepSpeed's ZeRO-3 hooks are closures in deepspeed.runtime.zero, some wrapped by
+# deepspeed.utils.nvtx (whose wrapper does not keep __module__): match the package.
+_DS_PACKAGE = "deepspeed."
+
+
+def unwrap(model) -> tuple[torch.nn.Module, object | None]:
+    """(the HF module, the DeepSpeed engine or None)."""
+    try:
+        from deepspeed import DeepSpeedEngine
+    except ImportError:  # pragma: no cover - deepspeed is a dependency
+        return model, None
+    if isinstance(model, DeepSpeedEngine):
+        return model.module, model
+    return model, None
+
+
+def is_zero3(module: torch.nn.Module) -> bool:
+    """Parameters partitioned by ZeRO-3 carry a ``ds_id``."""
+    return any(hasattr(p, "ds_id") for p in module.parameters())
+
+
+def _engine_offload(engine):
+    """The object holding ZeRO-3's module hooks (``DeepSpeedZeRoOffload``), as TRL finds it."""
+    opt = getattr(engine, "optimizer", None)
+    if opt is None:
+        return None
+    return getattr(opt, "parameter_offload", None) or (opt if hasattr(opt, "forward_hooks") else None)
+
+
+@contextlib.contextmanager
+def _without_engine_hooks(offload) -> Iterator[None]:
+    """TRL's remove_hooks/add_hooks: drop the offload's hook handles, re-register them after."""
+    for hook in [*offload.forward_hooks, *offload.backward_hooks]:
+        hook.remove()
+    offload.forward_hooks, offload.backward_hooks = [], []
+    try:
+        yield
+    finally:
+        offload._register_deepspeed_module(offload.module)
+
+
+def _is_ds_hook(fn) -> bool:
+    return (getattr(fn, "__module__", None) or "").startswith(_DS_PACKAGE)
+
+
+@contextlib.contextmanager
+def _without_module_hooks(module: torch.nn.Module) -> Iterator[None]:
+    """For a bare partitioned module (engine not at hand): take DeepSpeed's forward hooks out of
+    each submodule's hook dicts and put the exact same dicts back afterwards (same handles, same
+    order, so nothing is re-registered and the engine's bookkeeping is untouched)."""
+    saved = []
+    for m in module.modules():
+        for name in ("_forward_pre_hooks", "_forward_hooks"):
+            hooks = getattr(m, name)
+            ds_keys = [k for k, fn in hooks.items() if _is_ds_hook(fn)]
+            if ds_keys:
+                saved.append((hooks, dict(hooks)))
+                for k in ds_keys:
+                    del hooks[k]
+    try:
+        yield
+    finally:
+        for hooks, original in saved:
+            hooks.clear()
+            hooks.update(original)
+
+
+@contextlib.contextmanager
+def eval_model(model, gather: bool = True) -> Iterator[torch.nn.Module]:
+    """Yield the plain HF module in eval mode, whole on this rank when ZeRO-3 and ``gather``.
+
+    Call on all ranks together (gathering is a collective). Restores train/eval mode on exit.
+    """
+    module, engine = unwrap(model)
+    was_training = module.training
+    module.eval()
+    try:
+        if not (gather and is_zero3(module)):
+            yield module
+            return
+        import deepspeed
+
+        offload = _engine_offload(engine) if engine is not None else None
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            hooks = _without_engine_hooks(offload) if offload is not None else _without_module_hooks(module)
+            with hooks:
+                yield module
+    finally:
+        module.train(was_training)

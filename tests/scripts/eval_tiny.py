@@ -1,0 +1,89 @@
+"""A tiny Llama trained on a few dozen KVR pairs until it recalls some but not all of them.
+
+Shared by the evaluator tests and the 2-rank ZeRO-3 script: trained once with a plain torch
+loop (deterministic on CPU), saved as a Hugging Face folder under the remix-ds cache, then loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from remix_ds.data.config import KVRConfig
+from remix_ds.data.datasets import generate_kvr
+from remix_ds.data.tokenize import tokenize_examples
+from remix_ds.models import cache_root, load_tokenizer
+
+VERSION = 1
+KVR = KVRConfig(num_pairs=40, key_len=4, value_len=3, seed=3)
+
+
+def kvr_examples():
+    return generate_kvr(KVR)
+
+
+def _train(out: Path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = load_tokenizer("tiny")
+    data = tokenize_examples(kvr_examples(), tok, mode="answer").examples
+    width = max(len(t) for t in data)
+    # Right-padded full batch; pads carry no loss and no attention.
+    ids = torch.full((len(data), width), tok.pad_token_id, dtype=torch.long)
+    labels = torch.full((len(data), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(data), width), dtype=torch.long)
+    for i, t in enumerate(data):
+        ids[i, : len(t)] = torch.from_numpy(t.input_ids.astype(np.int64))
+        labels[i, : len(t)] = torch.from_numpy(t.labels.astype(np.int64))
+        mask[i, : len(t)] = 1
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    answer = labels != -100
+    for step in range(1, 2001):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 10 == 0:
+            with torch.no_grad():
+                logits = model(input_ids=ids, attention_mask=mask).logits
+            ok = ((logits[:, :-1].argmax(-1) == ids[:, 1:]) | ~answer[:, 1:]).all(-1).float().mean().item()
+            print(f"step {step} loss {loss.item():.3f} acc {ok:.2f}", flush=True)
+            if 0.35 <= ok <= 0.65:
+                break
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def trained_model_dir() -> Path:
+    """Folder of the trained tiny model (trained on first use; safe if several processes race)."""
+    final = cache_root() / "tests" / f"eval-kvr-tiny-v{VERSION}"
+    if (final / "config.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-eval-", dir=final.parent))
+    try:
+        _train(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+if __name__ == "__main__":
+    print(trained_model_dir())
