@@ -121,6 +121,10 @@ class TrainConfig:
     """Write metrics every N optimizer steps."""
     eval_every: int = 0
     """Run the eval hook every N optimizer steps (0: only at the end)."""
+    early_stop_metric: str | None = None
+    """Finish the stage early once this eval-hook metric (e.g. `eval/kvr/em`) reaches early_stop_value."""
+    early_stop_value: float = 1.0
+    """Threshold for early_stop_metric (checked at every eval, >=)."""
     save_every: int = 0
     """Save a checkpoint every N optimizer steps (0: only at the end)."""
     keep_last: int = 2

@@ -66,6 +66,7 @@ class Trainer:
         self.metrics = MetricsWriter(self.out, enabled=dist.is_main(), tensorboard=cfg.train.tensorboard)
         self.eval_hooks = list(eval_hooks or []) + self._config_eval_hooks()
         self.step = 0
+        self.stopped_early = False
         self._saved_step = -1
         self._resume()
 
@@ -140,6 +141,7 @@ class Trainer:
         state = ckpt_lib.load_checkpoint(self.engine, ckpt)
         self.loader.load_state_dict(state["loader"])
         self.step = self._saved_step = state["step"]
+        self.stopped_early = state.get("stopped_early", False)
         if dist.is_main():
             print(f"[remix-ds] resumed from {ckpt} at step {self.step}", flush=True)
 
@@ -192,11 +194,20 @@ class Trainer:
             self.tokenizer.save_pretrained(folder)
 
         path = ckpt_lib.save_checkpoint(
-            self.engine, self.out, self.step, {"loader": self.loader.state_dict()}, write_hf_files,
+            self.engine, self.out, self.step, {"loader": self.loader.state_dict(), "stopped_early": self.stopped_early},
+            write_hf_files,
             self.cfg.train.keep_last,
         )
         self._saved_step = self.step
         return path
+
+    def _reached_target(self, metrics: dict) -> bool:
+        name = self.cfg.train.early_stop_metric
+        if not name:
+            return False
+        if name not in metrics:
+            raise KeyError(f"train.early_stop_metric={name!r} is not among the eval metrics {sorted(metrics)}")
+        return metrics[name] >= self.cfg.train.early_stop_value
 
     def _evaluate(self) -> dict:
         results = {}
@@ -216,7 +227,7 @@ class Trainer:
                    dynamic_ncols=True, desc="train")
         logged = []
         start_step = self.step
-        while self.step < stop:
+        while self.step < stop and not self.stopped_early:
             lr = self.engine.get_lr()[0]  # the rate this step's update uses
             stats = self.train_step(self._next_step_batches())
             self.step += 1
@@ -234,25 +245,33 @@ class Trainer:
             if self.step == 1 and dist.is_main():
                 print(f"[remix-ds] tokens in the first optimizer step: {stats.tokens:,} "
                       f"({stats.supervised_tokens:,} supervised)", flush=True)
-            if t.eval_every and self.step % t.eval_every == 0 and self.step < self.total_steps:
+            evaluated = bool(t.eval_every and self.step % t.eval_every == 0 and self.step < self.total_steps)
+            if evaluated:
                 row.update(self._evaluate())
-            if self.step % t.log_every == 0 or self.step == stop:
+                self.stopped_early = self._reached_target(row)
+            if evaluated or self.step % t.log_every == 0 or self.step == stop:
                 self.metrics.log(self.step, row)
                 logged.append({"step": self.step, **row})
             bar.update(1)
             bar.set_postfix(loss=f"{stats.loss:.4f}", lr=f"{row['lr']:.2e}",
                             tok_s=f"{row['tokens_per_s']:.0f}", sup_tok_s=f"{row['supervised_tokens_per_s']:.0f}")
+            if self.stopped_early:
+                if dist.is_main():
+                    print(f"[remix-ds] {t.early_stop_metric} reached {t.early_stop_value} at step {self.step}; "
+                          "finishing the stage", flush=True)
+                break
             if t.save_every and self.step % t.save_every == 0 and self.step < stop:
                 self._save()
         bar.close()
-        if self.step >= self.total_steps:
+        finished = self.step >= self.total_steps or self.stopped_early
+        if self.step >= self.total_steps and not self.stopped_early:
             final = self._evaluate() if self.eval_hooks else {}
             if final:
                 self.metrics.log(self.step, final)
                 logged.append({"step": self.step, **final})
         if self._saved_step != self.step:
             self._save()
-        if self.step >= self.total_steps and t.export_final and (
+        if finished and t.export_final and (
             self.step > start_step or not (self.out / "final" / "config.json").is_file()
         ):
             export_engine(self.engine, self.out / "final", self.tokenizer)
