@@ -177,25 +177,43 @@ def bench_hf_trainer(cfg, all_batches: list[list[dict]], warmup: int, out_dir: s
     return {"engine": "hf-trainer", "steps_timed": len(timed), "seconds": seconds, "tokens_per_s": tokens / seconds}
 
 
-def run(config: str | None, overrides: list[str], steps: int = 10, warmup: int = 3, hf_trainer: bool | None = None) -> dict:
+def run(config: str | None, overrides: list[str], steps: int = 10, warmup: int = 3, hf_trainer: bool | None = None,
+        repeats: int = 1) -> dict:
+    """Bench the engine (and HF Trainer), alternating them `repeats` times; medians are reported.
+
+    Alternating keeps the comparison fair on a machine whose load changes during the run.
+    """
     if hf_trainer is None:
         hf_trainer = not torch.cuda.is_available()
+    runs, hf_runs = [], []
     with tempfile.TemporaryDirectory(prefix="remix-bench-") as tmp:
         cfg = _bench_cfg(config, overrides, steps, warmup, tmp)
-        result = {"machine": None, "config": config, "overrides": overrides}
-        remix, batches = bench_remix(cfg, steps, warmup)
-        result["machine"] = machine_info()
-        result["remix_ds"] = remix
-        if hf_trainer:
-            hf = bench_hf_trainer(cfg, batches, warmup, tmp + "/hf")
-            result["hf_trainer"] = hf
-            result["tokens_per_s_ratio_remix_over_hf"] = remix["tokens_per_s"] / hf["tokens_per_s"]
+        for r in range(repeats):
+            remix, batches = bench_remix(cfg, steps, warmup)
+            runs.append(remix)
+            if hf_trainer:
+                hf_runs.append(bench_hf_trainer(cfg, batches, warmup, f"{tmp}/hf{r}"))
+    result = {"machine": machine_info(), "config": config, "overrides": overrides, "repeats": repeats}
+    result["remix_ds"] = min(runs, key=lambda x: abs(x["tokens_per_s"] - _median([y["tokens_per_s"] for y in runs])))
+    result["remix_ds_tokens_per_s_all"] = [x["tokens_per_s"] for x in runs]
+    if hf_runs:
+        result["hf_trainer_tokens_per_s_all"] = [x["tokens_per_s"] for x in hf_runs]
+        result["hf_trainer"] = {"engine": "hf-trainer", "tokens_per_s": _median(result["hf_trainer_tokens_per_s_all"])}
+        ratios = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(runs, hf_runs)]
+        result["tokens_per_s_ratio_remix_over_hf_all"] = ratios
+        result["tokens_per_s_ratio_remix_over_hf"] = _median(ratios)
     return result
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
 
 
 def _main(args) -> int:
     result = run(args.config, args.overrides, steps=args.steps, warmup=args.warmup,
-                 hf_trainer={"auto": None, "on": True, "off": False}[args.hf_trainer])
+                 hf_trainer={"auto": None, "on": True, "off": False}[args.hf_trainer], repeats=args.repeats)
     if dist.is_main():
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2))
@@ -209,6 +227,7 @@ def add_bench_train_command(bsub) -> None:
     p.add_argument("--out", default="bench_train.json", help="JSON output path")
     p.add_argument("--steps", type=int, default=10, help="timed optimizer steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps first")
+    p.add_argument("--repeats", type=int, default=3, help="alternate engine / HF Trainer runs this many times")
     p.add_argument("--hf-trainer", choices=["auto", "on", "off"], default="auto",
                    help="also run transformers.Trainer on the same batches (auto: on CPU only)")
     p.set_defaults(func=_main)
