@@ -123,7 +123,9 @@ def _config_or_override(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `deepspeed --module remix_ds.cli ...` appends --local_rank=N; the rank comes from the environment.
+    args = parser.parse_args([a for a in argv if not a.startswith("--local_rank")])
     _config_or_override(args)
     try:
         return args.func(args) or 0
