@@ -55,7 +55,9 @@ def balanced_bins(lengths: Sequence[int], max_seq_len: int) -> list[list[int]]:
 
     best_area = area(best)
     r_min = -(-total // max_seq_len)
-    for rows in range(r_min, len(best) + 1):
+    # Up to one example per row: with long, similar lengths that beats rows holding two examples
+    # next to rows holding one (all rows share the fullest row's length).
+    for rows in range(r_min, len(lengths) + 1):
         lo, hi = max(longest, -(-total // rows)), max_seq_len
         if rows * lo >= best_area:  # no capacity can beat the best layout with this many rows
             break

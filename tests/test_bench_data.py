@@ -1,0 +1,72 @@
+"""`remix-ds bench data`: the JSON has every section with sane, measured values (quick sizes)."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import pytest
+
+from remix_ds.bench import data as bench_data
+from remix_ds.data import corpus
+
+
+@pytest.fixture
+def small_corpus(tmp_path, monkeypatch):
+    """The built-in corpus capped at 200 kB in a private cache, so the test builds it in a second or two."""
+    real = corpus.generic_corpus
+    monkeypatch.setattr(corpus, "cache_root", lambda: tmp_path / "cache")
+    monkeypatch.setattr(corpus, "generic_corpus", functools.partial(real, max_bytes=200_000))
+    return tmp_path / "cache"
+
+
+def test_bench_data_quick(tmp_path, small_corpus):
+    from remix_ds.models import load_tokenizer
+
+    out = tmp_path / "bench.json"
+    res = bench_data.run(out, quick=True)
+    assert json.loads(out.read_text()) == res
+    assert res["machine"]["cpu_count"] >= 1 and res["machine"]["python"]
+
+    rw = res["random_words"]
+    assert rw["ids_match_tokenizer"] == 1.0
+    assert rw["vectorized"]["tokens_per_s"] > 0 and rw["naive_loop"]["tokens_per_s"] > 0
+    assert rw["speedup"] == pytest.approx(rw["vectorized"]["tokens_per_s"] / rw["naive_loop"]["tokens_per_s"], rel=0.01)
+    assert rw["speedup"] > 10  # the target is 100x; quick sizes on shared cores are noisy
+
+    sr = res["shard_read"]
+    assert str(small_corpus) in sr["corpus"] and sr["dtype"] == "uint16"
+    assert sr["tokens"] > 10_000 and sr["random_windows"]["tokens_per_s"] > 0
+
+    formats = res["mixer"]["formats"]
+    assert set(formats) >= {"kvr_answer", "generic_completion", "generic_raw", "random_raw", "random_completion"}
+    for stats in formats.values():
+        assert stats["rows"] > 0 and 0 < stats["packing_efficiency"] <= 1 and 0 < stats["pad_to_longest_efficiency"] <= 1
+    # raw generic windows are exactly raw_tokens long (128), so packing them is lossless
+    assert formats["generic_raw"]["mean_tokens_per_row"] == 128.0 and formats["generic_raw"]["packing_efficiency"] == 1.0
+
+    c = res["consumption"]
+    assert c["loader_over_train"] == pytest.approx(c["loader_tokens_per_s"] / c["train_tokens_per_s"], rel=0.01)
+    assert load_tokenizer("tiny").eos_token_id is not None
+
+
+def test_naive_baseline_matches_tokenizer():
+    from test_data_fixtures import sp_tokenizer
+
+    tok = sp_tokenizer()
+    ids = bench_data.naive_random_words(tok, ["one", "two", "three"], 5, 2, 4, seed=0)
+    assert len(ids) == 5
+    for x in ids:
+        text = tok.decode(x)
+        assert 2 <= len(text.split()) <= 4 and set(text.split()) <= {"one", "two", "three"}
+        assert tok(text, add_special_tokens=False)["input_ids"] == x
+
+
+def test_cli_bench_data_parts(tmp_path, capsys):
+    from remix_ds.cli import main
+
+    out = tmp_path / "b.json"
+    assert main(["bench", "data", "--quick", "--parts", "random_words", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert "random_words" in res and "shard_read" not in res and "mixer" not in res
+    assert f"wrote {out}" in capsys.readouterr().out
