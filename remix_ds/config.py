@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 from remix_ds import configtools
+from remix_ds.baselines.config import RegularizeConfig
 from remix_ds.configtools import ConfigError
 from remix_ds.data.config import DataConfig
 from remix_ds.eval.config import EvalConfig
@@ -55,10 +56,12 @@ class ModelConfig:
     """Tokenizer hub id or folder; defaults to the model's own."""
     init_from: str | None = None
     """Start from an earlier stage: an exported HF folder or a `RUN_DIR/checkpoint-N` folder."""
-    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
-    """`auto`: flash_attention_2 when flash-attn imports and CUDA is present, else sdpa."""
+    attn_implementation: Literal["auto", "flash_attention_2", "remix_varlen", "sdpa", "eager"] = "auto"
+    """`auto`: flash_attention_2 when flash-attn imports and CUDA is present, else sdpa; `remix_varlen`: remix_ds.kernels.attention."""
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     """Training precision; `auto` is bf16 on GPU and fp32 on CPU."""
+    fused_loss: Literal["auto", "on", "off"] = "auto"
+    """Chunked lm_head + cross-entropy without full logits; `auto`: on where exact (bias-free lm_head, no logit softcap/scale)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
     trust_remote_code: bool = False
@@ -129,6 +132,8 @@ class TrainConfig:
     """Save a checkpoint every N optimizer steps (0: only at the end)."""
     keep_last: int = 2
     """Keep the newest K complete checkpoints."""
+    save_final: bool = True
+    """Save a checkpoint when the stage ends (off for throwaway runs such as forgetting-matrix rows)."""
     resume: str = "auto"
     """`auto`: newest complete checkpoint in output_dir if any; `none`; or a checkpoint folder."""
     export_final: bool = True
@@ -174,6 +179,8 @@ class RunConfig:
     """What the stage trains on and how it is packed."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """What the eval hook scores."""
+    regularize: RegularizeConfig = field(default_factory=RegularizeConfig)
+    """Continual-learning baselines added to the stage loss (EWC, KL to the frozen model)."""
 
     def grad_accum(self, world_size: int) -> int:
         per_pass = self.train.micro_batch_size * world_size

@@ -53,6 +53,10 @@ def _coerce(value: Any, tp: Any, key: str, source: str | None) -> Any:
             f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}{_where(source)}"
         )
     if origin is Literal:
+        if isinstance(value, bool) and value not in get_args(tp):
+            # YAML 1.1 reads on/off/yes/no as booleans; map them back to the spelling the field takes.
+            spellings = ("on", "yes", "true") if value else ("off", "no", "false")
+            value = next((a for a in get_args(tp) if isinstance(a, str) and a.lower() in spellings), value)
         if value not in get_args(tp):
             raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}{_where(source)}")
         return value

@@ -11,24 +11,19 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from remix_ds.cachedir import build_once, cache_root
 from remix_ds.config import ModelConfig, TinyModelConfig
 
 TINY = "tiny"
 # Bump when the way the tiny model or tokenizer is built changes, so caches are rebuilt.
 _TINY_VERSION = 1
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("REMIX_DS_CACHE", Path.home() / ".cache" / "remix_ds"))
 
 
 def _tiny_key(cfg: TinyModelConfig) -> str:
@@ -120,27 +115,10 @@ def _build_tiny(cfg: TinyModelConfig, out: Path) -> None:
 
 
 def tiny_model_dir(cfg: TinyModelConfig | None = None) -> Path:
-    """Hugging Face folder of the built-in tiny model (built on first use, then cached).
-
-    Safe to call from several ranks at once: each builds into its own temp folder and the first
-    atomic rename wins.
-    """
+    """Hugging Face folder of the built-in tiny model (built on first use, then cached)."""
     cfg = cfg or TinyModelConfig()
     final = cache_root() / "models" / f"tiny-{_tiny_key(cfg)}"
-    if (final / "config.json").is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-tiny-", dir=final.parent))
-    try:
-        _build_tiny(cfg, tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return build_once(final, lambda tmp: _build_tiny(cfg, tmp), marker="config.json")
 
 
 def resolve_path(name_or_path: str, tiny: TinyModelConfig | None = None) -> str:
@@ -212,6 +190,9 @@ def load_model(cfg: ModelConfig, dtype: torch.dtype, attn_implementation: str, f
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from remix_ds.kernels import attention as attention_kernels
+
+    attention_kernels.register()  # makes `remix_varlen` selectable
     source = model_source(cfg)
     if cfg.init_from and is_deepspeed_checkpoint(cfg.init_from):
         from_config_only = True

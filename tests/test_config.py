@@ -118,3 +118,11 @@ def test_cli_reports_config_errors_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "train.bogus_key" in proc.stderr and str(cfg_file) in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_yaml_on_off_map_to_literal_spellings(tmp_path):
+    cfg = load_config(write(tmp_path / "run.yaml", "model:\n  fused_loss: off\n"), ["model.gradient_checkpointing=yes"])
+    assert cfg.model.fused_loss == "off" and cfg.model.gradient_checkpointing is True
+    assert load_config(None, ["model.fused_loss=on"]).model.fused_loss == "on"
+    with pytest.raises(ConfigError, match=r"model\.dtype: expected one of"):
+        load_config(None, ["model.dtype=on"])

@@ -68,7 +68,7 @@ class ReplayConfig:
     """An earlier stage's dataset replayed into this stage (the replay baseline)."""
 
     dataset: str = "kvr"
-    """Registered dataset name or local .jsonl/.json/.parquet file (as in the earlier stage)."""
+    """Registered dataset name or local .jsonl/.json/.parquet file (as in the earlier stage), or a .npz of token windows (`ids`, `tokens`; every token but the first trained)."""
     data_files: str | None = None
     """Local file with the registered dataset's own fields (as in the earlier stage)."""
     num_examples: int = 0
@@ -81,15 +81,36 @@ class ReplayConfig:
     """Which tokens carry loss; null uses data.loss_mode."""
     ratio: float = 0.0
     """Replay rows per stage-dataset row per epoch (0.01 = 1%), redrawn every epoch from seed + epoch."""
+    weights_file: str | None = None
+    """JSON {example id: score}: draw replay rows with replacement with probability softmax(score / temperature); null: uniform, without replacement."""
+    temperature: float = 0.1
+    """Softmax temperature of the weights_file scores (in the scores' units, e.g. predicted NLL increase)."""
 
     def validate(self, prefix: str) -> None:
         SourceConfig.validate(self, prefix)  # type: ignore[arg-type]  # same fields
         if self.ratio < 0:
             raise ConfigError(f"{prefix}.ratio must be >= 0, got {self.ratio}")
+        if not self.temperature > 0:
+            raise ConfigError(f"{prefix}.temperature must be > 0, got {self.temperature}")
 
     def source(self) -> SourceConfig:
         """This replay dataset as a plain SourceConfig (what the registry loads)."""
         return _source_of(self)
+
+
+def check_filtered(path: str, key: str) -> None:
+    """`path` must be a "yet to learn" file written by `remix-ds filter-known` (see remix_ds/baselines/filter_known.py)."""
+    import json
+    from pathlib import Path
+
+    file = Path(path)
+    manifest = file.parent.parent / "filter_known.json"
+    hint = f"run `remix-ds filter-known MODEL --data NAME --out DIR` and set {key}=DIR/unknown/NAME.jsonl"
+    if not (file.is_file() and file.parent.name == "unknown" and manifest.is_file()):
+        raise ConfigError(f"{key}={path!r} is not a filter-known output (data.require_filtered=true); {hint}")
+    listed = {d["files"]["unknown"] for d in json.loads(manifest.read_text()).get("datasets", {}).values()}
+    if f"unknown/{file.name}" not in listed:
+        raise ConfigError(f"{key}={path!r} is not listed in {manifest} (data.require_filtered=true); {hint}")
 
 
 def _source_of(cfg) -> SourceConfig:
@@ -174,6 +195,8 @@ class DataConfig:
     """Round a packed micro-batch's row length up to a multiple of this (8 helps tensor cores)."""
     reference_compat: bool = False
     """Reference quirks: one shuffle order for all epochs; no packing, rows padded to max_seq_len, pads trained to EOS."""
+    require_filtered: bool = False
+    """Require data.dataset to be a `remix-ds filter-known` output (DIR/unknown/NAME.jsonl listed in DIR/filter_known.json)."""
 
     def __post_init__(self):
         SourceConfig.validate(self, "data")  # type: ignore[arg-type]  # same fields
@@ -186,6 +209,8 @@ class DataConfig:
             raise ConfigError("data.key_span_delimiters must be two different non-empty strings")
         self.kvr.validate("data.kvr")
         self.mix.validate("data.mix")
+        if self.require_filtered:
+            check_filtered(self.dataset, "data.dataset")
         for i, r in enumerate(self.replay):
             r.validate(f"data.replay[{i}]")
 

@@ -19,14 +19,13 @@ import inspect
 import json
 import os
 import re
-import shutil
 import sys
 import sysconfig
-import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from remix_ds.data.shards import ShardReader, tokenizer_fingerprint, umask_mode
+from remix_ds.cachedir import build_once, cache_root
+from remix_ds.data.shards import ShardReader, tokenizer_fingerprint
 
 # Bump when harvesting or filtering changes, so cached corpora are rebuilt.
 CORPUS_VERSION = 2
@@ -55,10 +54,6 @@ _CODE_CHARS = frozenset("()[]{}=<>;_\\")
 
 # Test suites, GUI code, and a base interpreter's own site-packages inside the stdlib tree.
 _SKIP_DIRS = frozenset({"test", "tests", "__pycache__", "idlelib", "site-packages", "dist-packages"})
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("REMIX_DS_CACHE", Path.home() / ".cache" / "remix_ds"))
 
 
 def default_roots() -> list[Path]:
@@ -202,22 +197,11 @@ def generic_corpus(
         if next(harvest(roots, max_bytes=1), None) is None:
             raise ValueError(f"no English docstrings of >= {MIN_DOC_CHARS} characters found under "
                              f"{', '.join(map(str, roots))}; cannot build the built-in generic corpus")
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-        os.chmod(tmp, umask_mode(0o777))
-        try:
-            tokenize_to_shards(
-                harvest(roots, max_bytes=max_bytes), tmp, tokenizer, tokenizer_name=tokenizer_name,
-                extra={"sources": ["builtin:docstrings"], "roots": [str(r) for r in roots],
-                       "max_bytes": max_bytes, "python": sys.version.split()[0], "corpus_version": CORPUS_VERSION},
-                progress=progress, desc="building generic corpus",
-            )
-            try:
-                os.rename(tmp, final)
-            except OSError:  # another rank won the race; its build is identical
-                if not (final / "manifest.json").is_file():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        build_once(final, lambda tmp: tokenize_to_shards(
+            harvest(roots, max_bytes=max_bytes), tmp, tokenizer, tokenizer_name=tokenizer_name,
+            extra={"sources": ["builtin:docstrings"], "roots": [str(r) for r in roots],
+                   "max_bytes": max_bytes, "python": sys.version.split()[0], "corpus_version": CORPUS_VERSION},
+            progress=progress, desc="building generic corpus",
+        ), marker="manifest.json")
     return ShardReader(final, tokenizer, verify="full")
 

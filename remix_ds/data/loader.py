@@ -8,7 +8,9 @@ between ranks as evenly as possible. Hence:
 - every rank runs the same `batches_per_epoch = ceil(rows / (M * W))` micro-batches (a rank whose
   share of the last step is empty gets a one-token batch with num_supervised == 0, so collectives
   never deadlock; loss is normalized by the global supervised count, so it adds nothing);
-- an optimizer step of G examples covers the same rows whatever W and M are (G = M * W * accum).
+- within an epoch, an optimizer step of G examples covers the same rows whatever W and M are
+  (G = M * W * accum); at an epoch's end a short last micro-step can shift this when the rows per
+  epoch do not divide by M * W.
 
 `state_dict()` is the position of the next micro-batch (epoch, micro-step); loading it replays
 the exact same batches. A checkpoint can be resumed with another world size or micro-batch size

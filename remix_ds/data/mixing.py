@@ -4,7 +4,10 @@ Ratios count mixed rows per stage-dataset row (the reference's `mix_ratio`): wit
 `generic_ratio=2.0`, an epoch holds 2,000 facts and 4,000 generic rows. Generic and random-word
 rows are drawn once from `data.mix.seed` and stay fixed across epochs, like a dataset (as in the
 reference); replay rows are redrawn every epoch from (seed, epoch, replay index), so exposure
-spreads evenly over the earlier stage's data.
+spreads evenly over the earlier stage's data. A replay entry with `weights_file` instead draws
+its rows i.i.d. with probability softmax(score / temperature) over the pool (prediction-weighted
+replay, `remix_ds.forgetting`); a replay `dataset` ending in `.npz` is a pool of raw token windows
+(`ids`, `tokens`), e.g. pretraining windows, trained on every token but the first.
 
 Order: each epoch is a global permutation of all the epoch's rows from
 `np.random.default_rng(seed + epoch)` (`reference_compat`: the same permutation and replay draw in
@@ -14,13 +17,15 @@ loader slices it across ranks.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from remix_ds.data import formats
-from remix_ds.data.config import DataConfig
+from remix_ds.data.config import DataConfig, ReplayConfig
 from remix_ds.data.datasets import load_examples
 from remix_ds.data.records import DataError, Example
 from remix_ds.data.tokenize import TokenizedExample, from_token_ids, tokenize_examples
@@ -40,6 +45,8 @@ class StageStream:
     random: list[TokenizedExample] = field(default_factory=list)
     replay_pools: list[list[TokenizedExample]] = field(default_factory=list)
     replay_counts: list[int] = field(default_factory=list)
+    replay_probs: list[np.ndarray | None] = field(default_factory=list)
+    """Per replay pool: sampling probabilities (weighted replay, with replacement) or None (uniform)."""
     seed: int = 0
     reshuffle: bool = True
     dropped: dict[str, int] = field(default_factory=dict)
@@ -51,6 +58,10 @@ class StageStream:
         for i, (pool, count) in enumerate(zip(self.replay_pools, self.replay_counts)):
             if count and not pool:
                 raise DataError(f"data.replay[{i}] has no example that fits data.max_seq_len")
+        self.replay_probs = list(self.replay_probs) + [None] * (len(self.replay_pools) - len(self.replay_probs))
+        for i, (pool, p) in enumerate(zip(self.replay_pools, self.replay_probs)):
+            if p is not None and len(p) != len(pool):
+                raise DataError(f"data.replay[{i}]: {len(p)} sampling probabilities for a pool of {len(pool)} rows")
 
     def __len__(self) -> int:
         return len(self.dataset) + len(self.generic) + len(self.random) + sum(self.replay_counts)
@@ -63,9 +74,12 @@ class StageStream:
         return 0 if not self.reshuffle else epoch
 
     def replay_draw(self, epoch: int, k: int) -> np.ndarray:
-        """Indices into replay pool k for this epoch: without replacement, whole passes if count > pool."""
+        """Indices into replay pool k for this epoch: without replacement, whole passes if count > pool;
+        weighted pools: i.i.d. draws with the pool's probabilities (with replacement)."""
         pool, count = len(self.replay_pools[k]), self.replay_counts[k]
         rng = np.random.default_rng([self.seed, self._key(epoch), k, 0x5EED])
+        if self.replay_probs[k] is not None:
+            return rng.choice(pool, size=count, replace=True, p=self.replay_probs[k])
         reps = -(-count // pool)
         return np.concatenate([rng.permutation(pool) for _ in range(reps)])[:count]
 
@@ -160,14 +174,59 @@ def build_stage_stream(cfg: DataConfig, tokenizer, seed: int) -> StageStream:
     n = len(examples)
     generic, g_drop = generic_rows(cfg, tokenizer, mix_count(cfg.mix.generic_ratio, n))
     random, r_drop = random_rows(cfg, tokenizer, mix_count(cfg.mix.random_ratio, n))
-    pools, counts, p_drop = [], [], 0
+    pools, counts, probs, p_drop = [], [], [], 0
     for rcfg in cfg.replay:
-        pool, d = _tokenize(load_examples(rcfg.source(), cfg.kvr, "train"), cfg, tokenizer, rcfg.loss_mode or cfg.loss_mode)
+        if Path(rcfg.dataset).suffix.lower() == ".npz":
+            pool, d = token_window_pool(rcfg.dataset, cfg.max_seq_len)
+        else:
+            pool, d = _tokenize(load_examples(rcfg.source(), cfg.kvr, "train"), cfg, tokenizer, rcfg.loss_mode or cfg.loss_mode)
         pools.append(pool)
         counts.append(mix_count(rcfg.ratio, n))
+        probs.append(replay_probabilities(pool, rcfg))
         p_drop += d
     return StageStream(
         dataset=dataset, generic=generic, random=random, replay_pools=pools, replay_counts=counts,
-        seed=seed, reshuffle=not cfg.reference_compat,
+        replay_probs=probs, seed=seed, reshuffle=not cfg.reference_compat,
         dropped={"dataset": dropped, "generic": g_drop, "random": r_drop, "replay": p_drop},
     )
+
+
+def token_window_pool(path: str, max_seq_len: int) -> tuple[list[TokenizedExample], int]:
+    """A replay pool of raw token windows from a .npz with `ids` (n,) str and `tokens` (n, L) int."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            ids, tokens = z["ids"], z["tokens"]
+    except (OSError, KeyError, ValueError) as e:
+        raise DataError(f"{path}: not a token-window pool (.npz with `ids` and `tokens`): {e}") from None
+    if tokens.ndim != 2 or len(ids) != len(tokens):
+        raise DataError(f"{path}: `tokens` must be (n, L) with one id per row; got ids {ids.shape}, tokens {tokens.shape}")
+    kept = [from_token_ids(t, str(i)) for i, t in zip(ids.tolist(), tokens) if len(t) <= max_seq_len]
+    return kept, len(tokens) - len(kept)
+
+
+def softmax(scores: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(scores / temperature), computed stably (float64)."""
+    x = np.asarray(scores, dtype=np.float64) / temperature
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def replay_probabilities(pool: list[TokenizedExample], rcfg: ReplayConfig) -> np.ndarray | None:
+    """Sampling probabilities of the pool rows from `rcfg.weights_file` (None without one).
+
+    The file maps example id -> score (extra ids are ignored, so one file can score a larger
+    set); every pool row must have a score.
+    """
+    if not rcfg.weights_file:
+        return None
+    try:
+        scores = json.loads(Path(rcfg.weights_file).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"replay weights_file {rcfg.weights_file}: {e}") from None
+    if not isinstance(scores, dict):
+        raise DataError(f"replay weights_file {rcfg.weights_file} must hold a JSON object {{example id: score}}")
+    missing = [ex.id for ex in pool if ex.id not in scores]
+    if missing:
+        raise DataError(f"replay weights_file {rcfg.weights_file} has no score for {len(missing)} pool rows "
+                        f"(e.g. {', '.join(missing[:3])})")
+    return softmax(np.array([float(scores[ex.id]) for ex in pool]), rcfg.temperature)

@@ -46,6 +46,8 @@ from typing import Iterable, Iterator, Literal
 
 import numpy as np
 
+from remix_ds.cachedir import umask_mode
+
 log = logging.getLogger(__name__)
 
 INDEX_HEADER = b"MMIDIDX\x00\x00"
@@ -112,17 +114,6 @@ def tokenizer_fingerprint(tokenizer, name: str | None = None) -> dict:
 
 
 # ----------------------------------------------------------------------------- writing
-
-
-def umask_mode(mode: int = 0o666) -> int:
-    """``mode`` filtered by the process umask: what ``open()`` would have given the file.
-
-    ``tempfile.mkstemp``/``mkdtemp`` create 0600/0700 entries; shards and caches are meant to be
-    shared by the users of a cluster, so we chmod temp files to the ordinary mode before renaming.
-    """
-    current = os.umask(0)
-    os.umask(current)
-    return mode & ~current
 
 
 def _mkstemp(path: Path) -> tuple[int, str]:

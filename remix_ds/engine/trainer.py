@@ -43,7 +43,7 @@ class StepStats:
 class Trainer:
     """One training stage under DeepSpeed. Call `fit()`, then `close()` (also on error)."""
 
-    def __init__(self, cfg: RunConfig, eval_hooks: list[EvalHook] | None = None):
+    def __init__(self, cfg: RunConfig, eval_hooks: list[EvalHook] | None = None, regularizers: list | None = None):
         self.cfg = cfg
         dist.init_distributed(cfg.deepspeed.backend)
         self.rank, self.world = dist.rank(), dist.world_size()
@@ -65,6 +65,7 @@ class Trainer:
         self.engine = self._build_engine()
         self.metrics = MetricsWriter(self.out, enabled=dist.is_main(), tensorboard=cfg.train.tensorboard)
         self.eval_hooks = list(eval_hooks or []) + self._config_eval_hooks()
+        self.regularizers = self._setup_regularizers(regularizers)  # before resume: they anchor at the starting weights
         self.step = 0
         self.stopped_early = False
         self._saved_step = -1
@@ -129,6 +130,19 @@ class Trainer:
         hook = build_eval_hook(self.cfg, self.tokenizer, self.rank, self.world)
         return [hook] if hook is not None else []
 
+    def _setup_regularizers(self, given: list | None) -> list:
+        """`regularizers` passed in plus those `cfg.regularize` asks for (remix_ds.baselines.regularizer)."""
+        from remix_ds.baselines.regularizer import build_regularizers
+
+        regs = list(given or []) + build_regularizers(self.cfg)
+        for r in regs:
+            r.setup(self)
+        return regs
+
+    def _regularize(self, event: str, *args) -> None:
+        for r in self.regularizers:
+            getattr(r, event)(*args)
+
     def _resume(self) -> None:
         resume = self.cfg.train.resume
         if resume == "none":
@@ -162,14 +176,19 @@ class Trainer:
         n_sup, n_tok, n_ex = (int(x) for x in dist.all_reduce_sum(local, self.device))
         scale = self.world / max(n_sup, 1)
         loss_sum = 0.0
-        for mb in micro_batches:
+        self._regularize("begin_step", micro_batches)
+        for i, mb in enumerate(micro_batches):
             mb = self._to_device(mb)
-            loss = token_loss_sum(self.engine, mb, self.attn)
+            loss = token_loss_sum(self.engine, mb, self.attn, self.cfg.model.fused_loss)
             self.engine.backward(loss * scale, scale_wrt_gas=False)
+            self._regularize("after_backward", i, mb)
+            if i == len(micro_batches) - 1:
+                self._regularize("before_optimizer_step")
             self.engine.step()
             loss_sum += loss.item()
         total_loss = dist.all_reduce_sum([loss_sum], self.device)[0]
-        return StepStats(total_loss / max(n_sup, 1), n_sup, n_tok, n_ex, time.perf_counter() - start)
+        extra = {k: v for r in self.regularizers for k, v in r.end_step().items()}
+        return StepStats(total_loss / max(n_sup, 1), n_sup, n_tok, n_ex, time.perf_counter() - start, extra)
 
     # ---- the loop ---------------------------------------------------------------------------
     def _banner(self) -> None:
@@ -241,6 +260,7 @@ class Trainer:
                 "tokens_per_s": stats.tokens / stats.seconds,
                 "supervised_tokens_per_s": stats.supervised_tokens / stats.seconds,
                 "step_time_s": stats.seconds,
+                **stats.extra,
             }
             if self.step == 1 and dist.is_main():
                 print(f"[remix-ds] tokens in the first optimizer step: {stats.tokens:,} "
@@ -269,8 +289,8 @@ class Trainer:
             if final:
                 self.metrics.log(self.step, final)
                 logged.append({"step": self.step, **final})
-        if self._saved_step != self.step:
-            self._save()
+        if self._saved_step != self.step and (t.save_final or not finished):
+            self._save()  # a paused run (stop_at_step) always saves: it is meant to be resumed
         if finished and t.export_final and (
             self.step > start_step or not (self.out / "final" / "config.json").is_file()
         ):
@@ -278,4 +298,6 @@ class Trainer:
         return logged
 
     def close(self) -> None:
+        for r in getattr(self, "regularizers", []):
+            r.close()
         self.metrics.close()

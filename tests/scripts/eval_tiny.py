@@ -6,9 +6,6 @@ loop (deterministic on CPU), saved as a Hugging Face folder under the remix-ds c
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +14,8 @@ import torch
 from remix_ds.data.config import KVRConfig
 from remix_ds.data.datasets import generate_kvr
 from remix_ds.data.tokenize import tokenize_examples
-from remix_ds.models import cache_root, load_tokenizer
+from remix_ds.cachedir import build_once, cache_root
+from remix_ds.models import load_tokenizer
 
 VERSION = 1
 KVR = KVRConfig(num_pairs=40, key_len=4, value_len=3, seed=3)
@@ -68,21 +66,7 @@ def _train(out: Path) -> None:
 
 def trained_model_dir() -> Path:
     """Folder of the trained tiny model (trained on first use; safe if several processes race)."""
-    final = cache_root() / "tests" / f"eval-kvr-tiny-v{VERSION}"
-    if (final / "config.json").is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-eval-", dir=final.parent))
-    try:
-        _train(tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return build_once(cache_root() / "tests" / f"eval-kvr-tiny-v{VERSION}", _train, marker="config.json")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,165 @@
+"""``remix-ds filter-known``: keep the factoids the base model does not know yet.
+
+    remix-ds filter-known MODEL --data NAME_OR_FILE [--data NAME=DATA_FILE ...] --out DIR
+                          [--few-shot K] [--mode fused|auto|generate] [--n N] [--set data.KEY=V | eval.KEY=V ...]
+
+REMIX studies memorizing facts the model does not already know, so candidate factoids are
+scored with the base model first (exact match through `remix_ds.eval.runner.evaluate`, the same
+verdicts the experiments report) and split by the verdict. ``--few-shot K`` prepends the first K
+examples of each set as solved question/answer pairs to every prompt while scoring (the
+reference scored its candidates with a few-shot prompt); those K are not written out.
+
+``--data`` is a registered name (``kvr``, ``popqa``, ...), ``NAME=FILE`` (a registered dataset
+read from a local file with its own fields) or a .jsonl/.json/.parquet file; every example is
+scored (no held-out split, file order). MODEL is anything ``remix-ds eval`` accepts.
+
+Writes, per set LABEL (the dataset name or the file's stem):
+
+    DIR/unknown/LABEL.jsonl           "yet to learn" (wrong answers): train on these
+    DIR/known/LABEL.jsonl             answered correctly already
+    DIR/scores/LABEL.jsonl            the evaluator's per-example rows (+ .metrics.json)
+    DIR/filter_known.json             model, settings and counts per set
+
+Output rows use the generic local schema (``id``, ``prompt``, ``answer``, ``aliases`` or
+``messages``), so ``data.dataset=DIR/unknown/LABEL.jsonl`` trains on them, and
+``data.require_filtered=true`` makes a run insist on such a file. Under ``torchrun`` examples
+are sharded over ranks (each holds the whole model); rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+MANIFEST = "filter_known.json"
+
+
+def parse_data_arg(text: str) -> tuple[str, str | None]:
+    """``NAME``, ``NAME=FILE`` or ``FILE`` -> (dataset, data_files)."""
+    if "=" in text:
+        name, files = text.split("=", 1)
+        return name, files
+    return text, None
+
+
+def few_shot_prefix(shots) -> str:
+    """Solved examples, one ``prompt\\nanswer`` block each, separated by blank lines."""
+    return "".join(f"{ex.prompt}\n{ex.answer}\n\n" for ex in shots)
+
+
+def with_prefix(examples, prefix: str):
+    if not prefix:
+        return list(examples)
+    return [dataclasses.replace(ex, prompt=prefix + ex.prompt) if ex.messages is None else ex for ex in examples]
+
+
+def record(ex) -> dict:
+    """An Example in the generic local schema (what `data.dataset=FILE` reads back)."""
+    if ex.messages is not None:
+        return {"id": ex.id, "messages": ex.messages}
+    return {"id": ex.id, "prompt": ex.prompt, "answer": ex.answer, "aliases": list(ex.aliases)}
+
+
+def split_known(model, tokenizer, examples, eval_cfg, rank: int = 0, world: int = 1, prompt_format: str = "plain",
+                few_shot: int = 0):
+    """(scored examples, EvalResult, known, unknown): verdicts of `evaluate` on every example after the first `few_shot`.
+
+    known/unknown are filled on rank 0 (the rows live there); the EvalResult metrics on every rank.
+    """
+    from remix_ds.eval.runner import evaluate
+
+    shots, scored = examples[:few_shot], examples[few_shot:]
+    result = evaluate(model, tokenizer, with_prefix(scored, few_shot_prefix(shots)), eval_cfg, rank, world,
+                      prompt_format=prompt_format)
+    known, unknown = [], []
+    for ex, row in zip(scored, result.rows):
+        assert row["id"] == ex.id, (row["id"], ex.id)
+        (known if row["correct"] else unknown).append(ex)
+    return scored, result, known, unknown
+
+
+def _write_jsonl(path: Path, examples) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for ex in examples:
+            f.write(json.dumps(record(ex), ensure_ascii=False) + "\n")
+
+
+def run_filter_known(args) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from remix_ds import configtools, models
+    from remix_ds.config import RunConfig
+    from remix_ds.data.config import SourceConfig
+    from remix_ds.data.datasets import load_all
+    from remix_ds.eval.commands import resolve_model
+    from remix_ds.eval.data import set_label
+    from remix_ds.eval.runner import write_results
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    source, run_dir = resolve_model(args.model)
+    base = configtools.to_dict(RunConfig())
+    if run_dir is not None and (run_dir / "config.json").is_file():
+        base = json.loads((run_dir / "config.json").read_text())
+    base["eval"]["mode"] = args.mode
+    cfg = configtools.from_dict(RunConfig, configtools.apply_overrides(base, list(args.overrides)))
+
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    tokenizer = models.load_tokenizer(source)
+    model = AutoModelForCausalLM.from_pretrained(
+        source, dtype=models.resolve_dtype(args.dtype), attn_implementation=models.choose_attn_implementation(args.attn)
+    ).to(device)
+    out = Path(args.out)
+    manifest = {"model": args.model, "mode": cfg.eval.mode, "few_shot": args.few_shot, "datasets": {}}
+    for spec in args.data:
+        name, files = parse_data_arg(spec)
+        examples = load_all(SourceConfig(dataset=name, data_files=files, subsample_seed=None), cfg.data.kvr)
+        if args.n:
+            examples = examples[: args.n + args.few_shot]
+        label = set_label(name)
+        scored, result, known, unknown = split_known(model, tokenizer, examples, cfg.eval, rank, world,
+                                                     cfg.data.prompt_format, args.few_shot)
+        if rank != 0:
+            continue
+        _write_jsonl(out / "unknown" / f"{label}.jsonl", unknown)
+        _write_jsonl(out / "known" / f"{label}.jsonl", known)
+        write_results(result, out / "scores", label, extra={"model": args.model, "data": spec})
+        manifest["datasets"][label] = {
+            "data": spec, "n": len(scored), "known": len(known), "unknown": len(unknown),
+            "few_shot_ids": [ex.id for ex in examples[: args.few_shot]],
+            "files": {"unknown": f"unknown/{label}.jsonl", "known": f"known/{label}.jsonl"},
+        }
+        print(f"{label}: {len(scored)} scored, {len(known)} known, {len(unknown)} yet to learn -> "
+              f"{out / 'unknown' / (label + '.jsonl')}")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return 0
+
+
+def add_filter_known_command(subparsers) -> None:
+    """Register ``remix-ds filter-known`` (sets ``func=run_filter_known``)."""
+    import argparse
+
+    p = subparsers.add_parser("filter-known", help="split candidate factoids into known / yet to learn by the base model",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="HF folder / hub id / tiny / RUN_DIR / RUN_DIR/checkpoint-N")
+    p.add_argument("--data", action="append", required=True, help="NAME, NAME=DATA_FILE or FILE (repeatable)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--few-shot", type=int, default=0, help="prepend the first K examples of each set as solved pairs")
+    p.add_argument("--mode", choices=["auto", "fused", "generate"], default="auto",
+                   help="fused: teacher-forced token EM; generate: greedy decoding + matcher; auto: fused where exact")
+    p.add_argument("--n", type=int, default=0, help="score only the first N examples of each set (after the shots)")
+    p.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto")
+    p.add_argument("--attn", choices=["auto", "flash_attention_2", "sdpa", "eager"], default="auto")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="run-config override (repeatable), e.g. --set data.kvr.num_pairs=500 --set eval.matcher=contains")
+    p.set_defaults(func=run_filter_known)

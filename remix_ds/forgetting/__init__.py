@@ -1,0 +1,14 @@
+"""Forgetting matrices: which upstream examples does fine-tuning on each task forget, can a few
+measured entries predict the rest, and does replaying the predicted ones help?
+
+    config.py    ForgettingConfig (finetune template, upstream set, tasks, measure/analyze/predict/replay)
+    upstream.py  the N upstream examples as evaluator items (token windows or instruction examples)
+    nll.py       fused-pass per-example NLL and base-model embeddings on all ranks
+    store.py     OUT/base.npz, OUT/rows/TASK.npz, assembled OUT/matrix.npz + matrix.json
+    measure.py   one Trainer run per task -> one row (resumable task by task)
+    analyze.py   spectrum, rank-k R^2, rank-1 and additive fits, heatmap, embedding similarity
+    complete.py  predictors: row/column means, additive, task-kNN, biased MF (ALS)
+    predict.py   held-out-task protocol, offline and online, metrics over seeds
+    replay.py    none / uniform / predicted / oracle replay, paired tests, markdown report
+    commands.py  `remix-ds forgetting measure|analyze|predict|replay-experiment`
+"""

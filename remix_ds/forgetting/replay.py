@@ -1,0 +1,241 @@
+"""`remix-ds forgetting replay-experiment CONFIG`: does replaying the examples predicted to be
+forgotten protect upstream knowledge better than uniform replay?
+
+Setup (needs a measured matrix, `forgetting measure`):
+
+- The N upstream examples are split once (``replay.split_seed``) into a replay pool
+  (``pool_fraction``) and an evaluation set. Evaluation examples are never replayed; every arm is
+  scored only on them: forgetting = mean over the evaluation set of (NLL after - NLL before).
+- Held-out tasks (``replay.heldout_tasks`` or the last ``num_heldout``) never train the
+  predictor. For each held-out task and seed, ``predict.revealed`` pool entries of its row are
+  revealed (offline: from the completed run; online: from the early measurement) and the
+  ``replay.method`` predictor, fitted on the other tasks' rows, predicts z_hat for the whole pool.
+- Arms, each a fresh fine-tune of the base model on the task (seed = the seed), with replay rows
+  interleaved at ``replay.ratio`` per task row per epoch:
+  ``none`` (no replay), ``uniform`` (uniform over the pool), ``predicted`` (probability
+  softmax(z_hat / T)), ``oracle`` (softmax(z / T), the measured row).
+- Paired tests over (task, seed) pairs: ``scipy.stats.ttest_rel`` and ``scipy.stats.wilcoxon``.
+
+Every finished run is stored as OUT/replay/runs/TASK/ARM-seedS.json and never recomputed; the
+report is OUT/replay/report.md (+ results.json).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from remix_ds.configtools import ConfigError
+from remix_ds.data.config import ReplayConfig
+from remix_ds.engine import dist
+from remix_ds.forgetting.complete import make_predictor
+from remix_ds.forgetting.config import ForgettingConfig
+from remix_ds.forgetting.measure import RowProbe, quiet, run_with_probe, task_run_config, upstream_for
+from remix_ds.forgetting.nll import pad_id_of
+from remix_ds.forgetting.predict import reveal
+from remix_ds.forgetting.store import load_matrix, write_text
+
+COMPARISONS = (("predicted", "uniform"), ("oracle", "uniform"), ("predicted", "none"), ("uniform", "none"),
+               ("oracle", "predicted"))
+
+
+def split_pool(n: int, pool_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pool columns, evaluation columns), disjoint, sorted."""
+    perm = np.random.default_rng([seed, 0x9001]).permutation(n)
+    k = min(n - 1, max(1, int(round(pool_fraction * n))))
+    return np.sort(perm[:k]), np.sort(perm[k:])
+
+
+def _early(fcfg: ForgettingConfig, mat) -> np.ndarray | None:
+    return mat.at_fraction(fcfg.predict.online_fraction)[1] if fcfg.replay.variant == "online" else None
+
+
+def fit_replay_predictor(fcfg: ForgettingConfig, mat, train_rows: list[int]):
+    """The ``replay.method`` predictor fitted on the training tasks' rows (online: [Z_early | Z])."""
+    early, p = _early(fcfg, mat), fcfg.predict
+    train = mat.z[train_rows] if early is None else np.hstack([early[train_rows], mat.z[train_rows]])
+    return make_predictor(fcfg.replay.method, p.rank, p.reg, p.iters, p.knn).fit(train)
+
+
+def predicted_pool_scores(fcfg: ForgettingConfig, mat, task: int, pool: np.ndarray, seed: int,
+                          predictor) -> tuple[np.ndarray, np.ndarray]:
+    """(z_hat over the pool, revealed pool columns) for held-out row ``task``: ``predict.revealed``
+    pool entries are revealed (never evaluation columns)."""
+    k = fcfg.predict.revealed
+    if k >= len(pool):
+        raise ConfigError(f"predict.revealed={k} must be smaller than the replay pool ({len(pool)} examples)")
+    early = _early(fcfg, mat)
+    n = mat.z.shape[1]
+    cols = pool[reveal(len(pool), k, seed, task)]
+    pred = predictor.fold_in(cols, (mat.z if early is None else early)[task, cols])
+    if early is not None:
+        pred = pred[n:]
+    return pred[pool], cols
+
+
+def paired_tests(results: list[dict], arms: list[str]) -> list[dict]:
+    """Paired comparisons of forgetting over (task, seed) pairs present in both arms."""
+    by = {(r["task"], r["seed"], r["arm"]): r["forgetting"] for r in results}
+    keys = sorted({(r["task"], r["seed"]) for r in results})
+    out = []
+    for x, y in COMPARISONS:
+        if x not in arms or y not in arms:
+            continue
+        pairs = [(by[k + (x,)], by[k + (y,)]) for k in keys if k + (x,) in by and k + (y,) in by]
+        if not pairs:
+            continue
+        a, b = np.array(pairs).T
+        diff = a - b
+        row = {"a": x, "b": y, "n_pairs": len(pairs), "mean_diff": float(diff.mean()),
+               "a_better_fraction": float(np.mean(diff < 0))}
+        row["ttest_rel_p"] = float(stats.ttest_rel(a, b).pvalue) if len(pairs) > 1 and diff.std() > 0 else float("nan")
+        try:
+            row["wilcoxon_p"] = float(stats.wilcoxon(diff).pvalue)
+        except ValueError:  # all differences zero, or too few pairs
+            row["wilcoxon_p"] = float("nan")
+        out.append(row)
+    return out
+
+
+def report(results: list[dict], tests: list[dict], fcfg: ForgettingConfig, n_pool: int, n_eval: int) -> str:
+    rc = fcfg.replay
+    arms = [a for a in rc.arms if any(r["arm"] == a for r in results)]
+    tasks = sorted({r["task"] for r in results})
+    lines = [
+        "## Replay experiment: forgetting on held-out upstream examples", "",
+        f"Held-out tasks: {', '.join(tasks)}; seeds {rc.seeds}; {fcfg.measure.steps} steps at lr {fcfg.measure.lr:g}; "
+        f"replay ratio {rc.ratio:g} per task row per epoch from a pool of {n_pool} upstream examples; "
+        f"evaluation on {n_eval} upstream examples never replayed. Weighted arms: softmax(z / {rc.temperature:g}); "
+        f"predicted z from {fcfg.predict.revealed} revealed pool entries ({rc.variant}) with `{rc.method}`.", "",
+        "Forgetting = mean over the evaluation set of (NLL after - NLL before); lower is better. "
+        "`replayed z` = mean measured z of the examples replayed in epoch 0.", "",
+        "| arm | forgetting (mean ± std over task x seed) | replayed z | distinct replayed | runs |", "|---|---:|---:|---:|---:|",
+    ]
+    for arm in arms:
+        rs = [r for r in results if r["arm"] == arm]
+        f = np.array([r["forgetting"] for r in rs])
+        rz = [r["replayed_true_z"] for r in rs if r.get("replayed_true_z") is not None]
+        dz = [r["replayed_distinct"] for r in rs if r.get("replayed_distinct") is not None]
+        lines.append(f"| {arm} | {f.mean():+.5f} ± {f.std():.5f} | {np.mean(rz):+.4f} | {np.mean(dz):.1f} | {len(rs)} |"
+                     if rz else f"| {arm} | {f.mean():+.5f} ± {f.std():.5f} | - | - | {len(rs)} |")
+    lines += ["", "Per task (mean over seeds):", "", "| task | " + " | ".join(arms) + " |", "|---|" + "---:|" * len(arms)]
+    for t in tasks:
+        cells = []
+        for arm in arms:
+            f = [r["forgetting"] for r in results if r["task"] == t and r["arm"] == arm]
+            cells.append(f"{np.mean(f):+.5f}" if f else "-")
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    lines += ["", "Paired tests over (task, seed) pairs (difference = a - b; negative: a forgets less):", "",
+              "| a vs b | pairs | mean difference | a better in | paired t-test p | Wilcoxon p |", "|---|---:|---:|---:|---:|---:|"]
+    for t in tests:
+        lines.append(f"| {t['a']} vs {t['b']} | {t['n_pairs']} | {t['mean_diff']:+.5f} | {t['a_better_fraction']:.0%} | "
+                     f"{t['ttest_rel_p']:.4g} | {t['wilcoxon_p']:.4g} |")
+    return "\n".join(lines)
+
+
+def replay_experiment(fcfg: ForgettingConfig, log=print) -> dict:
+    """Run the missing arms x held-out tasks x seeds, then write the report (see module docstring)."""
+    out = Path(fcfg.output_dir)
+    mat = load_matrix(out).finished()
+    rc = fcfg.replay
+    names = mat.task_names
+    held = rc.heldout_tasks or names[-rc.num_heldout:]
+    unknown = [t for t in held if t not in names]
+    if unknown:
+        raise ConfigError(f"replay.heldout_tasks {unknown} have no measured row (measured: {names})")
+    train_rows = [i for i, t in enumerate(names) if t not in held]
+    if len(train_rows) < 2 and any(a == "predicted" for a in rc.arms):
+        raise ConfigError(f"replay: {len(train_rows)} training task rows left after holding out {held}; need >= 2")
+    tasks_by_name = dict(zip(fcfg.task_names(), fcfg.tasks))
+    dist.init_distributed(fcfg.finetune.deepspeed.backend)
+    rank, world = dist.rank(), dist.world_size()
+    if not dist.is_main():
+        log = quiet
+    upstream, tokenizer = upstream_for(fcfg)
+    if upstream.ids != mat.example_ids:
+        raise ConfigError("replay: the configured upstream set differs from the measured matrix's (upstream.* changed)")
+    n = len(upstream)
+    pool, evalc = split_pool(n, rc.pool_fraction, rc.split_seed)
+    root = out / "replay"
+    pool_path = upstream.write_pool(pool, root / "pool") if dist.is_main() else None
+    pool_path = dist.broadcast_object(pool_path)
+    eval_items = [dataclasses.replace(upstream.items[c], index=k) for k, c in enumerate(evalc.tolist())]
+    before = mat.nll_before[evalc]
+    pad_id = pad_id_of(tokenizer)
+    predictor = fit_replay_predictor(fcfg, mat, train_rows) if "predicted" in rc.arms else None
+    results = []
+    for task, seed in product(held, rc.seeds):
+        h = names.index(task)
+        z_true = mat.z[h, pool]
+        scores = {"oracle": z_true, "uniform": None, "none": None}
+        if predictor is not None:
+            scores["predicted"], _ = predicted_pool_scores(fcfg, mat, h, pool, seed, predictor)
+        true_z_of = dict(zip((upstream.ids[c] for c in pool), z_true.tolist()))
+        for arm in rc.arms:
+            path = root / "runs" / task / f"{arm}-seed{seed}.json"
+            if path.is_file():
+                results.append(json.loads(path.read_text()))
+                continue
+            replay = []
+            if arm != "none":
+                weights_file = None
+                if scores[arm] is not None:
+                    weights_file = root / "weights" / f"{task}-seed{seed}-{arm}.json"
+                    if dist.is_main():
+                        weights_file.parent.mkdir(parents=True, exist_ok=True)
+                        write_text(weights_file, json.dumps(dict(zip((upstream.ids[c] for c in pool),
+                                                                     map(float, scores[arm])))))
+                    dist.barrier()
+                replay = [ReplayConfig(dataset=str(pool_path), subsample_seed=None, ratio=rc.ratio,
+                                       weights_file=None if weights_file is None else str(weights_file),
+                                       temperature=rc.temperature)]
+            run_dir = root / "work" / f"{task}-{arm}-seed{seed}"
+            if dist.is_main() and run_dir.exists():
+                shutil.rmtree(run_dir)
+            dist.barrier()
+            cfg = task_run_config(fcfg, tasks_by_name[task], run_dir, seed=seed, replay=replay)
+            probe = RowProbe(eval_items, fcfg.finetune.eval, pad_id, set(), fcfg.measure.steps, rank, world, before)
+            drawn: dict = {}
+
+            def replay_stats(trainer, drawn=drawn, arm_scores=scores[arm]):
+                stream = trainer.loader.stream
+                if stream.replay_pools and not stream.replay_counts[0]:
+                    log(f"[forgetting] warning: replay.ratio={rc.ratio:g} x {len(stream.dataset)} task rows gives no "
+                        "replay row per epoch (floor); raise replay.ratio or use a larger task")
+                    drawn["replay_rows_per_epoch"] = 0
+                elif stream.replay_pools:
+                    ids = [stream.replay_pools[0][i].id for i in stream.replay_draw(0, 0)]
+                    drawn.update(replayed_true_z=float(np.mean([true_z_of[i] for i in ids])),
+                                 replayed_distinct=len(set(ids)), replay_rows_per_epoch=len(ids))
+                    if arm_scores is not None:  # the arm's own scores: drawn vs whole pool
+                        score_of = dict(zip((upstream.ids[c] for c in pool), arm_scores.tolist()))
+                        drawn.update(replayed_score=float(np.mean([score_of[i] for i in ids])),
+                                     pool_score=float(np.mean(arm_scores)))
+                return {}
+
+            log(f"[forgetting] replay {task} / {arm} / seed {seed}")
+            info = run_with_probe(cfg, probe, replay_stats)
+            after = probe.nll[fcfg.measure.steps]
+            row = {"task": task, "arm": arm, "seed": seed, "forgetting": float(np.mean(after - before)),
+                   "eval_nll_after": float(after.mean()), "eval_nll_before": float(before.mean()), **drawn,
+                   **{k: v for k, v in info.items() if k in ("train_seconds", "nll_seconds", "n_train_examples")}}
+            if dist.is_main():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_text(path, json.dumps(row, indent=1) + "\n")
+                if not fcfg.measure.keep_task_runs:
+                    shutil.rmtree(run_dir, ignore_errors=True)
+            dist.barrier()
+            log(f"[forgetting] replay {task} / {arm} / seed {seed}: forgetting {row['forgetting']:+.5f}")
+            results.append(row)
+    tests = paired_tests(results, list(rc.arms))
+    summary = {"heldout_tasks": held, "pool_size": len(pool), "eval_size": len(evalc), "runs": results, "tests": tests}
+    if dist.is_main():
+        write_text(root / "results.json", json.dumps(summary, indent=1) + "\n")
+        write_text(root / "report.md", report(results, tests, fcfg, len(pool), len(evalc)) + "\n")
+    return summary

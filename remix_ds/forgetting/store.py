@@ -1,0 +1,196 @@
+"""On-disk layout of a forgetting study, written atomically so a crash never leaves a half row.
+
+    OUT/config.json        the resolved ForgettingConfig
+    OUT/base.npz           example_ids (N,), nll_before (N,), counted_tokens (N,), example_embeddings (N, H)
+    OUT/rows/NAME.npz      one finished task: nll_after (N,), steps (S,), nll_at (S, N),
+                           task_embedding (H,), settings (JSON string), timings
+    OUT/matrix.npz         assembled after every task: z (M, N) (NaN rows: not measured yet),
+                           z_step<S> (M, N) per intermediate step, nll_before, nll_after,
+                           example_ids, task_names, done (M,), example_embeddings, task_embeddings
+    OUT/matrix.json        metadata: example ids, task names and status, steps, lr, timings
+
+z[i, j] = nll_after[i, j] - nll_before[j]: the mean NLL over example j's counted tokens after
+fine-tuning the base model on task i alone, minus before. A row file exists only once its task
+finished, and is never recomputed; rows measured under other settings (upstream set, model, steps,
+lr, optimizer, packing, the task's own definition) are refused rather than mixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from remix_ds.configtools import ConfigError
+
+
+def ids_hash(ids) -> str:
+    return "sha256:" + hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()
+
+
+def save_npz(path: Path, **arrays) -> None:
+    """np.savez to a temp file in the same folder, then os.replace (atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def load_npz(path: Path) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+@dataclass
+class Matrix:
+    """An assembled forgetting matrix (what analyze / predict / replay read)."""
+
+    z: np.ndarray
+    """(M, N) NLL after - before; NaN rows for tasks not measured yet."""
+    task_names: list[str]
+    example_ids: list[str]
+    done: np.ndarray
+    """(M,) bool."""
+    z_at: dict[int, np.ndarray] = field(default_factory=dict)
+    """Intermediate step -> (M, N) z measured after that many steps."""
+    steps: int = 0
+    nll_before: np.ndarray | None = None
+    example_embeddings: np.ndarray | None = None
+    task_embeddings: np.ndarray | None = None
+
+    def finished(self) -> "Matrix":
+        """Only the measured rows."""
+        d = self.done
+        return Matrix(self.z[d], [n for n, ok in zip(self.task_names, d) if ok], self.example_ids, d[d],
+                      {s: z[d] for s, z in self.z_at.items()}, self.steps, self.nll_before, self.example_embeddings,
+                      None if self.task_embeddings is None else self.task_embeddings[d])
+
+    def at_fraction(self, fraction: float) -> tuple[int, np.ndarray]:
+        """The intermediate matrix nearest to ``fraction`` of the steps (step, (M, N))."""
+        if not self.z_at:
+            raise ConfigError("this matrix has no intermediate measurement; set measure.at_fractions and measure again")
+        step = min(self.z_at, key=lambda s: abs(s - fraction * self.steps))
+        return step, self.z_at[step]
+
+
+class MatrixStore:
+    """Reads and writes OUT/base.npz, OUT/rows/*.npz and the assembled OUT/matrix.*."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.rows = self.root / "rows"
+
+    # ---- base (before) ----------------------------------------------------------------------
+    @property
+    def base_path(self) -> Path:
+        return self.root / "base.npz"
+
+    def load_base(self, ids: list[str]) -> dict | None:
+        if not self.base_path.is_file():
+            return None
+        base = load_npz(self.base_path)
+        if base["example_ids"].tolist() != list(ids):
+            raise ConfigError(f"{self.base_path} was measured on another upstream set (upstream.* changed); "
+                              "use a new output_dir")
+        return base
+
+    def save_base(self, ids: list[str], nll_before: np.ndarray, counted_tokens: np.ndarray, embeddings: np.ndarray) -> None:
+        save_npz(self.base_path, example_ids=np.array(ids), nll_before=nll_before, counted_tokens=counted_tokens,
+                 example_embeddings=embeddings)
+
+    # ---- rows --------------------------------------------------------------------------------
+    def row_path(self, name: str) -> Path:
+        return self.rows / f"{name}.npz"
+
+    def load_row(self, name: str, settings: dict) -> dict | None:
+        """The finished row of task ``name``, or None; raises if it was measured under other settings."""
+        path = self.row_path(name)
+        if not path.is_file():
+            return None
+        row = load_npz(path)
+        have = json.loads(str(row["settings"]))
+        if have != settings:
+            diff = {k: (have.get(k), settings.get(k)) for k in set(have) | set(settings) if have.get(k) != settings.get(k)}
+            raise ConfigError(f"{path} was measured with other settings {diff} (stored, now); use a new output_dir "
+                              "or delete the row to re-measure it")
+        return row
+
+    def save_row(self, name: str, settings: dict, nll_after: np.ndarray, nll_at: dict[int, np.ndarray],
+                 task_embedding: np.ndarray, **extra) -> None:
+        steps = sorted(nll_at)
+        n = len(nll_after)
+        save_npz(self.row_path(name), nll_after=nll_after, steps=np.array(steps, dtype=np.int64),
+                 nll_at=np.array([nll_at[s] for s in steps]).reshape(len(steps), n), task_embedding=task_embedding,
+                 settings=np.array(json.dumps(settings, sort_keys=True)), **{k: np.asarray(v) for k, v in extra.items()})
+
+    # ---- assembled matrix --------------------------------------------------------------------
+    def assemble(self, task_settings: dict[str, dict], info: dict) -> Matrix:
+        """Write OUT/matrix.npz + OUT/matrix.json from base and the finished rows; return the Matrix.
+
+        task_settings: task name -> the settings its row must have been measured with (row order);
+        info: metadata for matrix.json, with at least ``steps``.
+        """
+        task_names = list(task_settings)
+        base = load_npz(self.base_path)
+        ids = base["example_ids"].tolist()
+        before = base["nll_before"]
+        m, n = len(task_names), len(ids)
+        z = np.full((m, n), np.nan)
+        after = np.full((m, n), np.nan)
+        done = np.zeros(m, dtype=bool)
+        emb_up = base["example_embeddings"]
+        task_emb = np.full((m, emb_up.shape[1]), np.nan)
+        z_at: dict[int, np.ndarray] = {}
+        tasks_meta = []
+        for i, name in enumerate(task_names):
+            row = self.load_row(name, task_settings[name])
+            meta = {"name": name, "done": row is not None}
+            if row is not None:
+                done[i] = True
+                after[i] = row["nll_after"]
+                z[i] = row["nll_after"] - before
+                task_emb[i] = row["task_embedding"]
+                for s, nll in zip(row["steps"].tolist(), row["nll_at"]):
+                    z_at.setdefault(s, np.full((m, n), np.nan))[i] = nll - before
+                for key in ("train_seconds", "nll_seconds", "n_train_examples"):
+                    if key in row:
+                        meta[key] = row[key].item()
+                meta["mean_z"] = float(z[i].mean())
+            tasks_meta.append(meta)
+        save_npz(self.root / "matrix.npz", z=z, nll_before=before, nll_after=after, example_ids=np.array(ids),
+                 task_names=np.array(task_names), done=done, example_embeddings=emb_up, task_embeddings=task_emb,
+                 steps=np.array(info["steps"]), **{f"z_step{s}": v for s, v in sorted(z_at.items())})
+        meta = {
+            "z": "z[i, j] = mean NLL over the counted tokens of example j after fine-tuning the base model on task i, minus before",
+            "shape": [m, n], "done": int(done.sum()), **info,
+            "intermediate_steps": sorted(z_at), "tasks": tasks_meta, "example_ids": ids,
+        }
+        write_text(self.root / "matrix.json", json.dumps(meta, indent=1) + "\n")
+        return Matrix(z, task_names, ids, done, z_at, info["steps"], before, emb_up, task_emb)
+
+
+def load_matrix(root: str | Path) -> Matrix:
+    """Read OUT/matrix.npz (or a path to a matrix .npz)."""
+    path = Path(root)
+    if path.is_dir():
+        path = path / "matrix.npz"
+    if not path.is_file():
+        raise ConfigError(f"{path}: no forgetting matrix; run `remix-ds forgetting measure` first")
+    d = load_npz(path)
+    z_at = {int(k[len("z_step"):]): v for k, v in d.items() if k.startswith("z_step")}
+    return Matrix(d["z"], d["task_names"].tolist(), d["example_ids"].tolist(), d["done"].astype(bool), z_at,
+                  int(d["steps"]), d.get("nll_before"), d.get("example_embeddings"), d.get("task_embeddings"))
