@@ -11,9 +11,12 @@ from setuptools import setup
 PACKAGES = [
     "remix_ds",
     "remix_ds.bench",
+    "remix_ds.baselines",
     "remix_ds.data",
     "remix_ds.engine",
     "remix_ds.eval",
+    "remix_ds.experiments",
+    "remix_ds.forgetting",
     "remix_ds.kernels",
     "remix_ds.ds_configs",
 ]

@@ -1,0 +1,126 @@
+"""Per-cell analyses on exported models: logit lens and preservation, cached beside each run.
+
+Each model is loaded once (base, every shared stage-1 export, every stage-2 export) on
+`analysis.device`; results are cached as JSON in `RUN_DIR/analysis/`, so reruns and cells that
+share a stage 1 do not redo them.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from pathlib import Path
+
+import torch
+
+from remix_ds.data.records import generic_examples, read_rows
+from remix_ds.experiments import lens as lens_lib
+from remix_ds.experiments import preserve
+
+
+def load_model(path: str | Path, device: str = "auto"):
+    """An exported HF folder on one device, outside any ZeRO-3 context (fp32 on CPU, bf16 on GPU)."""
+    from transformers import AutoModelForCausalLM
+
+    try:  # a trainer in this process may have left its HfDeepSpeedConfig registered (zero.Init on load)
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+    except ImportError:
+        pass
+    dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(dev)
+    model.eval()
+    return model
+
+
+def _examples(path: Path, ids: set[str] | None = None, limit: int = 0):
+    exs = generic_examples(read_rows(path), source=path.stem, where=str(path))
+    if ids is not None:
+        exs = [e for e in exs if e.id in ids]
+    return exs[:limit] if limit else exs
+
+
+class _Analyser:
+    def __init__(self, grid):
+        self.grid, self.cfg = grid, grid.cfg.analysis
+        self.fmt = grid.cfg.run.data.prompt_format
+        self._texts = None
+
+    def texts(self):
+        if self._texts is None:
+            from remix_ds.experiments.datasets import preservation_texts
+
+            self._texts = preservation_texts(self.grid.tokenizer, self.grid.cfg.run.data, self.cfg.preservation_set,
+                                             self.cfg.preservation_n, self.cfg.prompt_words + 1)
+        return self._texts
+
+    def probe(self, d_a: str) -> preserve.Probe:
+        return preserve.Probe(self.texts(), self.cfg.prompt_words, self.cfg.preservation_tokens, self.cfg.max_new_tokens,
+                              _examples(self.grid.paths[d_a], limit=self.cfg.preservation_n),
+                              instruction=self.grid.cfg.run.data.mix.instruction)
+
+    def model_results(self, model_dir: Path, cache_dir: Path, d_a: str, memorized: set[str] | None) -> dict:
+        """{'preserve': measurement, 'lens': summary} for one model, cached under cache_dir."""
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        files = {"preserve": cache_dir / f"preserve-{d_a}.json", "lens": cache_dir / f"lens-{d_a}.json"}
+        want = {"preserve": self.cfg.preservation, "lens": self.cfg.logit_lens and memorized is not None}
+        out = {k: json.loads(f.read_text()) for k, f in files.items() if want[k] and f.is_file()}
+        if all(k in out for k, w in want.items() if w):
+            return out
+        model = load_model(model_dir, self.cfg.device)
+        tokenizer = self.grid.tokenizer
+        try:
+            if want["preserve"] and "preserve" not in out:
+                out["preserve"] = preserve.measure(model, tokenizer, self.probe(d_a), self.fmt)
+                files["preserve"].write_text(json.dumps(out["preserve"]))
+            if want["lens"] and "lens" not in out:
+                exs = _examples(self.grid.paths[d_a], memorized, self.cfg.lens_max_examples)
+                rows = lens_lib.logit_lens(model, tokenizer, exs, self.fmt) if exs else []
+                out["lens"] = {"summary": lens_lib.summarize(rows), "rows": rows}
+                files["lens"].write_text(json.dumps(out["lens"]))
+        finally:
+            del model
+            gc.collect()
+        return out
+
+
+def _base_dir(grid) -> Path:
+    from remix_ds import models
+
+    if grid.base_model:
+        return Path(grid.base_model)
+    m = grid.cfg.run.model
+    return Path(m.init_from or models.resolve_path(m.name_or_path, m.tiny))
+
+
+def analyse_cell(grid, cell, s1cfg, s2cfg, rows1: list[dict], rows2: list[dict]) -> dict:
+    """Lens and preservation numbers of one cell (flat fields for the results table); details in
+    the cell folder's analysis.json."""
+    c = grid.cfg.analysis
+    if not (c.logit_lens or c.preservation):
+        return {}
+    an = _Analyser(grid)
+    a = cell.d_a.name
+    s1, s2 = Path(s1cfg.train.output_dir), Path(s2cfg.train.output_dir)
+    base_dir = _base_dir(grid)
+    base = an.model_results(base_dir, grid.out / "analysis" / "base", a, None) if c.preservation else {}
+    r1 = an.model_results(s1 / "final", s1 / "analysis", a, {r["id"] for r in rows1 if r["correct"]})
+    r2 = an.model_results(s2 / "final", s2 / "analysis", a, {r["id"] for r in rows2 if r["correct"]})
+    fields, detail = {}, {}
+    for tag, res in (("s1", r1), ("s2", r2)):
+        if "lens" in res:
+            s = res["lens"]["summary"]
+            detail[f"lens_{tag}"] = s
+            fields.update({f"lens_{tag}_n": s["n_recalled"], f"lens_{tag}_recall_layer_mean": s["recall_layer_mean"],
+                           f"lens_{tag}_recall_layer_std": s["recall_layer_std"]})
+    if c.preservation:
+        for tag, before, after in (("s1", base, r1), ("s2", r1, r2)):
+            d = preserve.compare(before["preserve"], after["preserve"])
+            detail[f"preserve_{tag}"] = d
+            fields.update({f"pres_{tag}_nll_change": d["nll_change"], f"pres_{tag}_changed_frac": d["changed_frac"],
+                           f"pres_{tag}_eos_rate": d["eos_rate_after"], f"pres_{tag}_task_eos_rate": d["task_eos_rate_after"]})
+        fields["pres_base_nll"] = detail["preserve_s1"]["nll_before"]
+    (grid.cell_dir(cell) / "analysis.json").write_text(json.dumps(detail, indent=2) + "\n")
+    return fields

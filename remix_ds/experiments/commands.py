@@ -1,0 +1,26 @@
+"""`remix-ds experiment CONFIG [a.b=value ...]`: run a REMIX grid (see remix_ds.experiments.config)."""
+
+from __future__ import annotations
+
+
+def _run(args) -> int:
+    from remix_ds.experiments.config import load_experiment
+    from remix_ds.experiments.grid import run_experiment
+
+    cfg = load_experiment(args.config, args.overrides)
+    if args.dry_run:
+        from remix_ds.experiments.grid import Grid
+
+        for cell in Grid(cfg).cells():
+            print(f"{cell.key}  (stage 1: {cell.stage1_key})")
+        return 0
+    rows = run_experiment(cfg)
+    return 1 if any(r.get("status") != "done" for r in rows) else 0
+
+
+def add_experiment_command(sub) -> None:
+    p = sub.add_parser("experiment", help="run a REMIX grid: D_A x D_B x strategy, tables, plots, analyses")
+    p.add_argument("config", help="experiment YAML/JSON (e.g. configs/paper/kvr.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. run.optim.lr=1e-5 'strategies=[none,replay=0.1]'")
+    p.add_argument("--dry-run", action="store_true", help="validate the config and list the cells")
+    p.set_defaults(func=_run)

@@ -1,0 +1,244 @@
+"""Experiment config: a grid of D_A (stage-1 factoids) x D_B (stage-2 data) x strategy [x loss mode].
+
+    remix-ds experiment configs/paper/kvr.yaml [a.b=value ...]
+
+`run` is an ordinary run config (model, optim, train, deepspeed, data, eval): the base of every
+stage. The runner derives each stage's config from it (dataset, mixing, replay, eval sets,
+output folder, early stop) and writes it to the stage folder, so a stage can be rerun by hand
+with `remix-ds train STAGE_DIR/stage_config.json`.
+
+Strategies are short specs, joined by `+`:
+
+- `none`: plain sequential fine-tuning;
+- `random@1`, `random@2`, `random@12`: random-word sequences mixed into stage 1, stage 2 or both,
+  at `mix_ratio` rows per dataset row (`random@1=0.5` sets the ratio);
+- `generic@1`, `generic@2`, `generic@12`: generic pretraining text, likewise;
+- `replay=0.1`: 10% of D_A replayed into stage 2 (rows per D_B row per epoch).
+
+E.g. `random@1+generic@2` (the paper's combination) or `replay=0.1+random@1`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+from remix_ds import configtools
+from remix_ds.config import RunConfig
+from remix_ds.configtools import ConfigError
+from remix_ds.data.config import KVRConfig, LossMode
+
+
+@dataclass
+class DatasetSpec:
+    """One D_A or D_B entry of the grid."""
+
+    name: str = ""
+    """Label in tables, file names and eval metric names (unique within data_a + data_b)."""
+    dataset: str = "kvr"
+    """Registered dataset, a local .jsonl/.json/.parquet file, `kvr` (generated) or `generic` (passages of the generic corpus)."""
+    data_files: str | None = None
+    """Local file with the registered dataset's own fields (offline copy of the hub data)."""
+    num_examples: int = 0
+    """Examples trained on (0: all). `kvr` and `generic` generate exactly this many (default 2000 / 64)."""
+    heldout_size: int = 0
+    """Examples set aside before subsampling (never trained)."""
+    subsample_seed: int | None = 0
+    """Seed of the shuffle before the split; null keeps file order (the reference takes the first rows)."""
+    kvr: KVRConfig | None = None
+    """Generator of a `kvr` dataset (default: run.data.kvr with seed + index in the grid)."""
+    prompt_words: int = 24
+    """`generic`: words of the passage shown in the prompt."""
+    answer_words: int = 6
+    """`generic`: words of the continuation to memorize."""
+
+    def validate(self, prefix: str) -> None:
+        if not self.name or not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise ConfigError(f"{prefix}.name must be a non-empty label of letters, digits, '_', '.', '-', got {self.name!r}")
+        if self.num_examples < 0 or self.heldout_size < 0 or self.prompt_words < 1 or self.answer_words < 1:
+            raise ConfigError(f"{prefix}: num_examples/heldout_size must be >= 0, prompt_words/answer_words >= 1")
+
+
+@dataclass
+class Stage0Config:
+    """Optional short pretraining of the base model on the generic corpus (cached; for random-init toys)."""
+
+    epochs: float = 0.0
+    """Passes over the stage-0 passages (0: no stage 0, stages start from run.model)."""
+    num_passages: int = 2000
+    """Generic-corpus passages trained on (all tokens, `all` loss mode)."""
+    passage_words: int = 64
+    """Words per passage."""
+    lr: float = 3e-3
+    """Peak learning rate of stage 0."""
+    overrides: list[str] = field(default_factory=list)
+    """Extra dotted run-config overrides for stage 0."""
+
+
+@dataclass
+class Stage1Config:
+    """Stage 1: memorize D_A until EM(D_A) reaches the threshold, or max_epochs."""
+
+    max_epochs: float = 20.0
+    """Upper bound on stage-1 epochs (the cosine schedule spans these)."""
+    em_threshold: float = 1.0
+    """Stop once the evaluator's EM(D_A) reaches this (checked at every eval)."""
+    eval_every: int = 0
+    """Evaluate D_A every N optimizer steps (0: about once per epoch)."""
+    overrides: list[str] = field(default_factory=list)
+    """Extra dotted run-config overrides for every stage-1 run."""
+
+
+@dataclass
+class Stage2Config:
+    """Stage 2: train on D_B for a fixed number of epochs, tracking EM(D_A)."""
+
+    epochs: float = 20.0
+    """Stage-2 epochs."""
+    eval_every: int = 0
+    """Evaluate D_A (and D_B) every N optimizer steps for the forgetting curve (0: about once per epoch)."""
+    eval_b: Literal["every_eval", "end"] = "every_eval"
+    """Score D_B at every stage-2 eval, or only once on the final export (generation-judged chat/code/math sets are costly)."""
+    overrides: list[str] = field(default_factory=list)
+    """Extra dotted run-config overrides for every stage-2 run."""
+
+
+@dataclass
+class AnalysisConfig:
+    """Post-hoc analyses on the exported models of every cell."""
+
+    logit_lens: bool = True
+    """Layer analysis: per memorized factoid, the layer where the gold first token becomes top-1."""
+    lens_max_examples: int = 256
+    """Factoids per model analysed by the logit lens (the first N memorized)."""
+    preservation: bool = True
+    """Minimal-change check on held-out generic text: NLL change, changed continuations, EOS rate."""
+    preservation_set: str = "builtin"
+    """`builtin` (held-out passages of the built-in generic corpus) or a .jsonl file of {"text"} rows."""
+    preservation_n: int = 32
+    """Held-out passages scored."""
+    preservation_tokens: int = 64
+    """Tokens per passage scored for NLL."""
+    prompt_words: int = 16
+    """Words of a passage used as the prompt of a greedy continuation."""
+    max_new_tokens: int = 24
+    """Greedy continuation budget; answers without EOS within it count as `cannot stop`."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where analyses load exported models (`auto`: cuda when available)."""
+
+
+@dataclass
+class ExperimentConfig:
+    """A REMIX grid: every D_A x D_B x strategy x loss mode cell, two stages each."""
+
+    output_dir: str = "runs/experiment"
+    """Grid folder: stage folders, cells, results table, report, plots."""
+    run: RunConfig = field(default_factory=RunConfig)
+    """Base run config of every stage (model, optim, train, deepspeed, data, eval)."""
+    data_a: list[DatasetSpec] = field(default_factory=list)
+    """Stage-1 factoid sets (D_A)."""
+    data_b: list[DatasetSpec] = field(default_factory=list)
+    """Stage-2 sets (D_B)."""
+    strategies: list[str] = field(default_factory=lambda: ["none"])
+    """Strategy specs (see the module docstring), e.g. none, random@1, generic@12, replay=0.1, random@1+generic@2."""
+    loss_modes: list[LossMode] = field(default_factory=list)
+    """Loss modes to cross with the grid (empty: just run.data.loss_mode). key_spans marks each answer as a span."""
+    mix_ratio: float = 2.0
+    """Default rows mixed per dataset row for random@/generic@ specs (the reference's mix_ratio)."""
+    stage0: Stage0Config = field(default_factory=Stage0Config)
+    """Optional generic-corpus pretraining of the base model."""
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    """Stage-1 length and early stop."""
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+    """Stage-2 length and evaluation cadence."""
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    """Logit lens and preservation check."""
+    launcher: str = "inprocess"
+    """`inprocess` (stages run in this process), `subprocess` (one python process per stage) or `deepspeed --num_gpus N [...]`."""
+    retry_failed: bool = True
+    """On rerun, run again cells that failed before (finished cells are always skipped)."""
+
+    def __post_init__(self):
+        if not self.data_a or not self.data_b:
+            raise ConfigError("data_a and data_b need at least one dataset each")
+        names = [d.name for d in self.data_a + self.data_b]
+        for i, d in enumerate(self.data_a):
+            d.validate(f"data_a[{i}]")
+        for i, d in enumerate(self.data_b):
+            d.validate(f"data_b[{i}]")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"dataset names in data_a + data_b must be unique, got {names}")
+        if not self.strategies or len(set(self.strategies)) != len(self.strategies):
+            raise ConfigError(f"strategies must be non-empty and without duplicates, got {self.strategies}")
+        for s in self.strategies:
+            parse_strategy(s, self.mix_ratio)
+        if len(set(self.loss_modes)) != len(self.loss_modes):
+            raise ConfigError(f"loss_modes has duplicates: {self.loss_modes}")
+        if self.mix_ratio < 0 or not 0 < self.stage1.em_threshold <= 1:
+            raise ConfigError("mix_ratio must be >= 0 and stage1.em_threshold in (0, 1]")
+        if self.stage1.max_epochs <= 0 or self.stage2.epochs <= 0:
+            raise ConfigError("stage1.max_epochs and stage2.epochs must be > 0")
+        launcher_argv(self.launcher)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A parsed strategy spec: mixing ratios per stage and the D_A replay ratio in stage 2."""
+
+    spec: str
+    random: tuple[float, float] = (0.0, 0.0)
+    generic: tuple[float, float] = (0.0, 0.0)
+    replay: float = 0.0
+
+    def stage1_tag(self) -> str:
+        """Names the stage-1 configuration (cells with equal tags share one stage-1 run)."""
+        parts = [f"random{self.random[0]:g}"] if self.random[0] else []
+        parts += [f"generic{self.generic[0]:g}"] if self.generic[0] else []
+        return "+".join(parts) or "plain"
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.spec.replace("+", "__").replace("@", "-at").replace("=", "-"))
+
+
+_TERM = re.compile(r"^(random|generic)@(1|2|12)(?:=([0-9.eE+-]+))?$|^replay=([0-9.eE+-]+)$|^none$")
+
+
+def parse_strategy(spec: str, mix_ratio: float = 2.0) -> Strategy:
+    """`random@1+generic@2` -> Strategy(random=(r, 0), generic=(0, r)); see the module docstring."""
+    random, generic, replay = [0.0, 0.0], [0.0, 0.0], 0.0
+    for term in spec.split("+"):
+        m = _TERM.match(term.strip())
+        if not m:
+            raise ConfigError(f"strategies: cannot parse {spec!r} (term {term!r}); use none, random@1|2|12[=R], "
+                              "generic@1|2|12[=R], replay=R joined by '+'")
+        if term.strip() == "none":
+            continue
+        if m.group(4) is not None:
+            replay = float(m.group(4))
+            continue
+        ratio = float(m.group(3)) if m.group(3) else mix_ratio
+        target = random if m.group(1) == "random" else generic
+        for stage in m.group(2):
+            target[int(stage) - 1] = ratio
+    if min(*random, *generic, replay) < 0:
+        raise ConfigError(f"strategies: negative ratio in {spec!r}")
+    return Strategy(spec, tuple(random), tuple(generic), replay)
+
+
+def launcher_argv(launcher: str) -> list[str] | None:
+    """None for in-process; else the command prefix that runs one stage's module."""
+    words = launcher.split()
+    if words == ["inprocess"]:
+        return None
+    if words == ["subprocess"]:
+        return []
+    if words and words[0] == "deepspeed":
+        return words
+    raise ConfigError(f"launcher must be inprocess, subprocess or 'deepspeed --num_gpus N ...', got {launcher!r}")
+
+
+def load_experiment(path=None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Defaults < file < dotted overrides (`run.optim.lr=1e-5`, `strategies=[none,random@1]`)."""
+    return configtools.load(ExperimentConfig, path, overrides)

@@ -1,0 +1,361 @@
+"""The grid runner: plan cells, run their stages (sharing stage 1), analyse, tabulate.
+
+Folders under `output_dir`:
+
+    data/<name>.jsonl                    every D_A / D_B, materialized once (datasets.py)
+    stage0/                              optional generic pretraining (its export is the base model)
+    stage1/<D_A>__<stage-1 tag>/         one stage-1 run per (D_A, stage-1 mixing, loss mode), shared by cells
+    cells/<D_A>__<D_B>__<strategy>/      stage2/ (a run folder), done.json or error.json
+    results.csv, results.json, report.md, *.png
+
+Fault handling: a cell that raises gets `error.json` (message and traceback) and the grid moves
+on; `done.json` is written last, so a rerun skips exactly the finished cells; a stage folder with
+`stage_done.json` is never trained again, and an unfinished one resumes from its newest
+checkpoint (`train.resume=auto`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from remix_ds import configtools
+from remix_ds.config import RunConfig
+from remix_ds.data.mixing import mix_count
+from remix_ds.experiments import stage as stage_lib
+from remix_ds.experiments.config import DatasetSpec, ExperimentConfig, Strategy, launcher_argv, parse_strategy
+
+
+@dataclass
+class Cell:
+    d_a: DatasetSpec
+    d_b: DatasetSpec
+    strategy: Strategy
+    loss_mode: str | None
+
+    @property
+    def key(self) -> str:
+        lm = f"__{self.loss_mode}" if self.loss_mode else ""
+        return f"{self.d_a.name}__{self.d_b.name}__{self.strategy.slug}{lm}"
+
+    @property
+    def stage1_key(self) -> str:
+        lm = f"__{self.loss_mode}" if self.loss_mode else ""
+        return f"{self.d_a.name}__{self.strategy.stage1_tag()}{lm}"
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def latest_eval_rows(run_dir: Path, name: str) -> tuple[int, list[dict]]:
+    """(step, per-example rows) of the newest eval of set `name` in a run folder."""
+    steps = sorted((int(p.name.split("-")[1]), p) for p in (run_dir / "eval").glob("step-*") if (p / f"{name}.jsonl").is_file())
+    if not steps:
+        raise FileNotFoundError(f"no eval rows of {name!r} under {run_dir}/eval")
+    step, folder = steps[-1]
+    return step, [json.loads(line) for line in (folder / f"{name}.jsonl").read_text().splitlines()]
+
+
+def em_of(rows: list[dict]) -> float:
+    return sum(bool(r["correct"]) for r in rows) / len(rows) if rows else math.nan
+
+
+def em_curve(run_dir: Path, name: str) -> list[tuple[int, float]]:
+    """EM of set `name` at every eval step of a run (from the per-example files)."""
+    out = []
+    for p in (run_dir / "eval").glob("step-*"):
+        f = p / f"{name}.jsonl"
+        if f.is_file():
+            out.append((int(p.name.split("-")[1]), em_of([json.loads(l) for l in f.read_text().splitlines()])))
+    return sorted(out)
+
+
+class Grid:
+    """Runs an ExperimentConfig. `run()` returns the table rows (one per cell)."""
+
+    def __init__(self, cfg: ExperimentConfig, log=print):
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        self.log = log
+        self.launcher = launcher_argv(cfg.launcher)
+        self._tokenizer = None
+        self._failed_stage1: dict[str, str] = {}
+        self.paths: dict[str, Path] = {}
+        self.data_errors: dict[str, str] = {}
+        self.base_model: str | None = None
+
+    # ---- planning ---------------------------------------------------------------------------
+    def cells(self) -> list[Cell]:
+        strategies = [parse_strategy(s, self.cfg.mix_ratio) for s in self.cfg.strategies]
+        modes = list(self.cfg.loss_modes) or [None]
+        return [Cell(a, b, s, m) for m in modes for a in self.cfg.data_a for b in self.cfg.data_b for s in strategies]
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from remix_ds import models
+
+            m = self.cfg.run.model
+            self._tokenizer = models.load_tokenizer(m.tokenizer or models.model_source(m), m.tiny, m.trust_remote_code)
+        return self._tokenizer
+
+    def world_size(self) -> int:
+        words = self.launcher or []
+        for flag in ("--num_gpus", "--num-gpus"):
+            if flag in words:
+                return int(words[words.index(flag) + 1])
+        return int(os.environ.get("WORLD_SIZE", "1"))
+
+    # ---- stage configs -----------------------------------------------------------------------
+    def _stage_config(self, patch: dict, overrides: list[str]) -> RunConfig:
+        d = configtools.to_dict(self.cfg.run)
+        for dotted, value in patch.items():
+            node = d
+            *head, last = dotted.split(".")
+            for part in head:
+                node = node[part]
+            node[last] = value
+        return configtools.from_dict(RunConfig, configtools.apply_overrides(d, list(overrides)),
+                                     source=f"{self.cfg.output_dir} (derived stage config)")
+
+    def _train_path(self, name: str, loss_mode: str | None) -> str:
+        p = self.paths[name]
+        return str(p.with_name(f"{name}.spans.jsonl")) if loss_mode == "key_spans" else str(p)
+
+    def _eval_every(self, n: int, ratios: tuple[float, ...], setting: int) -> int:
+        """`setting`, or about one epoch of optimizer steps (dataset rows plus mixed/replayed rows)."""
+        if setting:
+            return setting
+        rows = n + sum(mix_count(r, n) for r in ratios)
+        return max(1, round(rows / self.cfg.run.train.global_batch_size))
+
+    def _n(self, name: str) -> int:
+        with self.paths[name].open() as f:
+            return sum(1 for line in f if line.strip())
+
+    def stage1_config(self, cell: Cell) -> RunConfig:
+        s, a = cell.strategy, cell.d_a.name
+        n = self._n(a)
+        patch = {
+            "model.init_from": self.base_model or self.cfg.run.model.init_from,
+            "train.output_dir": str(self.out / "stage1" / cell.stage1_key),
+            "train.epochs": self.cfg.stage1.max_epochs,
+            "train.max_steps": 0,
+            "train.eval_every": self._eval_every(n, (s.random[0], s.generic[0]), self.cfg.stage1.eval_every),
+            "train.early_stop_metric": f"eval/{a}/em",
+            "train.early_stop_value": self.cfg.stage1.em_threshold,
+            "train.resume": "auto",
+            "data.dataset": self._train_path(a, cell.loss_mode),
+            "data.data_files": None, "data.num_examples": 0, "data.heldout_size": 0,
+            "data.mix.random_ratio": s.random[0],
+            "data.mix.generic_ratio": s.generic[0],
+            "data.replay": [],
+            "eval.datasets": [str(self.paths[a])],
+            "eval.write_rows": True,
+        }
+        if cell.loss_mode:
+            patch["data.loss_mode"] = cell.loss_mode
+        return self._stage_config(patch, self.cfg.stage1.overrides)
+
+    def stage2_config(self, cell: Cell) -> RunConfig:
+        s, a, b = cell.strategy, cell.d_a.name, cell.d_b.name
+        n = self._n(b)
+        replay = [{"dataset": self._train_path(a, cell.loss_mode), "ratio": s.replay}] if s.replay else []
+        patch = {
+            "model.init_from": str(self.out / "stage1" / cell.stage1_key / "final"),
+            "train.output_dir": str(self.out / "cells" / cell.key / "stage2"),
+            "train.epochs": self.cfg.stage2.epochs,
+            "train.max_steps": 0,
+            "train.eval_every": self._eval_every(n, (s.random[1], s.generic[1], s.replay), self.cfg.stage2.eval_every),
+            "train.early_stop_metric": None,
+            "train.resume": "auto",
+            "data.dataset": self._train_path(b, cell.loss_mode),
+            "data.data_files": None, "data.num_examples": 0, "data.heldout_size": 0,
+            "data.mix.random_ratio": s.random[1],
+            "data.mix.generic_ratio": s.generic[1],
+            "data.replay": replay,
+            "eval.datasets": [str(self.paths[a])] + ([str(self.paths[b])] if self.cfg.stage2.eval_b == "every_eval" else []),
+            "eval.write_rows": True,
+        }
+        if cell.loss_mode:
+            patch["data.loss_mode"] = cell.loss_mode
+        return self._stage_config(patch, self.cfg.stage2.overrides)
+
+    def final_eval_b(self, s2cfg: RunConfig, name: str, step: int) -> None:
+        """stage2.eval_b=end: score D_B once on the stage-2 export, beside the final D_A rows."""
+        from remix_ds.eval.data import load_eval_set
+        from remix_ds.eval.runner import evaluate, write_results
+        from remix_ds.experiments.analysis import load_model
+
+        folder = Path(s2cfg.train.output_dir) / "eval" / f"step-{step}"
+        if (folder / f"{name}.jsonl").is_file():
+            return
+        model = load_model(Path(s2cfg.train.output_dir) / "final", self.cfg.analysis.device)
+        try:
+            examples = load_eval_set(str(self.paths[name]), s2cfg.eval).examples
+            result = evaluate(model, self.tokenizer, examples, s2cfg.eval, prompt_format=s2cfg.data.prompt_format)
+            write_results(result, folder, name, extra={"step": step})
+        finally:
+            del model
+
+    # ---- running stages ----------------------------------------------------------------------
+    def run_stage(self, cfg: RunConfig, label: str) -> dict:
+        """Train a stage unless its folder says it is done; returns its stats."""
+        out = Path(cfg.train.output_dir)
+        if stage_lib.is_done(out):
+            return stage_lib.read_done(out)
+        out.mkdir(parents=True, exist_ok=True)
+        cfg_path = out / "stage_config.json"
+        cfg.save(cfg_path)
+        self.log(f"[experiment] {label}: training -> {out}")
+        if self.launcher is None:
+            return stage_lib.run_stage(cfg)
+        if self.launcher:  # deepspeed --num_gpus N ...
+            exe = Path(sys.executable).with_name("deepspeed")
+            cmd = [str(exe) if exe.exists() else "deepspeed", *self.launcher[1:], "--module"]
+        else:
+            cmd = [sys.executable, "-m"]
+        cmd += ["remix_ds.experiments.stage", str(cfg_path)]
+        with (out / "stage.log").open("a") as log:
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        if proc.returncode != 0 or not stage_lib.is_done(out):
+            tail = (out / "stage.log").read_text()[-3000:]
+            raise RuntimeError(f"{label} failed (exit {proc.returncode}); log {out / 'stage.log'}:\n{tail}")
+        return stage_lib.read_done(out)
+
+    def prepare(self) -> None:
+        """Materialize the datasets and run stage 0 (if configured)."""
+        from remix_ds.experiments import datasets
+
+        specs = list(enumerate(self.cfg.data_a)) + [(len(self.cfg.data_a) + i, s) for i, s in enumerate(self.cfg.data_b)]
+        for spec in specs:  # a dataset that cannot be loaded fails its cells, not the grid
+            try:
+                self.paths.update(datasets.materialize([spec], self.cfg.run.data, self.tokenizer, self.out / "data"))
+            except Exception as e:
+                self.data_errors[spec[1].name] = f"{type(e).__name__}: {str(e)[:500]}"
+                self.log(f"[experiment] dataset {spec[1].name} FAILED to load: {self.data_errors[spec[1].name]}")
+        s0 = self.cfg.stage0
+        if s0.epochs > 0:
+            self.base_model = str(self.stage0_dir() / "final")
+            if not stage_lib.is_done(self.stage0_dir()):
+                skip = datasets.PRESERVE_SLOTS + sum(s.num_examples or 64 for s in self.cfg.data_a + self.cfg.data_b
+                                                     if s.dataset == "generic") * (len(specs) + 1)
+                path = datasets.stage0_passages(self.tokenizer, self.cfg.run.data, s0.num_passages, s0.passage_words,
+                                                skip, self.stage0_dir().parent / f"{self.stage0_dir().name}-data")
+                patch = {
+                    "train.output_dir": str(self.stage0_dir()), "train.epochs": s0.epochs, "train.max_steps": 0,
+                    "train.eval_every": 0, "train.early_stop_metric": None, "train.resume": "auto",
+                    "optim.lr": s0.lr, "data.dataset": str(path), "data.data_files": None, "data.num_examples": 0,
+                    "data.heldout_size": 0, "data.loss_mode": "all", "data.replay": [],
+                    "data.mix.random_ratio": 0.0, "data.mix.generic_ratio": 0.0, "eval.datasets": [],
+                }
+                self.run_stage(self._stage_config(patch, s0.overrides), "stage 0 (generic pretraining)")
+
+    def stage0_dir(self) -> Path:
+        """Stage 0 is cached by its config: the same base model and stage-0 settings reuse one run."""
+        import hashlib
+
+        from remix_ds import models
+
+        key = json.dumps({"model": configtools.to_dict(self.cfg.run.model), "stage0": configtools.to_dict(self.cfg.stage0),
+                          "corpus": self.cfg.run.data.mix.generic_corpus, "max_seq_len": self.cfg.run.data.max_seq_len,
+                          "optim": configtools.to_dict(self.cfg.run.optim), "train": {
+                              k: getattr(self.cfg.run.train, k) for k in ("global_batch_size", "micro_batch_size", "seed")}},
+                         sort_keys=True)
+        return models.cache_root() / "stage0" / hashlib.sha256(key.encode()).hexdigest()[:12]
+
+    # ---- one cell ----------------------------------------------------------------------------
+    def cell_dir(self, cell: Cell) -> Path:
+        return self.out / "cells" / cell.key
+
+    def run_cell(self, cell: Cell) -> dict:
+        from remix_ds.experiments import analysis
+
+        t0 = time.perf_counter()
+        for name in (cell.d_a.name, cell.d_b.name):
+            if name in self.data_errors:
+                raise RuntimeError(f"dataset {name} could not be loaded: {self.data_errors[name]}")
+        s1cfg = self.stage1_config(cell)
+        if cell.stage1_key in self._failed_stage1:
+            raise RuntimeError(f"shared stage 1 {cell.stage1_key} failed earlier in this run: {self._failed_stage1[cell.stage1_key]}")
+        try:
+            st1 = self.run_stage(s1cfg, f"{cell.stage1_key} stage 1")
+        except Exception as e:
+            self._failed_stage1[cell.stage1_key] = f"{type(e).__name__}: {str(e)[:300]}"
+            raise
+        s2cfg = self.stage2_config(cell)
+        st2 = self.run_stage(s2cfg, f"{cell.key} stage 2")
+        s1dir, s2dir = Path(s1cfg.train.output_dir), Path(s2cfg.train.output_dir)
+        a, b = cell.d_a.name, cell.d_b.name
+        step1, rows1 = latest_eval_rows(s1dir, a)
+        step2, rows2 = latest_eval_rows(s2dir, a)
+        if self.cfg.stage2.eval_b == "end":
+            self.final_eval_b(s2cfg, b, step2)
+        _, rows_b = latest_eval_rows(s2dir, b)
+        em1, em2 = em_of(rows1), em_of(rows2)
+        row = {
+            "d_a": a, "d_b": b, "strategy": cell.strategy.spec, "loss_mode": cell.loss_mode or self.cfg.run.data.loss_mode,
+            "status": "done",
+            "em_a_stage1": em1, "em_a_stage2": em2, "em_b_stage2": em_of(rows_b), "forgetting": em1 - em2,
+            "stage1_reached_threshold": em1 >= self.cfg.stage1.em_threshold,
+            "stage1_steps": st1["steps"], "stage1_epochs": round(st1["epochs"], 3), "stage2_steps": st2["steps"],
+            "stage1_wall_s": round(st1["wall_s"], 2), "stage1_eval_s": round(st1["eval_s"], 2),
+            "stage2_wall_s": round(st2["wall_s"], 2), "stage2_eval_s": round(st2["eval_s"], 2),
+            "stage1_eval_step": step1, "stage2_eval_step": step2,
+        }
+        curve = [(0, em1)] + em_curve(s2dir, a)
+        ta = time.perf_counter()
+        row.update(analysis.analyse_cell(self, cell, s1cfg, s2cfg, rows1, rows2))
+        row["analysis_s"] = round(time.perf_counter() - ta, 2)
+        row["cell_wall_s"] = round(time.perf_counter() - t0, 2)
+        _write_json(self.cell_dir(cell) / "done.json", {"row": row, "curve_a": curve})
+        return row
+
+    # ---- the grid ----------------------------------------------------------------------------
+    def run(self) -> list[dict]:
+        self.out.mkdir(parents=True, exist_ok=True)
+        _write_json(self.out / "experiment_config.json", configtools.to_dict(self.cfg))
+        self.prepare()
+        rows = []
+        cells = self.cells()
+        for i, cell in enumerate(cells, 1):
+            folder = self.cell_dir(cell)
+            folder.mkdir(parents=True, exist_ok=True)
+            done, err = folder / "done.json", folder / "error.json"
+            if done.is_file():
+                self.log(f"[experiment] cell {i}/{len(cells)} {cell.key}: done earlier, skipped")
+                rows.append(json.loads(done.read_text())["row"])
+                continue
+            if err.is_file() and not self.cfg.retry_failed:
+                rows.append(json.loads(err.read_text())["row"])
+                continue
+            self.log(f"[experiment] cell {i}/{len(cells)} {cell.key}")
+            try:
+                rows.append(self.run_cell(cell))
+                err.unlink(missing_ok=True)
+            except Exception as e:  # record, keep going: one broken cell must not lose the grid
+                row = {"d_a": cell.d_a.name, "d_b": cell.d_b.name, "strategy": cell.strategy.spec,
+                       "loss_mode": cell.loss_mode or self.cfg.run.data.loss_mode, "status": "error",
+                       "error": f"{type(e).__name__}: {str(e)[:500]}"}
+                _write_json(err, {"row": row, "traceback": traceback.format_exc()})
+                self.log(f"[experiment] cell {cell.key} FAILED: {row['error']}")
+                rows.append(row)
+        from remix_ds.experiments import report
+
+        report.write_all(self, rows)
+        return rows
+
+
+def run_experiment(cfg: ExperimentConfig, log=print) -> list[dict]:
+    return Grid(cfg, log).run()

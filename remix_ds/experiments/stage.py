@@ -1,0 +1,93 @@
+"""One stage of a cell: in this process, or as its own process (optionally under `deepspeed`).
+
+    python -m remix_ds.experiments.stage STAGE_DIR/stage_config.json
+    deepspeed --num_gpus 4 --module remix_ds.experiments.stage STAGE_DIR/stage_config.json
+
+Runs the Trainer (resume=auto continues a killed stage from its newest checkpoint), times the
+eval hooks apart from training, and on success writes `RUN_DIR/stage_done.json` (rank 0, last):
+wall time, eval time, steps, whether the early-stop target was reached. A stage folder with that
+file is never run again.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from remix_ds.config import RunConfig, load_config
+
+DONE = "stage_done.json"
+
+
+def is_done(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / DONE).is_file()
+
+
+def read_done(run_dir: str | Path) -> dict:
+    return json.loads((Path(run_dir) / DONE).read_text())
+
+
+class _Timed:
+    """Wraps an eval hook and adds up the seconds it takes."""
+
+    def __init__(self, hook, clock: dict):
+        self.hook, self.clock = hook, clock
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self.hook(*args, **kwargs)
+        finally:
+            self.clock["eval_s"] += time.perf_counter() - start
+
+
+def run_stage(cfg: RunConfig) -> dict:
+    """Train one stage to completion (or to its early-stop target); return and write its stats."""
+    from remix_ds.engine import dist
+    from remix_ds.engine.trainer import Trainer
+
+    start = time.perf_counter()
+    clock = {"eval_s": 0.0}
+    trainer = Trainer(cfg)
+    build_s = time.perf_counter() - start
+    trainer.eval_hooks = [_Timed(h, clock) for h in trainer.eval_hooks]
+    start_step = trainer.step
+    try:
+        rows = trainer.fit()
+    finally:
+        trainer.close()
+    out = Path(cfg.train.output_dir)
+    if not (out / "final" / "config.json").is_file():
+        raise RuntimeError(f"stage {out} ended without a final export (train.stop_at_step or export_final=false?)")
+    train_rows = [r for r in rows if "step_time_s" in r]
+    stats = {
+        "steps": trainer.step,
+        "steps_this_run": trainer.step - start_step,
+        "total_steps": trainer.total_steps,
+        "stopped_early": trainer.stopped_early,
+        "epochs": trainer.step * trainer.gas / max(trainer.loader.batches_per_epoch, 1),
+        "wall_s": time.perf_counter() - start,
+        "build_s": build_s,
+        "eval_s": clock["eval_s"],
+        "logged_step_time_s": sum(r["step_time_s"] for r in train_rows),
+        "tokens_per_s": (sum(r["tokens"] for r in train_rows) / max(sum(r["step_time_s"] for r in train_rows), 1e-9)
+                         if train_rows else 0.0),
+        "world_size": trainer.world,
+        "resumed_from_step": start_step,
+    }
+    if dist.is_main():
+        tmp = out / (DONE + ".tmp")
+        tmp.write_text(json.dumps(stats, indent=2) + "\n")
+        tmp.replace(out / DONE)
+    return stats
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("--local_rank")]
+    run_stage(load_config(argv[0], argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
