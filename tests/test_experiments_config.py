@@ -78,3 +78,24 @@ def test_other_configs_load(path):
     cells = Grid(cfg).cells()
     assert len(cells) == len(cfg.data_a) * len(cfg.data_b) * len(cfg.strategies) * max(1, len(cfg.loss_modes))
     assert cfg.run.model.name_or_path == "tiny"
+
+
+def test_baseline_strategies_reach_the_stage_two_config(tmp_path):
+    """`ewc=LAMBDA` / `kl:DATA=BETA` terms set regularize.* on stage 2 only; EWC shares its Fisher per stage 1."""
+    s = parse_strategy("replay=0.1+ewc=1000+kl:generic=0.5")
+    assert s.replay == 0.1 and s.regularize == {"ewc": {"lam": 1000.0}, "kl": {"beta": 0.5, "data": "generic"}}
+    assert s.stage1_tag() == "plain"
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.jsonl").write_text('{"prompt": "p", "answer": "x"}\n' * 4)
+    cfg = load_experiment(None, [f"output_dir={tmp_path / 'grid'}", "strategies=[none, ewc=1000+kl=0.1]",
+                                 f"data_a=[{{name: a, dataset: {tmp_path / 'a.jsonl'}}}]",
+                                 f"data_b=[{{name: b, dataset: {tmp_path / 'b.jsonl'}}}]"])
+    grid = Grid(cfg)
+    grid.paths = {"a": tmp_path / "a.jsonl", "b": tmp_path / "b.jsonl"}
+    plain, reg = grid.cells()
+    assert grid.stage2_config(plain).regularize.ewc.lam == 0 and grid.stage2_config(plain).regularize.kl.beta == 0
+    s2 = grid.stage2_config(reg)
+    assert s2.regularize.ewc.lam == 1000.0 and s2.regularize.kl.beta == 0.1 and s2.regularize.kl.data == "batch"
+    assert s2.regularize.ewc.dataset == str(tmp_path / "a.jsonl")
+    assert s2.regularize.ewc.state_dir.endswith(f"stage1/{reg.stage1_key}/ewc-fisher")
+    assert grid.stage1_config(reg).regularize.ewc.lam == 0

@@ -13,9 +13,12 @@ Strategies are short specs, joined by `+`:
 - `random@1`, `random@2`, `random@12`: random-word sequences mixed into stage 1, stage 2 or both,
   at `mix_ratio` rows per dataset row (`random@1=0.5` sets the ratio);
 - `generic@1`, `generic@2`, `generic@12`: generic pretraining text, likewise;
-- `replay=0.1`: 10% of D_A replayed into stage 2 (rows per D_B row per epoch).
+- `replay=0.1`: 10% of D_A replayed into stage 2 (rows per D_B row per epoch);
+- `ewc=LAMBDA`: EWC in stage 2 with the diagonal Fisher of the stage-1 model on D_A;
+- `kl=BETA`, `kl:DATA=BETA`: KL to the frozen stage-1 model in stage 2, over the stage-2 batch or
+  DATA (`generic` or a dataset) (remix_ds/baselines).
 
-E.g. `random@1+generic@2` (the paper's combination) or `replay=0.1+random@1`.
+E.g. `random@1+generic@2` (the paper's combination), `replay=0.1+random@1` or `ewc=1000`.
 """
 
 from __future__ import annotations
@@ -190,6 +193,8 @@ class Strategy:
     random: tuple[float, float] = (0.0, 0.0)
     generic: tuple[float, float] = (0.0, 0.0)
     replay: float = 0.0
+    regularize: dict = field(default_factory=dict, hash=False)
+    """Stage-2 baselines, e.g. {"ewc": {"lam": 1000.0}} (remix_ds.baselines.strategies)."""
 
     def stage1_tag(self) -> str:
         """Names the stage-1 configuration (cells with equal tags share one stage-1 run)."""
@@ -207,12 +212,18 @@ _TERM = re.compile(r"^(random|generic)@(1|2|12)(?:=([0-9.eE+-]+))?$|^replay=([0-
 
 def parse_strategy(spec: str, mix_ratio: float = 2.0) -> Strategy:
     """`random@1+generic@2` -> Strategy(random=(r, 0), generic=(0, r)); see the module docstring."""
-    random, generic, replay = [0.0, 0.0], [0.0, 0.0], 0.0
+    from remix_ds.baselines.strategies import parse_term
+
+    random, generic, replay, regularize = [0.0, 0.0], [0.0, 0.0], 0.0, {}
     for term in spec.split("+"):
+        baseline = parse_term(term)
+        if baseline is not None:
+            regularize.update(baseline)
+            continue
         m = _TERM.match(term.strip())
         if not m:
             raise ConfigError(f"strategies: cannot parse {spec!r} (term {term!r}); use none, random@1|2|12[=R], "
-                              "generic@1|2|12[=R], replay=R joined by '+'")
+                              "generic@1|2|12[=R], replay=R, ewc=LAMBDA, kl[:DATA]=BETA joined by '+'")
         if term.strip() == "none":
             continue
         if m.group(4) is not None:
@@ -224,7 +235,7 @@ def parse_strategy(spec: str, mix_ratio: float = 2.0) -> Strategy:
             target[int(stage) - 1] = ratio
     if min(*random, *generic, replay) < 0:
         raise ConfigError(f"strategies: negative ratio in {spec!r}")
-    return Strategy(spec, tuple(random), tuple(generic), replay)
+    return Strategy(spec, tuple(random), tuple(generic), replay, regularize)
 
 
 def launcher_argv(launcher: str) -> list[str] | None:

@@ -188,6 +188,12 @@ class Grid:
             "eval.datasets": [str(self.paths[a])] + ([str(self.paths[b])] if self.cfg.stage2.eval_b == "every_eval" else []),
             "eval.write_rows": True,
         }
+        if s.regularize:
+            from remix_ds.baselines.strategies import strategy_patch
+
+            # Cells sharing a stage-1 model share one Fisher/anchor estimate (the first computes it).
+            patch.update(strategy_patch(s.regularize, stage1_dataset=str(self.paths[a]),
+                                        ewc_state_dir=str(self.out / "stage1" / cell.stage1_key / "ewc-fisher")))
         if cell.loss_mode:
             patch["data.loss_mode"] = cell.loss_mode
         return self._stage_config(patch, self.cfg.stage2.overrides)
