@@ -64,21 +64,14 @@ class SourceConfig:
 
 
 @dataclass
-class ReplayConfig:
-    """An earlier stage's dataset replayed into this stage (the replay baseline)."""
+class ReplayConfig(SourceConfig):
+    """An earlier stage's dataset replayed into this stage (the replay baseline).
+
+    The source fields take the earlier stage's values, so the same rows are replayed.
+    """
 
     dataset: str = "kvr"
     """Registered dataset name or local .jsonl/.json/.parquet file (as in the earlier stage), or a .npz of token windows (`ids`, `tokens`; every token but the first trained)."""
-    data_files: str | None = None
-    """Local file with the registered dataset's own fields (as in the earlier stage)."""
-    num_examples: int = 0
-    """Size of the earlier stage's train split (use the same value as that stage)."""
-    heldout_size: int = 0
-    """Held-out size of the earlier stage (use the same value, so the same rows are replayed)."""
-    subsample_seed: int | None = 0
-    """Subsample seed of the earlier stage (use the same value)."""
-    loss_mode: LossMode | None = None
-    """Which tokens carry loss; null uses data.loss_mode."""
     ratio: float = 0.0
     """Replay rows per stage-dataset row per epoch (0.01 = 1%), redrawn every epoch from seed + epoch."""
     weights_file: str | None = None
@@ -87,7 +80,7 @@ class ReplayConfig:
     """Softmax temperature of the weights_file scores (in the scores' units, e.g. predicted NLL increase)."""
 
     def validate(self, prefix: str) -> None:
-        SourceConfig.validate(self, prefix)  # type: ignore[arg-type]  # same fields
+        super().validate(prefix)
         if self.ratio < 0:
             raise ConfigError(f"{prefix}.ratio must be >= 0, got {self.ratio}")
         if not self.temperature > 0:

@@ -22,7 +22,7 @@ from typing import Literal, Sequence
 from remix_ds import configtools
 from remix_ds.config import RunConfig
 from remix_ds.configtools import ConfigError
-from remix_ds.data.config import LossMode, SourceConfig
+from remix_ds.data.config import SourceConfig
 from remix_ds.data.records import LOCAL_SUFFIXES
 
 Method = Literal["row_mean", "col_mean", "additive", "knn", "mf"]
@@ -56,26 +56,11 @@ class UpstreamConfig:
 
 
 @dataclass
-class TaskConfig:
+class TaskConfig(SourceConfig):
     """One fine-tuning task (a matrix row): a dataset and its split, as in the `data` section."""
 
     name: str = ""
     """Row label and file name; empty: the dataset name (a file's stem)."""
-    dataset: str = "kvr"
-    """Registered dataset name or a local .jsonl/.json/.parquet file of `prompt`+`answer` or `messages` rows."""
-    data_files: str | None = None
-    """Local file with the registered dataset's own fields, used instead of downloading it."""
-    num_examples: int = 0
-    """Train on this many examples (0: all that remain after the held-out split)."""
-    heldout_size: int = 0
-    """Examples set aside before subsampling (never trained)."""
-    subsample_seed: int | None = 0
-    """Seed of the shuffle before the held-out/train split; null keeps file order."""
-    loss_mode: LossMode | None = None
-    """Which tokens carry loss; null uses finetune.data.loss_mode."""
-
-    def validate(self, prefix: str) -> None:
-        SourceConfig.validate(self, prefix)  # type: ignore[arg-type]  # same fields
 
     def label(self) -> str:
         if self.name:
