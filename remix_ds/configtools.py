@@ -194,7 +194,8 @@ def load(cls: type, path: str | Path | None = None, overrides: typing.Sequence[s
             # Say whether the bad key came from the command line.
             keys = {o.split("=", 1)[0] for o in overrides}
             if any(k in str(e) for k in keys):
-                raise ConfigError(f"{e} [from command-line override]") from None
+                msg = str(e).replace(_where(source), "")  # the key came from the command line, not the file
+                raise ConfigError(f"{msg} [from command-line override]") from None
             raise
     return from_dict(cls, data, source=source)
 
