@@ -38,6 +38,7 @@ setup(
         "torch>=2.4",
         "deepspeed>=0.19,<0.20",
         "transformers>=5.0,<6",
+        "accelerate>=1.1",  # transformers needs it for HfDeepSpeedConfig (ZeRO-3 loading) and Trainer
         "tokenizers",
         "sentencepiece",
         "protobuf",
