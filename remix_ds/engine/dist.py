@@ -58,10 +58,14 @@ def barrier() -> None:
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     """Sum a few scalars over all ranks in one collective (float64, exact for token counts)."""
-    t = torch.tensor(values, dtype=torch.float64, device=device)
+    return all_reduce_(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
+
+
+def all_reduce_(t: torch.Tensor) -> torch.Tensor:
+    """In-place sum over all ranks (a no-op in a world of one); returns ``t``."""
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.tolist()
+    return t
 
 
 def broadcast_object(obj, src: int = 0):

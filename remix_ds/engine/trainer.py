@@ -175,7 +175,8 @@ class Trainer:
         local = [sum(int(mb[k]) for mb in micro_batches) for k in ("num_supervised", "num_tokens", "num_examples")]
         n_sup, n_tok, n_ex = (int(x) for x in dist.all_reduce_sum(local, self.device))
         scale = self.world / max(n_sup, 1)
-        loss_sum = 0.0
+        # Accumulated on the device: a .item() per micro-batch would sync the GPU every time.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self._regularize("begin_step", micro_batches)
         for i, mb in enumerate(micro_batches):
             mb = self._to_device(mb)
@@ -185,8 +186,8 @@ class Trainer:
             if i == len(micro_batches) - 1:
                 self._regularize("before_optimizer_step")
             self.engine.step()
-            loss_sum += loss.item()
-        total_loss = dist.all_reduce_sum([loss_sum], self.device)[0]
+            loss_sum += loss.detach().to(torch.float64)
+        total_loss = dist.all_reduce_(loss_sum).item()
         extra = {k: v for r in self.regularizers for k, v in r.end_step().items()}
         return StepStats(total_loss / max(n_sup, 1), n_sup, n_tok, n_ex, time.perf_counter() - start, extra)
 
