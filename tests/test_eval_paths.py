@@ -141,3 +141,25 @@ def test_auto_mode_routes_and_documented_gap(trained, both_modes):
         assert al["verdict"] == "generate" and al["correct"] and not al["fused_correct"]
     gen = evaluate(model, tok, lowered, EvalConfig(mode="generate", max_new_tokens=10))
     assert all(r["correct"] and not r["fused_correct"] for r in gen.rows)  # string-level: equal after lower()
+
+
+def test_module_hook_removal_keeps_hooks_added_inside_the_context():
+    """`_without_module_hooks` restores DeepSpeed's hooks without dropping hooks registered meanwhile."""
+    import torch
+
+    from remix_ds.eval import zero
+
+    lin = torch.nn.Linear(2, 2)
+    calls = []
+
+    def ds_hook(mod, args):  # stands in for a DeepSpeed hook
+        calls.append("ds")
+
+    ds_hook.__module__ = "deepspeed.runtime.zero.parameter_offload"
+    lin.register_forward_pre_hook(ds_hook)
+    with zero._without_module_hooks(lin):
+        lin(torch.zeros(1, 2))
+        assert calls == []  # removed inside
+        lin.register_forward_pre_hook(lambda mod, args: calls.append("user"))
+    lin(torch.zeros(1, 2))
+    assert calls == ["ds", "user"]  # DeepSpeed's back first, the new one kept

@@ -69,23 +69,32 @@ def _is_ds_hook(fn) -> bool:
 @contextlib.contextmanager
 def _without_module_hooks(module: torch.nn.Module) -> Iterator[None]:
     """For a bare partitioned module (engine not at hand): take DeepSpeed's forward hooks out of
-    each submodule's hook dicts and put the exact same dicts back afterwards (same handles, same
-    order, so nothing is re-registered and the engine's bookkeeping is untouched)."""
+    each submodule's hook dicts and put the same handles back afterwards, in their original order
+    (nothing is re-registered, so the engine's bookkeeping is untouched)."""
     saved = []
     for m in module.modules():
         for name in ("_forward_pre_hooks", "_forward_hooks"):
             hooks = getattr(m, name)
-            ds_keys = [k for k, fn in hooks.items() if _is_ds_hook(fn)]
+            ds_keys = {k for k, fn in hooks.items() if _is_ds_hook(fn)}
             if ds_keys:
-                saved.append((hooks, dict(hooks)))
+                saved.append((hooks, dict(hooks), ds_keys))
                 for k in ds_keys:
                     del hooks[k]
     try:
         yield
     finally:
-        for hooks, original in saved:
+        for hooks, original, ds_keys in saved:
+            # Put DeepSpeed's hooks back in their original places; keep what others changed meanwhile
+            # (hooks added inside the context stay, hooks removed inside it stay removed).
+            current = dict(hooks)
             hooks.clear()
-            hooks.update(original)
+            for k, fn in original.items():
+                if k in ds_keys:
+                    hooks[k] = fn
+                elif k in current:
+                    hooks[k] = current[k]
+            for k, fn in current.items():
+                hooks.setdefault(k, fn)
 
 
 @contextlib.contextmanager
