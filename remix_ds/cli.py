@@ -119,7 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     # `deepspeed --module remix_ds.cli ...` appends --local_rank=N; the rank comes from the environment.
-    args = parser.parse_args([a for a in argv if not a.startswith("--local_rank")])
+    args, extra = parser.parse_known_args([a for a in argv if not a.startswith("--local_rank")])
+    # argparse stops filling positionals after an option (`train CFG --num-gpus 2 a.b=1`): dotted
+    # overrides that land in `extra` still belong to the command.
+    if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _config_or_override(args)
     try:
         return args.func(args) or 0

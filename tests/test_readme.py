@@ -22,3 +22,26 @@ def test_demo_command_exists():
 
     args = build_parser().parse_args(["demo", "train.epochs=1"])
     assert args.overrides == [] and args.config == "train.epochs=1"  # main() moves it to overrides
+
+
+def test_overrides_after_options_are_kept():
+    import argparse
+
+    from remix_ds import cli
+
+    seen = {}
+
+    def fake_train(args):
+        seen.update(config=args.config, overrides=args.overrides, num_gpus=args.num_gpus)
+        return 0
+
+    parser = cli.build_parser()
+    train = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
+    train.set_defaults(func=fake_train)
+    orig = cli.build_parser
+    cli.build_parser = lambda: parser
+    try:
+        assert cli.main(["train", "cfg.yaml", "--num-gpus", "2", "train.max_steps=2", "optim.lr=1e-4"]) == 0
+    finally:
+        cli.build_parser = orig
+    assert seen == {"config": "cfg.yaml", "overrides": ["train.max_steps=2", "optim.lr=1e-4"], "num_gpus": 2}
