@@ -139,13 +139,10 @@ def load_tokenizer(name_or_path: str = TINY, tiny: TinyModelConfig | None = None
 
 
 def flash_attn_available() -> bool:
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import flash_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """CUDA is present and the flash-attn package imports."""
+    from remix_ds.kernels.attention import _flash_attn_installed
+
+    return torch.cuda.is_available() and _flash_attn_installed()
 
 
 def choose_attn_implementation(requested: str = "auto") -> str:

@@ -16,7 +16,6 @@ checkpoint (`train.resume=auto`).
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
