@@ -88,7 +88,6 @@ def _write_jsonl(path: Path, examples) -> None:
 
 
 def run_filter_known(args) -> int:
-    import torch
     from transformers import AutoModelForCausalLM
 
     from remix_ds import configtools, models
@@ -99,12 +98,11 @@ def run_filter_known(args) -> int:
     from remix_ds.eval.data import set_label
     from remix_ds.eval.runner import write_results
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        import deepspeed
+    from remix_ds.engine import dist
 
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-    rank = torch.distributed.get_rank() if world > 1 else 0
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under a launcher; otherwise stay a plain process
+        dist.init_distributed()
+    rank, world = dist.rank(), dist.world_size()
     source, run_dir = resolve_model(args.model)
     base = configtools.to_dict(RunConfig())
     if run_dir is not None and (run_dir / "config.json").is_file():
@@ -112,7 +110,7 @@ def run_filter_known(args) -> int:
     base["eval"]["mode"] = args.mode
     cfg = configtools.from_dict(RunConfig, configtools.apply_overrides(base, list(args.overrides)))
 
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    device = dist.device()
     tokenizer = models.load_tokenizer(source)
     model = AutoModelForCausalLM.from_pretrained(
         source, dtype=models.resolve_dtype(args.dtype), attn_implementation=models.choose_attn_implementation(args.attn)

@@ -26,6 +26,7 @@ from remix_ds.configtools import ConfigError
 def resolve_model(target: str) -> tuple[str, Path | None]:
     """(HF folder or hub id to load, run folder or None)."""
     from remix_ds import models
+    from remix_ds.engine import dist
 
     path = Path(target)
     if path.is_dir():
@@ -36,7 +37,7 @@ def resolve_model(target: str) -> tuple[str, Path | None]:
             out = run_dir / f"eval-export-{path.name}"
             if not (out / "config.json").is_file() and int(os.environ.get("RANK", "0")) == 0:
                 export_checkpoint(path, out)
-            _barrier()
+            dist.barrier()
             return str(out), run_dir
         if (path / "config.json").is_file() and (any(path.glob("*.safetensors")) or any(path.glob("*.bin"))):
             run_dir = path.parent if (path.parent / "config.json").is_file() and path.name == "final" else None
@@ -52,28 +53,18 @@ def resolve_model(target: str) -> tuple[str, Path | None]:
     return models.resolve_path(target), None
 
 
-def _barrier():
-    import torch
-
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
 def run_eval(args) -> int:
-    import torch
-
     from remix_ds import configtools, models
     from remix_ds.config import RunConfig, load_config
     from remix_ds.eval.config import EvalConfig
     from remix_ds.eval.data import load_eval_set
     from remix_ds.eval.runner import evaluate, write_results
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        import deepspeed
+    from remix_ds.engine import dist
 
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-    rank = torch.distributed.get_rank() if world > 1 else 0
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under a launcher; otherwise stay a plain process
+        dist.init_distributed()
+    rank, world = dist.rank(), dist.world_size()
     source, run_dir = resolve_model(args.model)
     run_cfg = load_config(run_dir / "config.json") if run_dir and (run_dir / "config.json").is_file() else RunConfig()
     data = {"mode": args.mode, "n": args.n, "datasets": list(args.data)}
@@ -86,7 +77,7 @@ def run_eval(args) -> int:
     base.update(data)
     cfg: EvalConfig = configtools.from_dict(EvalConfig, configtools.apply_overrides(base, overrides), prefix="eval")
 
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    device = dist.device()
     tokenizer = models.load_tokenizer(source)
     from transformers import AutoModelForCausalLM
 
