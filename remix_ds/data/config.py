@@ -157,19 +157,11 @@ class MixConfig:
 
 
 @dataclass
-class DataConfig:
-    """What a stage trains on and how it is packed."""
+class DataConfig(SourceConfig):
+    """What a stage trains on and how it is packed (the stage dataset's source fields are inherited)."""
 
     dataset: str = "kvr"
     """Registered dataset name (see remix_ds.data.datasets.REGISTRY) or a local .jsonl/.json/.parquet file."""
-    data_files: str | None = None
-    """Local file with the registered dataset's own fields, used instead of downloading it."""
-    num_examples: int = 0
-    """Train on this many examples (0: all that remain after the held-out split)."""
-    heldout_size: int = 0
-    """Examples set aside before subsampling (never trained; the evaluator can score them)."""
-    subsample_seed: int | None = 0
-    """Seed of the shuffle before the held-out/train split; null keeps file order (reference behaviour)."""
     max_seq_len: int = 512
     """Token budget of one packed row; longer examples are dropped and counted, never truncated."""
     loss_mode: LossMode = "answer"
@@ -192,7 +184,7 @@ class DataConfig:
     """Require data.dataset to be a `remix-ds filter-known` output (DIR/unknown/NAME.jsonl listed in DIR/filter_known.json)."""
 
     def __post_init__(self):
-        SourceConfig.validate(self, "data")  # type: ignore[arg-type]  # same fields
+        super().validate("data")
         if self.max_seq_len < 8:
             raise ConfigError(f"data.max_seq_len must be >= 8, got {self.max_seq_len}")
         if self.pad_to_multiple_of < 1:
