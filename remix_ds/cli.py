@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from remix_ds.configtools import ConfigError
+from remix_ds.errors import RemixError, debug_enabled
 
 
 def _train(args) -> int:
@@ -68,6 +69,8 @@ def _info(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="remix-ds", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of input errors (also REMIX_DS_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one stage (single process, or --num-gpus N through deepspeed)")
@@ -127,10 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _config_or_override(args)
+    if args.debug:
+        os.environ["REMIX_DS_DEBUG"] = "1"  # also for ranks started by the deepspeed launcher
     try:
         return args.func(args) or 0
-    except ConfigError as e:
-        print(f"remix-ds: config error: {e}", file=sys.stderr)
+    except RemixError as e:
+        if debug_enabled():
+            raise
+        kind = "config error" if isinstance(e, ConfigError) else "error"
+        print(f"remix-ds: {kind}: {e}", file=sys.stderr)
         return 2
 
 

@@ -17,8 +17,10 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from remix_ds.errors import RemixError
 
-class ConfigError(ValueError):
+
+class ConfigError(RemixError):
     """A config key, type or value is wrong; the message names the key and the file."""
 
 

@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from remix_ds.errors import RemixError
+
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 ROLES = ("system", "user", "assistant")
 
 
-class DataError(ValueError):
+class DataError(RemixError):
     """Bad input data (file, row, field); raised before any training step."""
 
 

@@ -46,6 +46,7 @@ from typing import Iterable, Iterator, Literal
 
 import numpy as np
 
+from remix_ds.errors import RemixError
 from remix_ds.cachedir import umask_mode
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ _HASH_CHUNK = 1 << 22
 Verify = Literal["none", "index", "full"]
 
 
-class ShardError(ValueError):
+class ShardError(RemixError):
     """A shard is missing, truncated, corrupt or was made with another tokenizer.
 
     The message always names the offending file.
