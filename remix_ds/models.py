@@ -204,6 +204,51 @@ def load_model(cfg: ModelConfig, dtype: torch.dtype, attn_implementation: str, f
     )
 
 
+def load_for_inference(path_or_name: str | Path, *, dtype: str | torch.dtype = "auto", device: str | torch.device | None = "auto",
+                       attn_implementation: str | None = None, trust_remote_code: bool = False,
+                       tiny: TinyModelConfig | None = None, outside_zero3: bool = True):
+    """A causal LM for scoring (an HF folder, hub id, or ``tiny``), in eval mode.
+
+    Model only: callers that need the tokenizer load it with :func:`load_tokenizer` (an exported
+    analysis folder is read for its weights alone).
+
+    dtype: a torch dtype, or ``auto`` / ``bf16`` / ``fp16`` / ``fp32`` (``auto``: bf16 when the
+      model goes to a CUDA device, else fp32; with ``device=None``, bf16 when CUDA is present).
+    device: where the model goes (``auto``: ``cuda`` when present, else ``cpu``); None leaves it
+      where ``from_pretrained`` put it (a caller that wraps it in a DeepSpeed engine).
+    attn_implementation: passed to ``from_pretrained`` (None: the transformers default); resolve
+      ``auto`` with :func:`choose_attn_implementation` first.
+    outside_zero3: drop an ``HfDeepSpeedConfig`` a trainer in this process may have left
+      registered, so the weights load whole instead of partitioned under ``zero.Init``; False
+      for a caller that keeps one alive on purpose.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from remix_ds.kernels import attention as attention_kernels
+
+    if outside_zero3:
+        try:
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()
+        except ImportError:
+            pass
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if isinstance(dtype, str):
+        on_gpu = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+        dtype = (torch.bfloat16 if on_gpu else torch.float32) if dtype == "auto" else resolve_dtype(dtype)
+    if attn_implementation == attention_kernels.ATTN_NAME:
+        attention_kernels.register()
+    source = resolve_path(str(path_or_name), tiny)
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation is not None else {}
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
+    if device is not None:
+        model = model.to(device)
+    model.eval()
+    return model
+
+
 def count_parameters(model) -> int:
     """Parameter count that also works on ZeRO-3 partitioned models (`ds_numel`)."""
     return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
