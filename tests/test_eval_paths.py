@@ -229,7 +229,7 @@ def test_load_for_inference_equals_a_plain_from_pretrained(trained):
     loaded = models.load_for_inference(trained_model_dir(), device="cpu")
     assert not loaded.training and next(loaded.parameters()).dtype == torch.float32
     assert next(loaded.parameters()).device.type == "cpu"
-    ids = torch.tensor([make_items(kvr_examples()[:1], tok)[0].prompt_ids])
+    ids = torch.as_tensor(make_items(kvr_examples()[:1], tok)[0].prompt_ids)[None]
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits, rtol=0, atol=0)
     half = models.load_for_inference(trained_model_dir(), dtype="bf16", device=None)
