@@ -20,6 +20,7 @@ import torch
 
 from remix_ds.cachedir import build_once, cache_root
 from remix_ds.config import ModelConfig, TinyModelConfig
+from remix_ds.kernels import attention as attention_kernels
 
 TINY = "tiny"
 # Bump when the way the tiny model or tokenizer is built changes, so caches are rebuilt.
@@ -140,9 +141,7 @@ def load_tokenizer(name_or_path: str = TINY, tiny: TinyModelConfig | None = None
 
 def flash_attn_available() -> bool:
     """CUDA is present and the flash-attn package imports."""
-    from remix_ds.kernels.attention import _flash_attn_installed
-
-    return torch.cuda.is_available() and _flash_attn_installed()
+    return torch.cuda.is_available() and attention_kernels._flash_attn_installed()
 
 
 def choose_attn_implementation(requested: str = "auto") -> str:
@@ -187,8 +186,6 @@ def load_model(cfg: ModelConfig, dtype: torch.dtype, attn_implementation: str, f
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from remix_ds.kernels import attention as attention_kernels
-
     attention_kernels.register()  # makes `remix_varlen` selectable
     source = model_source(cfg)
     if cfg.init_from and is_deepspeed_checkpoint(cfg.init_from):
@@ -223,8 +220,6 @@ def load_for_inference(path_or_name: str | Path, *, dtype: str | torch.dtype = "
       for a caller that keeps one alive on purpose.
     """
     from transformers import AutoModelForCausalLM
-
-    from remix_ds.kernels import attention as attention_kernels
 
     if outside_zero3:
         try:

@@ -200,8 +200,9 @@ def test_fused_packing_is_the_training_packer_layout(trained):
 def test_remix_varlen_fused_eval_gets_varlen_kwargs_and_same_verdicts(trained):
     import copy
 
-    from remix_ds.eval import fused
     from remix_ds.kernels import attention as attention_kernels
+
+    from remix_ds.eval import fused
 
     model, tok = trained
     items = make_items(kvr_examples(), tok)
