@@ -42,6 +42,15 @@ import torch.nn.functional as F
 ATTN_NAME = "remix_varlen"
 BACKENDS = ("flash_attn", "torch_varlen", "flex", "sdpa")
 _HALF = (torch.float16, torch.bfloat16)
+# Forward kwargs carrying a packed batch's sequence boundaries, and the attention implementations
+# that read them (others get the block-diagonal mask transformers derives from position_ids).
+VARLEN_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+VARLEN_IMPLEMENTATIONS = ("flash_attention_2", ATTN_NAME)
+
+
+def takes_varlen_kwargs(attn_implementation: str | None) -> bool:
+    """Whether a packed forward passes ``VARLEN_KWARGS`` to a model using this attention implementation."""
+    return attn_implementation in VARLEN_IMPLEMENTATIONS
 
 
 # ---- sequence bookkeeping ----------------------------------------------------------------------

@@ -20,6 +20,7 @@ import torch
 
 from remix_ds.cachedir import build_once, cache_root
 from remix_ds.config import ModelConfig, TinyModelConfig
+from remix_ds.kernels import attention as attention_kernels
 
 TINY = "tiny"
 # Bump when the way the tiny model or tokenizer is built changes, so caches are rebuilt.
@@ -140,9 +141,7 @@ def load_tokenizer(name_or_path: str = TINY, tiny: TinyModelConfig | None = None
 
 def flash_attn_available() -> bool:
     """CUDA is present and the flash-attn package imports."""
-    from remix_ds.kernels.attention import _flash_attn_installed
-
-    return torch.cuda.is_available() and _flash_attn_installed()
+    return torch.cuda.is_available() and attention_kernels._flash_attn_installed()
 
 
 def choose_attn_implementation(requested: str = "auto") -> str:
@@ -187,8 +186,6 @@ def load_model(cfg: ModelConfig, dtype: torch.dtype, attn_implementation: str, f
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from remix_ds.kernels import attention as attention_kernels
-
     attention_kernels.register()  # makes `remix_varlen` selectable
     source = model_source(cfg)
     if cfg.init_from and is_deepspeed_checkpoint(cfg.init_from):
@@ -202,6 +199,49 @@ def load_model(cfg: ModelConfig, dtype: torch.dtype, attn_implementation: str, f
     return AutoModelForCausalLM.from_pretrained(
         source, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=cfg.trust_remote_code
     )
+
+
+def load_for_inference(path_or_name: str | Path, *, dtype: str | torch.dtype = "auto", device: str | torch.device | None = "auto",
+                       attn_implementation: str | None = None, trust_remote_code: bool = False,
+                       tiny: TinyModelConfig | None = None, outside_zero3: bool = True):
+    """A causal LM for scoring (an HF folder, hub id, or ``tiny``), in eval mode.
+
+    Model only: callers that need the tokenizer load it with :func:`load_tokenizer` (an exported
+    analysis folder is read for its weights alone).
+
+    dtype: a torch dtype, or ``auto`` / ``bf16`` / ``fp16`` / ``fp32`` (``auto``: bf16 when the
+      model goes to a CUDA device, else fp32; with ``device=None``, bf16 when CUDA is present).
+    device: where the model goes (``auto``: ``cuda`` when present, else ``cpu``); None leaves it
+      where ``from_pretrained`` put it (a caller that wraps it in a DeepSpeed engine).
+    attn_implementation: passed to ``from_pretrained`` (None: the transformers default); resolve
+      ``auto`` with :func:`choose_attn_implementation` first.
+    outside_zero3: drop an ``HfDeepSpeedConfig`` a trainer in this process may have left
+      registered, so the weights load whole instead of partitioned under ``zero.Init``; False
+      for a caller that keeps one alive on purpose.
+    """
+    from transformers import AutoModelForCausalLM
+
+    if outside_zero3:
+        try:
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()
+        except ImportError:
+            pass
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if isinstance(dtype, str):
+        on_gpu = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+        dtype = (torch.bfloat16 if on_gpu else torch.float32) if dtype == "auto" else resolve_dtype(dtype)
+    if attn_implementation == attention_kernels.ATTN_NAME:
+        attention_kernels.register()
+    source = resolve_path(str(path_or_name), tiny)
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation is not None else {}
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
+    if device is not None:
+        model = model.to(device)
+    model.eval()
+    return model
 
 
 def count_parameters(model) -> int:

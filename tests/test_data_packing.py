@@ -140,3 +140,14 @@ def test_balanced_bins_never_worse_than_one_example_per_row():
         area = len(bins) * max(sum(lengths[i] for i in b) for b in bins)
         assert area <= 32 * max(lengths)
         assert sum(lengths) / area >= 0.9
+
+
+def test_first_fit_decreasing_oversize_examples():
+    lengths = [3, 12, 5, 10, 2]
+    with pytest.raises(ValueError, match="does not fit a row of 8"):
+        first_fit_decreasing(lengths, 8)
+    # Evaluation's rule: an example longer than a row gets a row of its own; nothing joins it.
+    bins = first_fit_decreasing(lengths, 8, oversize="own_bin")
+    assert bins == [[1], [3], [2, 0], [4]]
+    with pytest.raises(ValueError, match="oversize"):
+        first_fit_decreasing(lengths, 8, oversize="drop")

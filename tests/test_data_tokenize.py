@@ -9,7 +9,7 @@ import pytest
 
 from remix_ds.data.formats import render_plain
 from remix_ds.data.records import DataError, Example
-from remix_ds.data.tokenize import IGNORE, encode_prompt_answer, tokenize_examples
+from remix_ds.data.tokenize import IGNORE, encode_prompt_answer, pad_id, tokenize_examples
 from test_data_fixtures import tokenizers
 
 TOKENIZERS = tokenizers()
@@ -152,3 +152,15 @@ def test_chat_template_format():
     assert pa.prompt_ids.tolist() == t.input_ids[:a].tolist()
     with pytest.raises(ValueError, match="no chat template"):
         tokenize_examples([ex], TOKENIZERS["bytelevel_bpe"], prompt_format="chat_template")
+
+
+def test_pad_id_is_the_pad_token_else_eos(tok):
+    from types import SimpleNamespace
+
+    assert pad_id(SimpleNamespace(pad_token_id=5, eos_token_id=2)) == 5
+    assert pad_id(SimpleNamespace(pad_token_id=0, eos_token_id=2)) == 0  # 0 is a real id, not "unset"
+    assert pad_id(SimpleNamespace(pad_token_id=None, eos_token_id=2)) == 2
+    with pytest.raises(DataError, match="no eos_token"):
+        pad_id(SimpleNamespace(pad_token_id=None, eos_token_id=None))
+    expected = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    assert pad_id(tok) == expected and isinstance(pad_id(tok), int)

@@ -163,3 +163,75 @@ def test_module_hook_removal_keeps_hooks_added_inside_the_context():
         lin.register_forward_pre_hook(lambda mod, args: calls.append("user"))
     lin(torch.zeros(1, 2))
     assert calls == ["ds", "user"]  # DeepSpeed's back first, the new one kept
+
+
+def _reference_rows(items, max_seq_len: int) -> list[list[int]]:
+    """The fused evaluator's former private first-fit-decreasing (indices of each row's items)."""
+    rows, fill = [], []
+    for it in sorted(items, key=lambda it: -it.length):
+        for r, used in enumerate(fill):
+            if used + it.length <= max_seq_len:
+                rows[r].append(it.index)
+                fill[r] += it.length
+                break
+        else:
+            rows.append([it.index])
+            fill.append(it.length)
+    return rows
+
+
+def test_fused_packing_is_the_training_packer_layout(trained):
+    from remix_ds.eval.fused import pack
+
+    _, tok = trained
+    items = make_items(kvr_examples(), tok)
+    longest = max(it.length for it in items)
+    for max_seq_len, max_batch_tokens in [(96, 192), (longest - 1, 4 * longest), (1, 1), (4096, 4096)]:
+        batches = list(pack(items, max_seq_len, max_batch_tokens, tok.pad_token_id))
+        rows = [[] for _ in range(sum(b.input_ids.shape[0] for b in batches))]
+        at = 0
+        for b in batches:
+            for it, (r, *_) in zip(b.items, b.spans):
+                rows[at + r].append(it.index)
+            at += b.input_ids.shape[0]
+        assert rows == _reference_rows(items, max_seq_len)
+
+
+def test_remix_varlen_fused_eval_gets_varlen_kwargs_and_same_verdicts(trained):
+    import copy
+
+    from remix_ds.kernels import attention as attention_kernels
+
+    from remix_ds.eval import fused
+
+    model, tok = trained
+    items = make_items(kvr_examples(), tok)
+    attention_kernels.register()
+    varlen = copy.deepcopy(model)
+    varlen.set_attn_implementation(attention_kernels.ATTN_NAME)
+    seen = []
+    real = fused._varlen_kwargs
+    fused._varlen_kwargs = lambda batch, device: seen.append(batch) or real(batch, device)
+    try:
+        got = score_fused(varlen, items, max_seq_len=96, max_batch_tokens=192, pad_id=tok.pad_token_id)
+    finally:
+        fused._varlen_kwargs = real
+    ref = score_fused(model, items, max_seq_len=96, max_batch_tokens=192, pad_id=tok.pad_token_id)
+    assert seen, "remix_varlen models get cu_seq_lens_* like flash_attention_2 (the loss's rule)"
+    assert [r.correct for r in got] == [r.correct for r in ref]
+    assert [r.greedy_prefix for r in got] == [r.greedy_prefix for r in ref]
+    np.testing.assert_allclose([r.answer_nll for r in got], [r.answer_nll for r in ref], rtol=1e-4, atol=1e-5)
+
+
+def test_load_for_inference_equals_a_plain_from_pretrained(trained):
+    from remix_ds import models
+
+    model, tok = trained
+    loaded = models.load_for_inference(trained_model_dir(), device="cpu")
+    assert not loaded.training and next(loaded.parameters()).dtype == torch.float32
+    assert next(loaded.parameters()).device.type == "cpu"
+    ids = torch.as_tensor(make_items(kvr_examples()[:1], tok)[0].prompt_ids)[None]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits, rtol=0, atol=0)
+    half = models.load_for_inference(trained_model_dir(), dtype="bf16", device=None)
+    assert next(half.parameters()).dtype == torch.bfloat16

@@ -178,7 +178,8 @@ def test_fused_nll_matches_evaluator_and_a_plain_reference(tokenizer):
     from remix_ds.eval.config import EvalConfig
     from remix_ds.eval.items import make_items
     from remix_ds.eval.runner import evaluate
-    from remix_ds.forgetting.nll import embed, pad_id_of, score_nll
+    from remix_ds.data.tokenize import pad_id
+    from remix_ds.forgetting.nll import embed, score_nll
     from remix_ds.forgetting.upstream import window_item
 
     model = AutoModelForCausalLM.from_pretrained(models.resolve_path("tiny"))
@@ -186,18 +187,18 @@ def test_fused_nll_matches_evaluator_and_a_plain_reference(tokenizer):
     cfg = EvalConfig(mode="fused")
     rows = evaluate(model, tokenizer, examples, cfg).rows
     items = make_items(examples, tokenizer)
-    nll = score_nll(model, items, cfg, pad_id_of(tokenizer))
+    nll = score_nll(model, items, cfg, pad_id(tokenizer))
     assert nll == pytest.approx([r["answer_nll"] for r in rows], abs=1e-5)
 
     window = np.array(tokenizer(" ".join(WORDS), add_special_tokens=False)["input_ids"][:20])
-    got = score_nll(model, [window_item(0, "w", window)], cfg, pad_id_of(tokenizer))[0]
+    got = score_nll(model, [window_item(0, "w", window)], cfg, pad_id(tokenizer))[0]
     with torch.no_grad():
         logits = model(torch.as_tensor(window[None])).logits[0]
     ref = torch.nn.functional.cross_entropy(logits[:-1], torch.as_tensor(window[1:])).item()
     assert got == pytest.approx(ref, abs=1e-4)
 
     seqs = [np.concatenate([it.prompt_ids, it.answer_ids]) for it in items[:3]]
-    emb = embed(model, seqs, cfg, pad_id_of(tokenizer), batch_size=2)
+    emb = embed(model, seqs, cfg, pad_id(tokenizer), batch_size=2)
     with torch.no_grad():
         one = model(torch.as_tensor(seqs[1][None]), output_hidden_states=True).hidden_states[-1][0].mean(0)
     assert emb.shape == (3, 128) and emb[1] == pytest.approx(one.numpy(), abs=1e-4)

@@ -174,3 +174,15 @@ def test_gpu_fp32_dispatch_is_exact_path():
     got = out_and_grads(lambda *a: A.varlen_attention(*a, 100), q, k, v, cu)
     for w, g in zip(want, got):
         torch.testing.assert_close(g, w, atol=2e-4, rtol=2e-4)
+
+
+def test_one_varlen_kwargs_rule_for_training_and_fused_eval():
+    from remix_ds.engine.loss import model_inputs
+
+    assert A.VARLEN_KWARGS == ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+    assert [A.takes_varlen_kwargs(n) for n in ("flash_attention_2", A.ATTN_NAME, "sdpa", "eager", None)] == \
+        [True, True, False, False, False]
+    batch = {"input_ids": 1, "position_ids": 2, "cu_seq_lens_q": 3, "cu_seq_lens_k": 3, "max_length_q": 4,
+             "max_length_k": 4}
+    assert set(model_inputs(batch, A.ATTN_NAME)) == {"input_ids", "position_ids", "use_cache", *A.VARLEN_KWARGS}
+    assert set(model_inputs(batch, "sdpa")) == {"input_ids", "position_ids", "use_cache"}

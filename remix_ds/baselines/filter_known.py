@@ -33,6 +33,15 @@ import json
 import os
 from pathlib import Path
 
+from remix_ds import configtools, models
+from remix_ds.config import RunConfig
+from remix_ds.data.config import SourceConfig
+from remix_ds.data.datasets import load_all
+from remix_ds.engine import dist
+from remix_ds.eval.commands import resolve_model
+from remix_ds.eval.data import set_label
+from remix_ds.eval.runner import evaluate, write_results
+
 MANIFEST = "filter_known.json"
 
 
@@ -68,8 +77,6 @@ def split_known(model, tokenizer, examples, eval_cfg, rank: int = 0, world: int 
 
     known/unknown are filled on rank 0 (the rows live there); the EvalResult metrics on every rank.
     """
-    from remix_ds.eval.runner import evaluate
-
     shots, scored = examples[:few_shot], examples[few_shot:]
     result = evaluate(model, tokenizer, with_prefix(scored, few_shot_prefix(shots)), eval_cfg, rank, world,
                       prompt_format=prompt_format)
@@ -88,18 +95,6 @@ def _write_jsonl(path: Path, examples) -> None:
 
 
 def run_filter_known(args) -> int:
-    from transformers import AutoModelForCausalLM
-
-    from remix_ds import configtools, models
-    from remix_ds.config import RunConfig
-    from remix_ds.data.config import SourceConfig
-    from remix_ds.data.datasets import load_all
-    from remix_ds.eval.commands import resolve_model
-    from remix_ds.eval.data import set_label
-    from remix_ds.eval.runner import write_results
-
-    from remix_ds.engine import dist
-
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under a launcher; otherwise stay a plain process
         dist.init_distributed()
     rank, world = dist.rank(), dist.world_size()
@@ -112,9 +107,8 @@ def run_filter_known(args) -> int:
 
     device = dist.device()
     tokenizer = models.load_tokenizer(source)
-    model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=models.resolve_dtype(args.dtype), attn_implementation=models.choose_attn_implementation(args.attn)
-    ).to(device)
+    model = models.load_for_inference(source, dtype=args.dtype, device=device,
+                                      attn_implementation=models.choose_attn_implementation(args.attn))
     out = Path(args.out)
     manifest = {"model": args.model, "mode": cfg.eval.mode, "few_shot": args.few_shot, "datasets": {}}
     for spec in args.data:

@@ -23,15 +23,13 @@ from pathlib import Path
 
 import torch
 
+from remix_ds.engine import dist
+
 FORMAT = "remix-ds-partitioned/1"
 
 
 def exists(folder: str | Path) -> bool:
     return (Path(folder) / "meta.json").is_file()
-
-
-def _dist():
-    return torch.distributed if torch.distributed.is_available() and torch.distributed.is_initialized() else None
 
 
 def save(folder: str | Path, slots, tensors: dict[str, list[torch.Tensor]], info: dict | None = None) -> Path:
@@ -42,15 +40,13 @@ def save(folder: str | Path, slots, tensors: dict[str, list[torch.Tensor]], info
     """
     from safetensors.torch import save_file
 
-    d = _dist()
-    rank, world = (d.get_rank(), d.get_world_size()) if d else (0, 1)
+    rank, world = dist.rank(), dist.world_size()
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    if d:
-        d.barrier()
+    dist.barrier()
     fname = f"part-{rank:05d}-of-{world:05d}.safetensors"
     out, ranges = {}, {}
     for i, s in enumerate(slots):
@@ -60,11 +56,7 @@ def save(folder: str | Path, slots, tensors: dict[str, list[torch.Tensor]], info
         for kind, values in tensors.items():
             out[f"{kind}.{s.name}"] = values[i][: s.real].detach().to("cpu", torch.float32).contiguous()
     save_file(out, str(tmp / fname), metadata={"format": FORMAT})
-    parts: list = [None] * world
-    if d:
-        d.all_gather_object(parts, {"file": fname, "ranges": ranges})
-    else:
-        parts = [{"file": fname, "ranges": ranges}]
+    parts = dist.all_gather_objects({"file": fname, "ranges": ranges})
     if rank == 0:
         meta = {
             "format": FORMAT,
@@ -78,8 +70,7 @@ def save(folder: str | Path, slots, tensors: dict[str, list[torch.Tensor]], info
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
-    if d:
-        d.barrier()
+    dist.barrier()
     return folder
 
 

@@ -29,18 +29,24 @@ from pathlib import Path
 
 import torch
 
+from remix_ds import models
+from remix_ds.data.config import KVRConfig
+from remix_ds.data.datasets import generate_kvr
+from remix_ds.data.tokenize import pad_id
+from remix_ds.engine import dist
+from remix_ds.eval.fused import score_fused
+from remix_ds.eval.generate import generate_greedy
+from remix_ds.eval.items import make_items
+from remix_ds.eval.matchers import is_correct
+from remix_ds.eval.zero import eval_model
+
 
 def _examples(n: int):
-    from remix_ds.data.config import KVRConfig
-    from remix_ds.data.datasets import generate_kvr
-
     return generate_kvr(KVRConfig(num_pairs=n, seed=1))
 
 
 def _check(items, fused, gens) -> dict:
     """Verdict agreement between the fused results and generations (both sorted by index)."""
-    from remix_ds.eval.matchers import is_correct
-
     by = {g.index: g for g in gens}
     same_verdict = same_prefix = 0
     for it, f in zip(items, fused):
@@ -58,58 +64,40 @@ def _timed(fn):
     return out, time.perf_counter() - t
 
 
-def _gather(obj):
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return [obj]
-    parts: list = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(parts, obj)
-    return parts
-
-
-def _barrier():
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
 def run_setting(model, tok, n: int, batch_size: int, max_batch_tokens: int, rank: int, world: int,
                 naive: bool) -> dict:
     """Time fused / generate (/ naive generate) on this rank's shard of n KVR examples."""
-    from remix_ds.eval.fused import score_fused
-    from remix_ds.eval.generate import generate_greedy
-    from remix_ds.eval.items import make_items
-    from remix_ds.eval.zero import eval_model
-
     examples = _examples(n)
     items = make_items(examples, tok)
     mine = [it for it in items if it.index % world == rank]
     max_new = max(len(it.answer_ids) for it in items)
-    pad = tok.pad_token_id
+    pad = pad_id(tok)
     res: dict = {"n": n, "ranks": world, "max_new_tokens": max_new}
 
     # Warm-up (first-call overheads), untimed.
     with eval_model(model) as m:
         score_fused(m, mine[:2], 0, max_batch_tokens, pad)
         generate_greedy(m, tok, mine[:2], batch_size, 2)
-    _barrier()
+    dist.barrier()
     with eval_model(model) as m:  # gathers once under ZeRO-3
         fused, t_f = _timed(lambda: score_fused(m, mine, 0, max_batch_tokens, pad))
-        _barrier()
-    t_f = max(_gather(t_f))
+        dist.barrier()
+    t_f = max(dist.all_gather_objects(t_f))
     with eval_model(model) as m:
         gens, t_g = _timed(lambda: generate_greedy(m, tok, mine, batch_size, max_new))
-        _barrier()
-    t_g = max(_gather(t_g))
+        dist.barrier()
+    t_g = max(dist.all_gather_objects(t_g))
     res["fused"] = {"seconds": t_f, "examples_per_s": n / t_f}
     res["generate"] = {"seconds": t_g, "examples_per_s": n / t_g, **_agree(mine, fused, gens)}
     if naive:
         module = model.module if hasattr(model, "module") else model
         module.eval()
-        steps = max(_gather(-(-len(mine) // batch_size)))
+        steps = max(dist.all_gather_objects(-(-len(mine) // batch_size)))
         # HF generate on the partitioned module: every forward all-gathers each layer, so ranks
         # must step together (synced_gpus) and run the same number of generate calls.
         naive_gens, t_n = _timed(lambda: generate_greedy(module, tok, mine, batch_size, max_new,
                                                          n_steps=steps, synced=True))
-        t_n = max(_gather(t_n))
+        t_n = max(dist.all_gather_objects(t_n))
         res["generate_naive"] = {"seconds": t_n, "examples_per_s": n / t_n, **_agree(mine, fused, naive_gens)}
         res["fused_speedup_vs_naive_generate"] = t_n / t_f
     res["fused_speedup_vs_generate"] = t_g / t_f
@@ -118,26 +106,22 @@ def run_setting(model, tok, n: int, batch_size: int, max_batch_tokens: int, rank
 
 def _agree(items, fused, gens) -> dict:
     """Agreement on this rank's shard, reduced over ranks."""
-    parts = _gather(_check(items, fused, gens))
+    parts = dist.all_gather_objects(_check(items, fused, gens))
     return {"verdicts_equal": all(p["verdicts_equal"] for p in parts),
             "prefixes_equal": all(p["prefixes_equal"] for p in parts)}
 
 
 def _load(model_name: str, dtype):
-    from transformers import AutoModelForCausalLM
-
-    from remix_ds import models
-
-    src = models.resolve_path(model_name)
-    return AutoModelForCausalLM.from_pretrained(src, dtype=dtype), models.load_tokenizer(src)
+    """Model (left on the device from_pretrained chose; under the worker's HfDeepSpeedConfig,
+    partitioned) and tokenizer."""
+    model = models.load_for_inference(model_name, dtype=dtype, device=None, outside_zero3=False)
+    return model, models.load_tokenizer(models.resolve_path(model_name))
 
 
 def _worker(args) -> None:
     """One rank of the ZeRO-3 setting (started by the deepspeed launcher)."""
     import deepspeed
     from transformers.integrations import HfDeepSpeedConfig
-
-    from remix_ds import models
 
     cuda = torch.cuda.is_available()
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
@@ -162,8 +146,6 @@ def _build_shape(args) -> str:
     every rank loads the same weights."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from remix_ds import models
-
     out = models.cache_root() / "bench" / f"eval-llama-{args.layers}x{args.hidden}"
     if not (out / "config.json").is_file():
         tok = models.load_tokenizer(args.model)
@@ -177,8 +159,6 @@ def _build_shape(args) -> str:
 
 
 def run(args) -> int:
-    from remix_ds import models
-
     if args.layers:
         args.model = _build_shape(args)
     dtype = models.resolve_dtype("auto")

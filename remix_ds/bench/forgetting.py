@@ -27,7 +27,7 @@ import numpy as np
 def bench_row(args) -> dict:
     from remix_ds.forgetting.config import ForgettingConfig, TaskConfig, UpstreamConfig
     from remix_ds.forgetting.measure import RowProbe, run_with_probe, task_run_config, upstream_for
-    from remix_ds.forgetting.nll import pad_id_of
+    from remix_ds.data.tokenize import pad_id
 
     work = Path(tempfile.mkdtemp(prefix="bench-forgetting-"))
     task = work / "task.jsonl"
@@ -54,7 +54,7 @@ def bench_row(args) -> dict:
     rows = []
     for _ in range(args.repeats + 1):  # the first start also builds DeepSpeed ops: reported, not timed
         cfg = task_run_config(fcfg, fcfg.tasks[0], work / "run")
-        probe = RowProbe(upstream.items, fcfg.finetune.eval, pad_id_of(tokenizer), set(), args.steps, 0, 1)
+        probe = RowProbe(upstream.items, fcfg.finetune.eval, pad_id(tokenizer), set(), args.steps, 0, 1)
         start = {}
         t0 = time.perf_counter()
         info = run_with_probe(cfg, probe, lambda tr: start.setdefault("init_s", time.perf_counter() - t0) and {})

@@ -24,7 +24,7 @@ import logging
 from remix_ds.data.config import DataConfig
 from remix_ds.data.mixing import StageStream, build_stage_stream
 from remix_ds.data.packing import pack, pad_reference
-from remix_ds.data.tokenize import TokenizedExample, eos_id
+from remix_ds.data.tokenize import TokenizedExample, eos_id, pad_id
 
 STATE_VERSION = 1
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def build_train_loader(data_cfg: DataConfig, tokenizer, *, micro_batch_size: int
         log.warning("dropped examples longer than data.max_seq_len=%d (never truncated): %s",
                     data_cfg.max_seq_len, stream.dropped)
     eos = eos_id(tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    pad = pad_id(tokenizer)
     return TrainLoader(
         stream,
         micro_batch_size=micro_batch_size,

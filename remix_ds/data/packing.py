@@ -20,13 +20,20 @@ import torch
 from remix_ds.data.tokenize import IGNORE, TokenizedExample
 
 
-def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
-    """Bins of example indices, each summing to <= capacity; longest examples placed first."""
+def first_fit_decreasing(lengths: Sequence[int], capacity: int, oversize: str = "raise") -> list[list[int]]:
+    """Bins of example indices, each summing to <= capacity; longest examples placed first (ties
+    in input order), each into the first bin with room, bins in the order they were opened.
+
+    oversize: an example longer than ``capacity`` is an error (``raise``, training: filter
+    before packing) or gets a bin of its own (``own_bin``, evaluation never drops or truncates).
+    """
+    if oversize not in ("raise", "own_bin"):
+        raise ValueError(f"oversize={oversize!r}: expected 'raise' or 'own_bin'")
     bins: list[list[int]] = []
     room: list[int] = []
     for i in sorted(range(len(lengths)), key=lambda k: (-lengths[k], k)):
         n = lengths[i]
-        if n > capacity:
+        if n > capacity and oversize == "raise":
             raise ValueError(f"example of {n} tokens does not fit a row of {capacity} (filter before packing)")
         for b, free in enumerate(room):
             if n <= free:

@@ -85,6 +85,11 @@ def eos_id(tokenizer) -> int:
     return int(tokenizer.eos_token_id)
 
 
+def pad_id(tokenizer) -> int:
+    """The tokenizer's pad token, else its EOS (``models.load_tokenizer`` sets pad = EOS then)."""
+    return int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else eos_id(tokenizer)
+
+
 def render(example: Example, tokenizer, prompt_format: PromptFormat = "plain") -> list[Segment]:
     """The example's segments in the given prompt format."""
     messages = example.as_messages()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import socket
 
@@ -66,6 +67,32 @@ def all_reduce_(t: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def all_gather_objects(obj) -> list:
+    """Every rank's ``obj``, in rank order (``[obj]`` in a world of one or without a process group).
+
+    ``all_gather_object`` (not ``gather_object``): works on gloo and nccl alike.
+    """
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, obj)
+    return parts
+
+
+def all_reduce_max(value: int | float) -> int | float:
+    """The largest ``value`` over all ranks, of the same Python type (``value`` in a world of one).
+
+    The scalar travels as a long (int) or float64 tensor, on CUDA under nccl and on CPU otherwise.
+    """
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return value
+    is_int = isinstance(value, numbers.Integral)
+    t = torch.tensor([value], dtype=torch.long if is_int else torch.float64,
+                     device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item()) if is_int else float(t.item())
 
 
 def broadcast_object(obj, src: int = 0):

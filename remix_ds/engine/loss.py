@@ -23,8 +23,6 @@ import torch.nn.functional as F
 from remix_ds.kernels import attention as attention_kernels
 from remix_ds.kernels.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
 
-FLASH_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
-VARLEN_IMPLEMENTATIONS = ("flash_attention_2", attention_kernels.ATTN_NAME)
 # Config attributes of architectures whose logits are NOT lm_head(h) (softcapping, scaling): the
 # fused loss would silently differ there, so `auto` stays off (and `on` is refused at run time).
 LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_logits_scaling")
@@ -42,8 +40,8 @@ def model_inputs(batch: dict, attn_implementation: str) -> dict:
     precomputed varlen boundaries instead.
     """
     kwargs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
-    if attn_implementation in VARLEN_IMPLEMENTATIONS:
-        kwargs.update({k: batch[k] for k in FLASH_KWARGS})
+    if attention_kernels.takes_varlen_kwargs(attn_implementation):
+        kwargs.update({k: batch[k] for k in attention_kernels.VARLEN_KWARGS})
     return kwargs
 
 

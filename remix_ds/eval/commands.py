@@ -20,19 +20,22 @@ import json
 import os
 from pathlib import Path
 
+from remix_ds import configtools, models
+from remix_ds.config import RunConfig, load_config
 from remix_ds.configtools import ConfigError
+from remix_ds.engine import dist
+from remix_ds.engine.checkpoint import latest_checkpoint
+from remix_ds.engine.export import export_checkpoint
+from remix_ds.eval.config import EvalConfig
+from remix_ds.eval.data import load_eval_set
+from remix_ds.eval.runner import evaluate, write_results
 
 
 def resolve_model(target: str) -> tuple[str, Path | None]:
     """(HF folder or hub id to load, run folder or None)."""
-    from remix_ds import models
-    from remix_ds.engine import dist
-
     path = Path(target)
     if path.is_dir():
         if models.is_deepspeed_checkpoint(path):
-            from remix_ds.engine.export import export_checkpoint
-
             run_dir = path.parent
             out = run_dir / f"eval-export-{path.name}"
             if not (out / "config.json").is_file() and int(os.environ.get("RANK", "0")) == 0:
@@ -44,8 +47,6 @@ def resolve_model(target: str) -> tuple[str, Path | None]:
             return str(path), run_dir
         if (path / "final" / "config.json").is_file():
             return str(path / "final"), path
-        from remix_ds.engine.checkpoint import latest_checkpoint
-
         ckpt = latest_checkpoint(path)
         if ckpt is not None:
             return resolve_model(str(ckpt))[0], path
@@ -54,14 +55,6 @@ def resolve_model(target: str) -> tuple[str, Path | None]:
 
 
 def run_eval(args) -> int:
-    from remix_ds import configtools, models
-    from remix_ds.config import RunConfig, load_config
-    from remix_ds.eval.config import EvalConfig
-    from remix_ds.eval.data import load_eval_set
-    from remix_ds.eval.runner import evaluate, write_results
-
-    from remix_ds.engine import dist
-
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under a launcher; otherwise stay a plain process
         dist.init_distributed()
     rank, world = dist.rank(), dist.world_size()
@@ -79,11 +72,8 @@ def run_eval(args) -> int:
 
     device = dist.device()
     tokenizer = models.load_tokenizer(source)
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=models.resolve_dtype(args.dtype), attn_implementation=models.choose_attn_implementation(args.attn)
-    ).to(device)
+    model = models.load_for_inference(source, dtype=args.dtype, device=device,
+                                      attn_implementation=models.choose_attn_implementation(args.attn))
     out = Path(args.out or (run_dir / "eval" if run_dir else "eval-out"))
     summary = {}
     for spec in cfg.datasets:

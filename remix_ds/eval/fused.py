@@ -2,7 +2,8 @@
 
 Each example is laid out as ``prompt + gold answer + EOS``; many examples are packed per row with
 position ids restarting at 0 (``use_cache=False``, no attention mask, so transformers builds a
-block-diagonal causal mask; flash-attention models also get ``cu_seq_lens_*``). An example is
+block-diagonal causal mask; models whose attention takes varlen kwargs, flash-attention and
+``remix_varlen``, also get ``cu_seq_lens_*``: the rule the training loss uses too). An example is
 *correct* iff the argmax at every answer position and at the final EOS equals the gold token.
 
 Why this is greedy decoding's verdict: greedy decoding from the same prompt ids emits token
@@ -39,7 +40,9 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from remix_ds.data.packing import first_fit_decreasing
 from remix_ds.eval.items import EvalItem, dummy_item
+from remix_ds.kernels.attention import VARLEN_KWARGS, takes_varlen_kwargs
 
 
 @dataclass
@@ -74,22 +77,14 @@ class PackedBatch:
 
 
 def pack(items: Sequence[EvalItem], max_seq_len: int, max_batch_tokens: int, pad_id: int) -> Iterator[PackedBatch]:
-    """First-fit-decreasing packing into rows of at most ``max_seq_len`` tokens, and rows into
+    """First-fit-decreasing packing into rows of at most ``max_seq_len`` tokens (the training
+    packer's :func:`remix_ds.data.packing.first_fit_decreasing`), and rows into
     batches of at most ``max_batch_tokens`` (rows x longest row). An example longer than
     ``max_seq_len`` gets a row of its own (eval never drops or truncates).
     """
-    order = sorted(items, key=lambda it: -it.length)
-    rows: list[list[EvalItem]] = []
-    fill: list[int] = []
-    for it in order:
-        for r, used in enumerate(fill):
-            if used + it.length <= max_seq_len:
-                rows[r].append(it)
-                fill[r] += it.length
-                break
-        else:
-            rows.append([it])
-            fill.append(it.length)
+    bins = first_fit_decreasing([it.length for it in items], max_seq_len, oversize="own_bin")
+    rows = [[items[i] for i in b] for b in bins]
+    fill = [sum(it.length for it in row) for row in rows]
     # Rows come out longest first, so each batch pads little.
     batch: list[int] = []
     for r in range(len(rows)):
@@ -125,11 +120,11 @@ def _collate(rows: list[list[EvalItem]], pad_id: int) -> PackedBatch:
     return PackedBatch(ids, pos, seq_lens, items, spans)
 
 
-def _flash_kwargs(batch: PackedBatch, device) -> dict:
-    """cu_seq_lens over the flattened rows, as flash-attention varlen expects."""
+def _varlen_kwargs(batch: PackedBatch, device) -> dict:
+    """cu_seq_lens over the flattened rows, as flash-attention varlen (and ``remix_varlen``) expect."""
     lens = [n for row in batch.seq_lens for n in row]
     cu = torch.tensor(np.concatenate([[0], np.cumsum(lens)]), dtype=torch.int32, device=device)
-    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max(lens), "max_length_k": max(lens)}
+    return dict(zip(VARLEN_KWARGS, (cu, cu, max(lens), max(lens))))
 
 
 def _model_device(model) -> torch.device:
@@ -151,8 +146,8 @@ def forward_batch(model, batch: PackedBatch) -> list[FusedResult]:
         keep[r, start + p_len - 1 : start + p_len + a_len - 1] = True
         targets[r, start + p_len - 1 : start + p_len + a_len - 1] = ids[r, start + p_len : start + p_len + a_len]
     kwargs = {}
-    if getattr(model.config, "_attn_implementation", None) == "flash_attention_2":
-        kwargs = _flash_kwargs(batch, device)
+    if takes_varlen_kwargs(getattr(model.config, "_attn_implementation", None)):
+        kwargs = _varlen_kwargs(batch, device)
     try:
         # Only the kept positions go through the LM head: (N_keep, V) instead of (R, T, V).
         logits = model(input_ids=ids, position_ids=pos, use_cache=False, logits_to_keep=keep, **kwargs).logits

@@ -17,6 +17,7 @@ from typing import Sequence
 
 import torch
 
+from remix_ds.data.tokenize import pad_id
 from remix_ds.eval.items import EvalItem, dummy_item
 
 
@@ -42,7 +43,7 @@ def _generation_config(tokenizer, max_new_tokens: int, stop_strings: Sequence[st
         num_beams=1,
         max_new_tokens=max_new_tokens,
         eos_token_id=list(eos_ids),
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        pad_token_id=pad_id(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         stop_strings=list(stop_strings) or None,
         use_cache=True,  # the trainer turns the model's use_cache off

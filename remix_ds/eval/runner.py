@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 from remix_ds.data.records import Example
+from remix_ds.data.tokenize import pad_id
+from remix_ds.engine import dist
 from remix_ds.eval import matchers
 from remix_ds.eval.config import EvalConfig
 from remix_ds.eval.fused import FusedResult, num_fused_batches, score_fused
@@ -45,10 +45,6 @@ class EvalResult:
     """Per-example rows in input order (rank 0; empty on other ranks)."""
     metrics: dict[str, float]
     """Aggregates, identical on every rank: em, answer_nll, answer_logprob, n, ..."""
-
-
-def _dist():
-    return torch.distributed if torch.distributed.is_available() and torch.distributed.is_initialized() else None
 
 
 def roundtrip_ok(item: EvalItem, tokenizer) -> bool:
@@ -116,17 +112,6 @@ def metrics_of(rows: Sequence[dict]) -> dict[str, float]:
     return out
 
 
-def _max_over_ranks(value: int) -> int:
-    d = _dist()
-    if d is None:
-        return value
-    t = torch.tensor([value], dtype=torch.long)
-    if d.get_backend() == "nccl":
-        t = t.cuda()
-    d.all_reduce(t, op=d.ReduceOp.MAX)
-    return int(t.item())
-
-
 def evaluate(model, tokenizer, examples: Sequence[Example], cfg: EvalConfig, rank: int = 0, world_size: int = 1,
              prompt_format: str = "plain") -> EvalResult:
     """Score ``examples`` with ``model`` (HF module or DeepSpeed engine, ZeRO-3 or not) on all ranks."""
@@ -139,17 +124,17 @@ def evaluate(model, tokenizer, examples: Sequence[Example], cfg: EvalConfig, ran
     stops = _union_over_ranks(stop_token_ids(items, tokenizer))
     decide = [uses_generation(it, cfg, tokenizer) for it in items]
     gen_items = [it for it, (_, g) in zip(items, decide) if g]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
 
     module, _ = unwrap(model)
     # A partitioned model that stays partitioned all-gathers inside every forward: ranks must
     # run the same number of forward passes (and generation steps).
     lockstep = (not cfg.gather_params) and is_zero3(module) and world_size > 1
-    n_fused = _max_over_ranks(num_fused_batches(module, items, cfg.max_seq_len, cfg.max_batch_tokens)) if lockstep else None
+    n_fused = dist.all_reduce_max(num_fused_batches(module, items, cfg.max_seq_len, cfg.max_batch_tokens)) if lockstep else None
     n_gen_local = math.ceil(len(gen_items) / cfg.batch_size)
-    n_gen = _max_over_ranks(n_gen_local) if lockstep else n_gen_local
+    n_gen = dist.all_reduce_max(n_gen_local) if lockstep else n_gen_local
     with eval_model(model, gather=cfg.gather_params) as m:
-        fused = score_fused(m, items, cfg.max_seq_len, cfg.max_batch_tokens, pad_id, n_steps=n_fused)
+        fused = score_fused(m, items, cfg.max_seq_len, cfg.max_batch_tokens, pad, n_steps=n_fused)
         gens: list[Generation] = []
         if n_gen:
             gens = generate_greedy(m, tokenizer, gen_items, cfg.batch_size, cfg.max_new_tokens, cfg.stop_strings,
@@ -163,21 +148,11 @@ def evaluate(model, tokenizer, examples: Sequence[Example], cfg: EvalConfig, ran
 
 
 def _union_over_ranks(ids: list[int]) -> list[int]:
-    d = _dist()
-    if d is None:
-        return ids
-    parts: list = [None] * d.get_world_size()
-    d.all_gather_object(parts, ids)
-    return sorted(set().union(*parts))
+    return sorted(set().union(*dist.all_gather_objects(ids)))
 
 
 def _gather_rows(rows: list[tuple[int, dict]]) -> list[dict]:
-    d = _dist()
-    if d is None:
-        return [r for _, r in sorted(rows, key=lambda x: x[0])]
-    parts: list = [None] * d.get_world_size()
-    d.all_gather_object(parts, rows)  # all_gather: works on gloo and nccl alike
-    merged = [r for part in parts for r in part]
+    merged = [r for part in dist.all_gather_objects(rows) for r in part]
     return [r for _, r in sorted(merged, key=lambda x: x[0])]
 
 

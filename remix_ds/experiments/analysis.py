@@ -11,8 +11,7 @@ import gc
 import json
 from pathlib import Path
 
-import torch
-
+from remix_ds import models
 from remix_ds.data.records import generic_examples, read_rows
 from remix_ds.experiments import lens as lens_lib
 from remix_ds.experiments import preserve
@@ -20,19 +19,7 @@ from remix_ds.experiments import preserve
 
 def load_model(path: str | Path, device: str = "auto"):
     """An exported HF folder on one device, outside any ZeRO-3 context (fp32 on CPU, bf16 on GPU)."""
-    from transformers import AutoModelForCausalLM
-
-    try:  # a trainer in this process may have left its HfDeepSpeedConfig registered (zero.Init on load)
-        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-        unset_hf_deepspeed_config()
-    except ImportError:
-        pass
-    dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(dev)
-    model.eval()
-    return model
+    return models.load_for_inference(path, device=device)
 
 
 def _examples(path: Path, ids: set[str] | None = None, limit: int = 0):

@@ -25,6 +25,7 @@ import torch
 
 from remix_ds.data.formats import completion_prompt
 from remix_ds.data.records import Example
+from remix_ds.data.tokenize import pad_id
 from remix_ds.eval.generate import generate_greedy
 from remix_ds.eval.items import make_items
 from remix_ds.eval.zero import eval_model
@@ -68,7 +69,7 @@ def passage_nll(model, ids: list[list[int]], pad_id: int, batch_size: int = 16) 
 
 def measure(model, tokenizer, probe: Probe, prompt_format: str = "plain") -> dict:
     """Per-passage NLLs, greedy continuation tokens and whether each stopped with EOS."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     prompts = [Example(id=f"preserve-{i}", source="generic", answer="-",
                        prompt=completion_prompt(t.split()[: probe.prompt_words], probe.instruction))
                for i, t in enumerate(probe.texts)]

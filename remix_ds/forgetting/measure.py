@@ -35,7 +35,8 @@ from remix_ds.config import RunConfig
 from remix_ds.data.config import ReplayConfig
 from remix_ds.engine import dist
 from remix_ds.forgetting.config import ForgettingConfig, TaskConfig
-from remix_ds.forgetting.nll import embed, pad_id_of, score_nll
+from remix_ds.data import tokenize
+from remix_ds.forgetting.nll import embed, score_nll
 from remix_ds.forgetting.store import Matrix, MatrixStore, ids_hash, load_matrix
 from remix_ds.forgetting.upstream import UpstreamSet, load_upstream
 
@@ -149,7 +150,7 @@ def measure(fcfg: ForgettingConfig, log=print) -> Matrix:
     out = Path(fcfg.output_dir)
     store = MatrixStore(out)
     upstream, tokenizer = upstream_for(fcfg)
-    pad_id = pad_id_of(tokenizer)
+    pad_id = tokenize.pad_id(tokenizer)
     names = fcfg.task_names()
     settings = {n: row_settings(fcfg, upstream.ids, t) for t, n in zip(fcfg.tasks, names)}
     meta = {"upstream_kind": fcfg.upstream.kind, "model": fcfg.finetune.model.name_or_path,

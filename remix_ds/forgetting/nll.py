@@ -19,34 +19,17 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from remix_ds.engine import dist
 from remix_ds.eval.config import EvalConfig
 from remix_ds.eval.fused import num_fused_batches, score_fused
 from remix_ds.eval.items import EvalItem
 from remix_ds.eval.zero import eval_model, is_zero3, unwrap
 
 
-def _dist():
-    return torch.distributed if torch.distributed.is_available() and torch.distributed.is_initialized() else None
-
-
-def _max_over_ranks(value: int) -> int:
-    d = _dist()
-    if d is None or d.get_world_size() == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.long, device="cuda" if d.get_backend() == "nccl" else "cpu")
-    d.all_reduce(t, op=d.ReduceOp.MAX)
-    return int(t.item())
-
-
 def _gather(pairs: list[tuple[int, np.ndarray]], n: int, width: int | None = None) -> np.ndarray:
     """Put (index, value) pairs of all ranks into one array in index order (same on all ranks)."""
-    d = _dist()
-    parts = [pairs]
-    if d is not None and d.get_world_size() > 1:
-        parts = [None] * d.get_world_size()
-        d.all_gather_object(parts, pairs)
     out = np.full((n,) if width is None else (n, width), np.nan)
-    for part in parts:
+    for part in dist.all_gather_objects(pairs):
         for i, v in part:
             out[i] = v
     return out
@@ -54,12 +37,7 @@ def _gather(pairs: list[tuple[int, np.ndarray]], n: int, width: int | None = Non
 
 def _lockstep(model, cfg: EvalConfig) -> bool:
     module, _ = unwrap(model)
-    d = _dist()
-    return (not cfg.gather_params) and is_zero3(module) and d is not None and d.get_world_size() > 1
-
-
-def pad_id_of(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return (not cfg.gather_params) and is_zero3(module) and dist.world_size() > 1
 
 
 def score_nll(model, items: Sequence[EvalItem], cfg: EvalConfig, pad_id: int, rank: int = 0, world: int = 1) -> np.ndarray:
@@ -68,7 +46,7 @@ def score_nll(model, items: Sequence[EvalItem], cfg: EvalConfig, pad_id: int, ra
     n_steps = None
     if _lockstep(model, cfg):
         module, _ = unwrap(model)
-        n_steps = _max_over_ranks(num_fused_batches(module, shard, cfg.max_seq_len, cfg.max_batch_tokens))
+        n_steps = dist.all_reduce_max(num_fused_batches(module, shard, cfg.max_seq_len, cfg.max_batch_tokens))
     with eval_model(model, gather=cfg.gather_params) as m:
         results = score_fused(m, shard, cfg.max_seq_len, cfg.max_batch_tokens, pad_id, n_steps=n_steps)
     return _gather([(r.index, r.answer_nll) for r in results], len(items))
@@ -91,7 +69,7 @@ def embed(model, sequences: Sequence[np.ndarray], cfg: EvalConfig, pad_id: int, 
     mine = [i for i in range(len(sequences)) if i % world == rank]
     mine.sort(key=lambda i: -len(sequences[i]))  # similar lengths per batch: little padding
     batches = [mine[s : s + batch_size] for s in range(0, len(mine), batch_size)]
-    n_steps = _max_over_ranks(len(batches)) if _lockstep(model, cfg) else len(batches)
+    n_steps = dist.all_reduce_max(len(batches)) if _lockstep(model, cfg) else len(batches)
     pairs: list[tuple[int, np.ndarray]] = []
     width = None
     with eval_model(model, gather=cfg.gather_params) as m:
@@ -110,5 +88,5 @@ def embed(model, sequences: Sequence[np.ndarray], cfg: EvalConfig, pad_id: int, 
             mean = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # (B, H)
             width = hidden.shape[-1]
             pairs += [(i, v) for i, v in zip(idx, mean.cpu().double().numpy())]
-    width = _max_over_ranks(width or 0)
+    width = dist.all_reduce_max(width or 0)
     return _gather(pairs, len(sequences), width)

@@ -32,12 +32,12 @@ import numpy as np
 from scipy import stats
 
 from remix_ds.configtools import ConfigError
+from remix_ds.data import tokenize
 from remix_ds.data.config import ReplayConfig
 from remix_ds.engine import dist
 from remix_ds.forgetting.complete import make_predictor
 from remix_ds.forgetting.config import ForgettingConfig
 from remix_ds.forgetting.measure import RowProbe, quiet, run_with_probe, task_run_config, upstream_for
-from remix_ds.forgetting.nll import pad_id_of
 from remix_ds.forgetting.predict import reveal
 from remix_ds.forgetting.store import load_matrix, write_text
 
@@ -167,7 +167,7 @@ def replay_experiment(fcfg: ForgettingConfig, log=print) -> dict:
     pool_path = dist.broadcast_object(pool_path)
     eval_items = [dataclasses.replace(upstream.items[c], index=k) for k, c in enumerate(evalc.tolist())]
     before = mat.nll_before[evalc]
-    pad_id = pad_id_of(tokenizer)
+    pad_id = tokenize.pad_id(tokenizer)
     predictor = fit_replay_predictor(fcfg, mat, train_rows) if "predicted" in rc.arms else None
     results = []
     for task, seed in product(held, rc.seeds):

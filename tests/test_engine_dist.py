@@ -1,0 +1,62 @@
+"""engine.dist's collectives: a world of one (no process group, and a gloo group of one) and two gloo ranks."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as tdist
+import torch.multiprocessing as mp
+
+from remix_ds.engine import dist
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _check_world_of_one():
+    obj = {"ids": [3, 1], "x": np.arange(2)}
+    parts = dist.all_gather_objects(obj)
+    assert len(parts) == 1 and parts[0] is obj
+    assert dist.all_reduce_max(7) == 7 and type(dist.all_reduce_max(7)) is int
+    assert dist.all_reduce_max(np.int64(4)) == 4
+    assert dist.all_reduce_max(2.5) == 2.5 and type(dist.all_reduce_max(2.5)) is float
+
+
+def test_world_of_one_without_a_process_group():
+    assert not tdist.is_initialized()
+    _check_world_of_one()
+
+
+def test_world_of_one_with_a_gloo_group():
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_port()}", rank=0, world_size=1)
+    try:
+        _check_world_of_one()
+    finally:
+        tdist.destroy_process_group()
+
+
+def _two_ranks(rank: int, port: int, out) -> None:
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        out[rank] = (dist.all_gather_objects({"rank": rank, "rows": [(rank, "r")] * (rank + 1)}),
+                     dist.all_reduce_max(10 - 7 * rank), dist.all_reduce_max(0.5 + rank),
+                     type(dist.all_reduce_max(np.int64(rank))).__name__)
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_two_gloo_ranks():
+    out = mp.Manager().dict()
+    mp.spawn(_two_ranks, args=(_port(), out), nprocs=2, join=True)
+    expected_parts = [{"rank": 0, "rows": [(0, "r")]}, {"rank": 1, "rows": [(1, "r")] * 2}]
+    for r in (0, 1):
+        parts, imax, fmax, kind = out[r]
+        assert parts == expected_parts  # rank order, the same list on every rank
+        assert imax == 10 and fmax == pytest.approx(1.5) and kind == "int"
