@@ -84,7 +84,7 @@ def test_generic_corpus_builds_once_and_caches(tmp_path, monkeypatch):
     def no_build(*a, **k):
         raise AssertionError("rebuilt a cached corpus")
 
-    monkeypatch.setattr("remix_ds.data.commands.tokenize_to_shards", no_build)
+    monkeypatch.setattr("remix_ds.data.corpus.tokenize_to_shards", no_build)
     again = corpus.generic_corpus(sp, roots=[root])
     assert again.path == reader.path and again.document(2).tolist() == reader.document(2).tolist()
 

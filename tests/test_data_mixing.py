@@ -184,7 +184,7 @@ def test_data_section_loads_from_run_config_overrides():
 @pytest.fixture(scope="module")
 def shard_corpus(tmp_path_factory, tok):
     """A small shard directory of 60 generated documents (100-160 words each)."""
-    from remix_ds.data.commands import tokenize_to_shards
+    from remix_ds.data.shard_builder import tokenize_to_shards
     from test_data_fixtures import WORDS
 
     rng = np.random.default_rng(3)

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from remix_ds.data.commands import build_shards, encode_documents, tokenize_to_shards
+from remix_ds.data.shard_builder import build_shards, encode_documents, tokenize_to_shards
 from remix_ds.data.shards import ShardError, ShardReader, token_dtype, tokenizer_fingerprint, write_shard_dir
 from test_data_fixtures import bpe_tokenizer, sp_tokenizer
 

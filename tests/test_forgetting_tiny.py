@@ -35,7 +35,7 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, tokenizer):
     """Shards, three small tasks, and a measured 3 x 50 matrix (with an intermediate step)."""
-    from remix_ds.data.commands import tokenize_to_shards
+    from remix_ds.data.shard_builder import tokenize_to_shards
     from remix_ds.forgetting.measure import measure
 
     root = tmp_path_factory.mktemp("forgetting")

@@ -31,6 +31,16 @@ from pathlib import Path
 
 import numpy as np
 
+from remix_ds.config import ModelConfig
+from remix_ds.configtools import from_dict
+from remix_ds.data import corpus
+from remix_ds.data.config import DataConfig
+from remix_ds.data.loader import TrainLoader
+from remix_ds.data.mixing import StageStream, build_stage_stream
+from remix_ds.data.packing import padded_efficiency
+from remix_ds.data.random_words import RandomWords, load_words
+from remix_ds.models import load_model, load_tokenizer, resolve_dtype
+
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -95,8 +105,6 @@ def naive_random_words(tokenizer, words: list[str], n: int, min_words: int, max_
 
 def bench_random_words(tokenizer, *, n_fast: int = 20_000, n_naive: int = 1_000, min_words: int = 8,
                        max_words: int = 32, vocab_size: int = 10_000, repeats: int = 3, seed: int = 0) -> dict:
-    from remix_ds.data.random_words import RandomWords, load_words
-
     words, weights = load_words("wordfreq:en", vocab_size)
     t = time.perf_counter()
     gen = RandomWords(tokenizer, words, weights, min_words=min_words, max_words=max_words)
@@ -134,25 +142,17 @@ def bench_shard_read(reader, *, seq_len: int = 512, n_windows: int = 4_000, n_do
 
 
 def _data_cfg(num_pairs: int, max_seq_len: int, **mix):
-    from remix_ds.configtools import from_dict
-    from remix_ds.data.config import DataConfig
-
     return from_dict(DataConfig, {"dataset": "kvr", "max_seq_len": max_seq_len, "kvr": {"num_pairs": num_pairs},
                                   "mix": mix})
 
 
 def _loader(stream, micro_batch_size: int, max_seq_len: int, tokenizer):
-    from remix_ds.data.loader import TrainLoader
-
     return TrainLoader(stream, micro_batch_size=micro_batch_size, rank=0, world_size=1, max_seq_len=max_seq_len,
                        pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id)
 
 
 def _pack_stats(rows, tokenizer, micro_batch_size: int, max_seq_len: int) -> dict:
     """One epoch of `rows` through the loader: packed tokens/s and packing efficiency."""
-    from remix_ds.data.mixing import StageStream
-    from remix_ds.data.packing import padded_efficiency
-
     loader = _loader(StageStream(dataset=list(rows), seed=0), micro_batch_size, max_seq_len, tokenizer)
     tokens = cells = 0
     pad_longest = []
@@ -177,8 +177,6 @@ def _pack_stats(rows, tokenizer, micro_batch_size: int, max_seq_len: int) -> dic
 def bench_mixer(tokenizer, *, num_pairs: int = 500, micro_batch_size: int = 8, max_seq_len: int = 512,
                 seed: int = 0) -> tuple[dict, object]:
     """Two REMIX mixes cover every row kind; returns (results, the first mix's loader for consumption)."""
-    from remix_ds.data.mixing import build_stage_stream
-
     out: dict = {"micro_batch_size": micro_batch_size, "max_seq_len": max_seq_len, "kvr_pairs": num_pairs}
     streams = {}
     for name, mix in {
@@ -213,9 +211,6 @@ def bench_consumption(loader, *, steps: int = 6, warmup: int = 2) -> dict:
     """Loader tokens/s vs the tiny model's forward+backward tokens/s on the same micro-batches."""
     import torch
     import torch.nn.functional as F
-
-    from remix_ds.config import ModelConfig
-    from remix_ds.models import load_model, resolve_dtype
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(ModelConfig(), resolve_dtype("auto"), "sdpa").to(device)
@@ -265,8 +260,6 @@ def run(out: str | Path | None = None, *, tokenizer: str = "tiny", quick: bool =
 
     ``quick`` shrinks every size (for tests); its numbers are noisy.
     """
-    from remix_ds.models import load_tokenizer
-
     tok = load_tokenizer(tokenizer)
     result: dict = {
         "benchmark": "data",
@@ -282,10 +275,8 @@ def run(out: str | Path | None = None, *, tokenizer: str = "tiny", quick: bool =
             tok, n_fast=2_000 if quick else 20_000, n_naive=100 if quick else 1_000, repeats=reps, seed=seed,
             vocab_size=2_000 if quick else 10_000)
     if "shard_read" in parts:
-        from remix_ds.data.corpus import generic_corpus
-
         t = time.perf_counter()
-        reader = generic_corpus(tok, tokenizer_name=tokenizer, progress=not quick)
+        reader = corpus.generic_corpus(tok, tokenizer_name=tokenizer, progress=not quick)
         open_s = time.perf_counter() - t
         result["shard_read"] = {"corpus_open_or_build_s": round(open_s, 3),
                                 **bench_shard_read(reader, n_windows=500 if quick else 4_000,

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from remix_ds.cachedir import build_once, cache_root
+from remix_ds.data.shard_builder import tokenize_to_shards
 from remix_ds.data.shards import ShardReader, tokenizer_fingerprint
 
 # Bump when harvesting or filtering changes, so cached corpora are rebuilt.
@@ -189,8 +190,6 @@ def generic_corpus(
     a few MB). ``max_bytes`` caps the harvested text (default 4 MB, about a million tokens;
     building takes seconds).
     """
-    from remix_ds.data.commands import tokenize_to_shards
-
     roots = [Path(r).resolve() for r in (roots or default_roots())]
     final = corpus_dir(tokenizer, max_bytes=max_bytes, roots=roots)
     if not (final / "manifest.json").is_file():

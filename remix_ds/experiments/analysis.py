@@ -15,6 +15,8 @@ from remix_ds import models
 from remix_ds.data.records import generic_examples, read_rows
 from remix_ds.experiments import lens as lens_lib
 from remix_ds.experiments import preserve
+from remix_ds.experiments.datasets import preservation_texts
+from remix_ds.experiments.layout import Cell, GridLayout
 
 
 def load_model(path: str | Path, device: str = "auto"):
@@ -30,23 +32,21 @@ def _examples(path: Path, ids: set[str] | None = None, limit: int = 0):
 
 
 class _Analyser:
-    def __init__(self, grid):
-        self.grid, self.cfg = grid, grid.cfg.analysis
-        self.fmt = grid.cfg.run.data.prompt_format
+    def __init__(self, layout: GridLayout):
+        self.layout, self.cfg = layout, layout.analysis
+        self.fmt = layout.data.prompt_format
         self._texts = None
 
     def texts(self):
         if self._texts is None:
-            from remix_ds.experiments.datasets import preservation_texts
-
-            self._texts = preservation_texts(self.grid.tokenizer, self.grid.cfg.run.data, self.cfg.preservation_set,
+            self._texts = preservation_texts(self.layout.tokenizer, self.layout.data, self.cfg.preservation_set,
                                              self.cfg.preservation_n, self.cfg.prompt_words + 1)
         return self._texts
 
     def probe(self, d_a: str) -> preserve.Probe:
         return preserve.Probe(self.texts(), self.cfg.prompt_words, self.cfg.preservation_tokens, self.cfg.max_new_tokens,
-                              _examples(self.grid.paths[d_a], limit=self.cfg.preservation_n),
-                              instruction=self.grid.cfg.run.data.mix.instruction)
+                              _examples(self.layout.paths[d_a], limit=self.cfg.preservation_n),
+                              instruction=self.layout.data.mix.instruction)
 
     def model_results(self, model_dir: Path, cache_dir: Path, d_a: str, memorized: set[str] | None) -> dict:
         """{'preserve': measurement, 'lens': summary} for one model, cached under cache_dir."""
@@ -57,13 +57,13 @@ class _Analyser:
         if all(k in out for k, w in want.items() if w):
             return out
         model = load_model(model_dir, self.cfg.device)
-        tokenizer = self.grid.tokenizer
+        tokenizer = self.layout.tokenizer
         try:
             if want["preserve"] and "preserve" not in out:
                 out["preserve"] = preserve.measure(model, tokenizer, self.probe(d_a), self.fmt)
                 files["preserve"].write_text(json.dumps(out["preserve"]))
             if want["lens"] and "lens" not in out:
-                exs = _examples(self.grid.paths[d_a], memorized, self.cfg.lens_max_examples)
+                exs = _examples(self.layout.paths[d_a], memorized, self.cfg.lens_max_examples)
                 rows = lens_lib.logit_lens(model, tokenizer, exs, self.fmt) if exs else []
                 out["lens"] = {"summary": lens_lib.summarize(rows), "rows": rows}
                 files["lens"].write_text(json.dumps(out["lens"]))
@@ -73,26 +73,17 @@ class _Analyser:
         return out
 
 
-def _base_dir(grid) -> Path:
-    from remix_ds import models
-
-    if grid.base_model:
-        return Path(grid.base_model)
-    m = grid.cfg.run.model
-    return Path(m.init_from or models.resolve_path(m.name_or_path, m.tiny))
-
-
-def analyse_cell(grid, cell, s1cfg, s2cfg, rows1: list[dict], rows2: list[dict]) -> dict:
+def analyse_cell(layout: GridLayout, cell: Cell, s1: Path, s2: Path, rows1: list[dict], rows2: list[dict]) -> dict:
     """Lens and preservation numbers of one cell (flat fields for the results table); details in
-    the cell folder's analysis.json."""
-    c = grid.cfg.analysis
+    the cell folder's analysis.json. `s1`, `s2`: the cell's stage-1 and stage-2 run folders."""
+    c = layout.analysis
     if not (c.logit_lens or c.preservation):
         return {}
-    an = _Analyser(grid)
+    an = _Analyser(layout)
     a = cell.d_a.name
-    s1, s2 = Path(s1cfg.train.output_dir), Path(s2cfg.train.output_dir)
-    base_dir = _base_dir(grid)
-    base = an.model_results(base_dir, grid.out / "analysis" / "base", a, None) if c.preservation else {}
+    s1, s2 = Path(s1), Path(s2)
+    base_dir = layout.base_dir()
+    base = an.model_results(base_dir, layout.out / "analysis" / "base", a, None) if c.preservation else {}
     r1 = an.model_results(s1 / "final", s1 / "analysis", a, {r["id"] for r in rows1 if r["correct"]})
     r2 = an.model_results(s2 / "final", s2 / "analysis", a, {r["id"] for r in rows2 if r["correct"]})
     fields, detail = {}, {}
@@ -109,5 +100,5 @@ def analyse_cell(grid, cell, s1cfg, s2cfg, rows1: list[dict], rows2: list[dict])
             fields.update({f"pres_{tag}_nll_change": d["nll_change"], f"pres_{tag}_changed_frac": d["changed_frac"],
                            f"pres_{tag}_eos_rate": d["eos_rate_after"], f"pres_{tag}_task_eos_rate": d["task_eos_rate_after"]})
         fields["pres_base_nll"] = detail["preserve_s1"]["nll_before"]
-    (grid.cell_dir(cell) / "analysis.json").write_text(json.dumps(detail, indent=2) + "\n")
+    (layout.cell_dir(cell) / "analysis.json").write_text(json.dumps(detail, indent=2) + "\n")
     return fields

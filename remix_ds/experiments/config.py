@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 from remix_ds import configtools
+from remix_ds.baselines.strategies import parse_term
 from remix_ds.config import RunConfig
 from remix_ds.configtools import ConfigError
 from remix_ds.data.config import KVRConfig, LossMode
@@ -212,8 +213,6 @@ _TERM = re.compile(r"^(random|generic)@(1|2|12)(?:=([0-9.eE+-]+))?$|^replay=([0-
 
 def parse_strategy(spec: str, mix_ratio: float = 2.0) -> Strategy:
     """`random@1+generic@2` -> Strategy(random=(r, 0), generic=(0, r)); see the module docstring."""
-    from remix_ds.baselines.strategies import parse_term
-
     random, generic, replay, regularize = [0.0, 0.0], [0.0, 0.0], 0.0, {}
     for term in spec.split("+"):
         baseline = parse_term(term)

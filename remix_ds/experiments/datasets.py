@@ -23,6 +23,7 @@ import numpy as np
 from remix_ds.data.config import DataConfig, SourceConfig
 from remix_ds.data.datasets import generate_kvr, load_examples
 from remix_ds.data.formats import completion_prompt
+from remix_ds.data.mixing import open_generic_corpus
 from remix_ds.data.records import Example, read_rows
 from remix_ds.experiments.config import DatasetSpec
 
@@ -62,8 +63,6 @@ def corpus_documents(tokenizer, data: DataConfig, min_words: int, n: int, skip: 
     caller needs."""
     if min_words > ELIGIBLE_WORDS:
         raise ValueError(f"generic passages are limited to {ELIGIBLE_WORDS} words, {min_words} requested")
-    from remix_ds.data.mixing import open_generic_corpus
-
     reader = open_generic_corpus(data, tokenizer)
     order = np.random.default_rng(_ORDER_SEED).permutation(reader.num_documents)
     out, seen = [], 0

@@ -16,6 +16,7 @@ checkpoint (`train.resume=auto`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -23,32 +24,26 @@ import subprocess
 import sys
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
-from remix_ds import configtools
+from remix_ds import configtools, models
+from remix_ds.baselines.strategies import strategy_patch
 from remix_ds.config import RunConfig
 from remix_ds.data.mixing import mix_count
+from remix_ds.eval.data import load_eval_set
+from remix_ds.eval.runner import evaluate, write_results
+from remix_ds.experiments import analysis, datasets, report
 from remix_ds.experiments import stage as stage_lib
-from remix_ds.experiments.config import DatasetSpec, ExperimentConfig, Strategy, launcher_argv, parse_strategy
+from remix_ds.experiments.config import ExperimentConfig, launcher_argv, parse_strategy
+from remix_ds.experiments.layout import Cell, GridLayout, cell_dir
 
-
-@dataclass
-class Cell:
-    d_a: DatasetSpec
-    d_b: DatasetSpec
-    strategy: Strategy
-    loss_mode: str | None
-
-    @property
-    def key(self) -> str:
-        lm = f"__{self.loss_mode}" if self.loss_mode else ""
-        return f"{self.d_a.name}__{self.d_b.name}__{self.strategy.slug}{lm}"
-
-    @property
-    def stage1_key(self) -> str:
-        lm = f"__{self.loss_mode}" if self.loss_mode else ""
-        return f"{self.d_a.name}__{self.strategy.stage1_tag()}{lm}"
+# Every stage trains its own dataset file (no subsampling, no held-out split) for whole epochs
+# and resumes from its newest checkpoint after an interruption.
+STAGE_COMMON = {
+    "train.max_steps": 0, "train.resume": "auto",
+    "data.data_files": None, "data.num_examples": 0, "data.heldout_size": 0,
+}
 
 
 def _write_json(path: Path, obj) -> None:
@@ -103,8 +98,6 @@ class Grid:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from remix_ds import models
-
             m = self.cfg.run.model
             self._tokenizer = models.load_tokenizer(m.tokenizer or models.model_source(m), m.tiny, m.trust_remote_code)
         return self._tokenizer
@@ -147,16 +140,14 @@ class Grid:
         s, a = cell.strategy, cell.d_a.name
         n = self._n(a)
         patch = {
+            **STAGE_COMMON,
             "model.init_from": self.base_model or self.cfg.run.model.init_from,
             "train.output_dir": str(self.out / "stage1" / cell.stage1_key),
             "train.epochs": self.cfg.stage1.max_epochs,
-            "train.max_steps": 0,
             "train.eval_every": self._eval_every(n, (s.random[0], s.generic[0]), self.cfg.stage1.eval_every),
             "train.early_stop_metric": f"eval/{a}/em",
             "train.early_stop_value": self.cfg.stage1.em_threshold,
-            "train.resume": "auto",
             "data.dataset": self._train_path(a, cell.loss_mode),
-            "data.data_files": None, "data.num_examples": 0, "data.heldout_size": 0,
             "data.mix.random_ratio": s.random[0],
             "data.mix.generic_ratio": s.generic[0],
             "data.replay": [],
@@ -172,15 +163,13 @@ class Grid:
         n = self._n(b)
         replay = [{"dataset": self._train_path(a, cell.loss_mode), "ratio": s.replay}] if s.replay else []
         patch = {
+            **STAGE_COMMON,
             "model.init_from": str(self.out / "stage1" / cell.stage1_key / "final"),
-            "train.output_dir": str(self.out / "cells" / cell.key / "stage2"),
+            "train.output_dir": str(self.cell_dir(cell) / "stage2"),
             "train.epochs": self.cfg.stage2.epochs,
-            "train.max_steps": 0,
             "train.eval_every": self._eval_every(n, (s.random[1], s.generic[1], s.replay), self.cfg.stage2.eval_every),
             "train.early_stop_metric": None,
-            "train.resume": "auto",
             "data.dataset": self._train_path(b, cell.loss_mode),
-            "data.data_files": None, "data.num_examples": 0, "data.heldout_size": 0,
             "data.mix.random_ratio": s.random[1],
             "data.mix.generic_ratio": s.generic[1],
             "data.replay": replay,
@@ -188,8 +177,6 @@ class Grid:
             "eval.write_rows": True,
         }
         if s.regularize:
-            from remix_ds.baselines.strategies import strategy_patch
-
             # Cells sharing a stage-1 model share one Fisher/anchor estimate (the first computes it).
             patch.update(strategy_patch(s.regularize, stage1_dataset=str(self.paths[a]),
                                         ewc_state_dir=str(self.out / "stage1" / cell.stage1_key / "ewc-fisher")))
@@ -199,14 +186,10 @@ class Grid:
 
     def final_eval_b(self, s2cfg: RunConfig, name: str, step: int) -> None:
         """stage2.eval_b=end: score D_B once on the stage-2 export, beside the final D_A rows."""
-        from remix_ds.eval.data import load_eval_set
-        from remix_ds.eval.runner import evaluate, write_results
-        from remix_ds.experiments.analysis import load_model
-
         folder = Path(s2cfg.train.output_dir) / "eval" / f"step-{step}"
         if (folder / f"{name}.jsonl").is_file():
             return
-        model = load_model(Path(s2cfg.train.output_dir) / "final", self.cfg.analysis.device)
+        model = analysis.load_model(Path(s2cfg.train.output_dir) / "final", self.cfg.analysis.device)
         try:
             examples = load_eval_set(str(self.paths[name]), s2cfg.eval).examples
             result = evaluate(model, self.tokenizer, examples, s2cfg.eval, prompt_format=s2cfg.data.prompt_format)
@@ -241,8 +224,6 @@ class Grid:
 
     def prepare(self) -> None:
         """Materialize the datasets and run stage 0 (if configured)."""
-        from remix_ds.experiments import datasets
-
         specs = list(enumerate(self.cfg.data_a)) + [(len(self.cfg.data_a) + i, s) for i, s in enumerate(self.cfg.data_b)]
         for spec in specs:  # a dataset that cannot be loaded fails its cells, not the grid
             try:
@@ -259,20 +240,16 @@ class Grid:
                 path = datasets.stage0_passages(self.tokenizer, self.cfg.run.data, s0.num_passages, s0.passage_words,
                                                 skip, self.stage0_dir().parent / f"{self.stage0_dir().name}-data")
                 patch = {
-                    "train.output_dir": str(self.stage0_dir()), "train.epochs": s0.epochs, "train.max_steps": 0,
-                    "train.eval_every": 0, "train.early_stop_metric": None, "train.resume": "auto",
-                    "optim.lr": s0.lr, "data.dataset": str(path), "data.data_files": None, "data.num_examples": 0,
-                    "data.heldout_size": 0, "data.loss_mode": "all", "data.replay": [],
+                    **STAGE_COMMON,
+                    "train.output_dir": str(self.stage0_dir()), "train.epochs": s0.epochs,
+                    "train.eval_every": 0, "train.early_stop_metric": None,
+                    "optim.lr": s0.lr, "data.dataset": str(path), "data.loss_mode": "all", "data.replay": [],
                     "data.mix.random_ratio": 0.0, "data.mix.generic_ratio": 0.0, "eval.datasets": [],
                 }
                 self.run_stage(self._stage_config(patch, s0.overrides), "stage 0 (generic pretraining)")
 
     def stage0_dir(self) -> Path:
         """Stage 0 is cached by its config: the same base model and stage-0 settings reuse one run."""
-        import hashlib
-
-        from remix_ds import models
-
         key = json.dumps({"model": configtools.to_dict(self.cfg.run.model), "stage0": configtools.to_dict(self.cfg.stage0),
                           "corpus": self.cfg.run.data.mix.generic_corpus, "max_seq_len": self.cfg.run.data.max_seq_len,
                           "optim": configtools.to_dict(self.cfg.run.optim), "train": {
@@ -282,11 +259,15 @@ class Grid:
 
     # ---- one cell ----------------------------------------------------------------------------
     def cell_dir(self, cell: Cell) -> Path:
-        return self.out / "cells" / cell.key
+        return cell_dir(self.out, cell)
 
-    def run_cell(self, cell: Cell) -> dict:
-        from remix_ds.experiments import analysis
+    def layout(self) -> GridLayout:
+        """What the analyses and the report read; build it after prepare() (dataset paths, base model)."""
+        return GridLayout(out=self.out, paths=MappingProxyType(dict(self.paths)), cells=tuple(self.cells()),
+                          tokenizer=self.tokenizer, data=self.cfg.run.data, model=self.cfg.run.model,
+                          analysis=self.cfg.analysis, base_model=self.base_model)
 
+    def run_cell(self, cell: Cell, layout: GridLayout) -> dict:
         t0 = time.perf_counter()
         for name in (cell.d_a.name, cell.d_b.name):
             if name in self.data_errors:
@@ -321,7 +302,7 @@ class Grid:
         }
         curve = [(0, em1)] + em_curve(s2dir, a)
         ta = time.perf_counter()
-        row.update(analysis.analyse_cell(self, cell, s1cfg, s2cfg, rows1, rows2))
+        row.update(analysis.analyse_cell(layout, cell, s1dir, s2dir, rows1, rows2))
         row["analysis_s"] = round(time.perf_counter() - ta, 2)
         row["cell_wall_s"] = round(time.perf_counter() - t0, 2)
         _write_json(self.cell_dir(cell) / "done.json", {"row": row, "curve_a": curve})
@@ -332,8 +313,9 @@ class Grid:
         self.out.mkdir(parents=True, exist_ok=True)
         _write_json(self.out / "experiment_config.json", configtools.to_dict(self.cfg))
         self.prepare()
+        layout = self.layout()
         rows = []
-        cells = self.cells()
+        cells = layout.cells
         for i, cell in enumerate(cells, 1):
             folder = self.cell_dir(cell)
             folder.mkdir(parents=True, exist_ok=True)
@@ -347,7 +329,7 @@ class Grid:
                 continue
             self.log(f"[experiment] cell {i}/{len(cells)} {cell.key}")
             try:
-                rows.append(self.run_cell(cell))
+                rows.append(self.run_cell(cell, layout))
                 err.unlink(missing_ok=True)
             except Exception as e:  # record, keep going: one broken cell must not lose the grid
                 row = {"d_a": cell.d_a.name, "d_b": cell.d_b.name, "strategy": cell.strategy.spec,
@@ -356,9 +338,7 @@ class Grid:
                 _write_json(err, {"row": row, "traceback": traceback.format_exc()})
                 self.log(f"[experiment] cell {cell.key} FAILED: {row['error']}")
                 rows.append(row)
-        from remix_ds.experiments import report
-
-        report.write_all(self, rows)
+        report.write_all(layout, self.cfg.stage1, self.cfg.stage2, rows, self.log)
         return rows
 
 

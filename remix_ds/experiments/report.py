@@ -12,6 +12,10 @@ import csv
 import json
 import math
 from pathlib import Path
+from typing import Callable
+
+from remix_ds.experiments.config import Stage1Config, Stage2Config
+from remix_ds.experiments.layout import GridLayout
 
 COLUMNS = ["d_a", "d_b", "strategy", "loss_mode", "status", "em_a_stage1", "em_a_stage2", "em_b_stage2", "forgetting",
            "stage1_reached_threshold", "stage1_steps", "stage1_epochs", "stage2_steps"]
@@ -48,19 +52,19 @@ def write_tables(out: Path, rows: list[dict]) -> None:
     (out / "results.json").write_text(json.dumps(clean, indent=2, default=str) + "\n")  # NaN -> null (strict JSON)
 
 
-def _curves(grid) -> dict:
+def _curves(layout: GridLayout) -> dict:
     out = {}
-    for cell in grid.cells():
-        f = grid.cell_dir(cell) / "done.json"
+    for cell in layout.cells:
+        f = layout.cell_dir(cell) / "done.json"
         if f.is_file():
             out[cell.key] = (cell, json.loads(f.read_text())["curve_a"])
     return out
 
 
-def _lens(grid) -> dict:
+def _lens(layout: GridLayout) -> dict:
     out = {}
-    for cell in grid.cells():
-        f = grid.cell_dir(cell) / "analysis.json"
+    for cell in layout.cells:
+        f = layout.cell_dir(cell) / "analysis.json"
         if f.is_file():
             d = json.loads(f.read_text())
             if "lens_s1" in d:
@@ -68,13 +72,13 @@ def _lens(grid) -> dict:
     return out
 
 
-def plot_all(grid, rows: list[dict]) -> list[Path]:
+def plot_all(layout: GridLayout, rows: list[dict]) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out, written = grid.out, []
+    out, written = layout.out, []
     done = [r for r in rows if r.get("status") == "done"]
     if not done:
         return written
@@ -97,11 +101,11 @@ def plot_all(grid, rows: list[dict]) -> list[Path]:
     plt.close(fig)
     written.append(out / "forgetting.png")
     # EM(D_A) over stage-2 steps
-    curves = _curves(grid)
+    curves = _curves(layout)
     fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups), 3.6), squeeze=False)
     for ax, g in zip(axes[0], groups):
         for key, (cell, curve) in curves.items():
-            if (cell.d_a.name, cell.d_b.name, cell.loss_mode or grid.cfg.run.data.loss_mode) == g:
+            if (cell.d_a.name, cell.d_b.name, cell.loss_mode or layout.data.loss_mode) == g:
                 ax.plot([s for s, _ in curve], [e for _, e in curve], marker=".", label=cell.strategy.spec)
         ax.set_title(f"D_A={g[0]}, D_B={g[1]}", fontsize=9)
         ax.set_xlabel("stage-2 optimizer step")
@@ -113,7 +117,7 @@ def plot_all(grid, rows: list[dict]) -> list[Path]:
     plt.close(fig)
     written.append(out / "forgetting_curves.png")
     # logit lens
-    lens = _lens(grid)
+    lens = _lens(layout)
     if lens:
         fig, axes = plt.subplots(1, len(lens), figsize=(4.5 * len(lens), 3.6), squeeze=False)
         for ax, ((a, mode), per) in zip(axes[0], lens.items()):
@@ -130,14 +134,14 @@ def plot_all(grid, rows: list[dict]) -> list[Path]:
     return written
 
 
-def report_markdown(grid, rows: list[dict], plots: list[Path]) -> str:
-    cfg = grid.cfg
+def report_markdown(layout: GridLayout, stage1: Stage1Config, stage2: Stage2Config, rows: list[dict],
+                    plots: list[Path]) -> str:
     done = [r for r in rows if r.get("status") == "done"]
     failed = [r for r in rows if r.get("status") != "done"]
-    parts = [f"# REMIX experiment: {grid.out}", "",
+    parts = [f"# REMIX experiment: {layout.out}", "",
              f"{len(rows)} cells ({len(done)} done, {len(failed)} failed). Stage 1: until EM(D_A) >= "
-             f"{cfg.stage1.em_threshold} (checked by the evaluator every eval) or {cfg.stage1.max_epochs:g} epochs; "
-             f"stage 2: {cfg.stage2.epochs:g} epochs. Forgetting = EM(D_A) after stage 1 - after stage 2, "
+             f"{stage1.em_threshold} (checked by the evaluator every eval) or {stage1.max_epochs:g} epochs; "
+             f"stage 2: {stage2.epochs:g} epochs. Forgetting = EM(D_A) after stage 1 - after stage 2, "
              "both computed from the per-example eval files.", "", "## Exact match and forgetting", "", main_table(done)]
     missed = [r for r in done if not r.get("stage1_reached_threshold")]
     if missed:
@@ -176,12 +180,14 @@ def report_markdown(grid, rows: list[dict], plots: list[Path]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def write_all(grid, rows: list[dict]) -> None:
-    write_tables(grid.out, rows)
-    plots = plot_all(grid, rows)
-    (grid.out / "report.md").write_text(report_markdown(grid, rows, plots))
-    grid.log("\n" + main_table([r for r in rows if r.get("status") == "done"]))
+def write_all(layout: GridLayout, stage1: Stage1Config, stage2: Stage2Config, rows: list[dict],
+              log: Callable[[str], None] = print) -> None:
+    """results.csv/json, the plots and report.md in `layout.out`; the table and failures go to `log`."""
+    write_tables(layout.out, rows)
+    plots = plot_all(layout, rows)
+    (layout.out / "report.md").write_text(report_markdown(layout, stage1, stage2, rows, plots))
+    log("\n" + main_table([r for r in rows if r.get("status") == "done"]))
     failed = [r for r in rows if r.get("status") != "done"]
     for r in failed:
-        grid.log(f"FAILED {r['d_a']} x {r['d_b']} x {r['strategy']}: {r.get('error')}")
-    grid.log(f"\nwritten: {grid.out / 'results.csv'}, results.json, report.md, " + ", ".join(p.name for p in plots))
+        log(f"FAILED {r['d_a']} x {r['d_b']} x {r['strategy']}: {r.get('error')}")
+    log(f"\nwritten: {layout.out / 'results.csv'}, results.json, report.md, " + ", ".join(p.name for p in plots))
