@@ -13,7 +13,7 @@ import pytest
 
 from remix_ds.data.commands import build_shards, encode_documents, tokenize_to_shards
 from remix_ds.data.shards import ShardError, ShardReader, token_dtype, tokenizer_fingerprint, write_shard_dir
-from helpers import bpe_tokenizer, sp_tokenizer
+from helpers import bpe_tokenizer
 
 FP = {"name": "fake", "vocab_hash": "sha256:0", "vocab_size": 1000, "eos_id": 2}
 TEXTS = [

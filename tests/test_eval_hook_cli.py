@@ -7,10 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
-from eval_tiny import KVR, kvr_examples, trained_model_dir  # noqa: E402
+from eval_tiny import KVR, kvr_examples  # noqa: E402
 
 from remix_ds.config import RunConfig  # noqa: E402
 from remix_ds.configtools import ConfigError, from_dict  # noqa: E402

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
-from eval_tiny import kvr_examples, trained_model_dir  # noqa: E402
+from eval_tiny import kvr_examples  # noqa: E402
 
 from remix_ds.data.records import Example  # noqa: E402
 from remix_ds.data.tokenize import tokenize_examples  # noqa: E402

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from remix_ds import models
-from remix_ds.config import TinyModelConfig
 from remix_ds.configtools import ConfigError
 from remix_ds.forgetting.config import load_forgetting_config
 
