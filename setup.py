@@ -55,7 +55,7 @@ setup(
     ],
     extras_require={
         "gpu": ["flash-attn>=2.6"],
-        "dev": ["pytest>=8"],
+        "dev": ["pytest>=8", "import-linter>=2.1", "ruff>=0.6"],
     },
     entry_points={"console_scripts": ["remix-ds=remix_ds.cli:main"]},
 )

@@ -1,50 +1,22 @@
-"""Shared test fixtures: subprocess launches through the real `deepspeed` launcher."""
+"""Shared test fixtures, one of each, session-scoped: the tiny model and tokenizers, the deepspeed launcher.
+
+Plain helper functions (`REPO`, `run_cmd`, `deepspeed_cmd`, the locally trained tokenizers) live
+in tests/helpers.py; test files import them from there, never from this file.
+"""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent / "scripts"))  # eval_tiny: the cached KVR-trained tiny model
+
+from helpers import bpe_tokenizer, deepspeed_cmd, run_cmd, sp_tokenizer  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def deepspeed_cmd(target: list[str], num_ranks: int = 2, module: bool = False) -> list[str]:
-    """`deepspeed --num_gpus N [--module] target...` on a free port (CPU ranks use gloo)."""
-    launcher = str(Path(sys.executable).with_name("deepspeed"))
-    cmd = [launcher, "--num_gpus", str(num_ranks), "--master_port", str(free_port())]
-    if module:
-        cmd.append("--module")
-    return cmd + target
-
-
-def run_cmd(cmd: list[str], timeout: float = 600, env: dict | None = None, check: bool = True, cwd=None):
-    """Run a command, print its output on failure, return the CompletedProcess."""
-    full_env = dict(os.environ)
-    full_env.setdefault("OMP_NUM_THREADS", "1")
-    full_env["PYTHONUNBUFFERED"] = "1"
-    if env:
-        full_env.update(env)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd or REPO)
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"command failed ({proc.returncode}): {' '.join(cmd)}\n--- stdout ---\n{proc.stdout[-6000:]}"
-            f"\n--- stderr ---\n{proc.stderr[-6000:]}"
-        )
-    return proc
-
-
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_deepspeed():
     """run_deepspeed(target_args, num_ranks=2, module=False, **kw) -> CompletedProcess."""
 
@@ -52,3 +24,46 @@ def run_deepspeed():
         return run_cmd(deepspeed_cmd(target, num_ranks, module), **kw)
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """The built-in `tiny` model's tokenizer (sentencepiece, pad = EOS)."""
+    from remix_ds import models
+
+    return models.load_tokenizer("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """The built-in `tiny` Llama in fp32 with sdpa attention, untrained (shared: tests that change it restore it)."""
+    import torch
+
+    from remix_ds import models
+    from remix_ds.config import ModelConfig
+
+    return models.load_model(ModelConfig(), torch.float32, "sdpa")
+
+
+@pytest.fixture(scope="session")
+def trained_tiny():
+    """(model in eval mode, tokenizer, folder): the tiny model trained on KVR until it recalls some pairs."""
+    import torch
+    from eval_tiny import trained_model_dir
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    d = trained_model_dir()
+    return AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(d), d
+
+
+@pytest.fixture(scope="session")
+def sp_tok():
+    """A sentencepiece BPE tokenizer trained locally (helpers.sp_tokenizer)."""
+    return sp_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def bpe_tok():
+    """A byte-level BPE tokenizer trained locally (helpers.bpe_tokenizer)."""
+    return bpe_tokenizer()

@@ -9,8 +9,10 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, deepspeed_cmd, run_cmd
+from helpers import REPO, deepspeed_cmd, run_cmd
 from remix_ds.engine.metrics import read_metrics
+
+pytestmark = pytest.mark.slow  # launches deepspeed / subprocesses
 
 CONFIG = str(REPO / "configs" / "tiny.yaml")
 LAM, BETA, N_FISHER, STEPS = 10.0, 0.5, 6, 3

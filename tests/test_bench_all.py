@@ -7,6 +7,7 @@ import pytest
 from remix_ds.bench import all as bench_all
 
 
+@pytest.mark.slow  # subprocess
 def test_fused_loss_section_measures_both_paths():
     r = bench_all.bench_fused_loss(tokens=300, vocab=3000, hidden=32, supervised=0.5, repeats=2, timeout=120)
     for path in ("plain", "fused"):

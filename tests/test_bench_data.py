@@ -51,7 +51,7 @@ def test_bench_data_quick(tmp_path, small_corpus):
 
 
 def test_naive_baseline_matches_tokenizer():
-    from test_data_fixtures import sp_tokenizer
+    from helpers import sp_tokenizer
 
     tok = sp_tokenizer()
     ids = bench_data.naive_random_words(tok, ["one", "two", "three"], 5, 2, 4, seed=0)

@@ -3,9 +3,10 @@
 import json
 import sys
 
+import pytest
 import torch
 
-from conftest import REPO, run_cmd
+from helpers import REPO, run_cmd
 from remix_ds.bench.train import example_lengths
 
 
@@ -16,6 +17,7 @@ def test_example_lengths_skip_the_pad_tail():
     assert example_lengths(batch, pad) == [2, 3]
 
 
+@pytest.mark.slow  # subprocess
 def test_bench_train_json(tmp_path):
     out = tmp_path / "bench.json"
     run_cmd([sys.executable, "-m", "remix_ds.cli", "bench", "train", str(REPO / "configs/tiny.yaml"),

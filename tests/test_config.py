@@ -111,6 +111,7 @@ def test_every_field_has_a_docstring():
     assert {"ModelConfig", "TinyModelConfig", "OptimConfig", "TrainConfig", "DataConfig"} <= set(checked)
 
 
+@pytest.mark.slow  # subprocess
 def test_cli_reports_config_errors_without_traceback(tmp_path):
     cfg_file = write(tmp_path / "run.yaml", "train:\n  bogus_key: 1\n")
     proc = subprocess.run([sys.executable, "-m", "remix_ds.cli", "train", str(cfg_file)],

@@ -6,7 +6,7 @@ import pytest
 
 from remix_ds.data import corpus
 from remix_ds.data.shards import ShardReader
-from test_data_fixtures import bpe_tokenizer, sp_tokenizer
+from helpers import bpe_tokenizer, sp_tokenizer
 
 PROSE = ("Return the number of items in the queue. This is only an approximation, because other threads "
          "may add or remove items at the same time as the caller reads the value, so use it with care. "

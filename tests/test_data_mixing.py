@@ -13,26 +13,20 @@ from remix_ds.config import load_config
 from remix_ds.data.config import DataConfig, KVRConfig, ReplayConfig
 from remix_ds.data.loader import build_train_loader
 from remix_ds.data.mixing import mix_count
-from test_data_fixtures import bpe_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return bpe_tokenizer()
 
 
 def kvr_cfg(n=53, **kw) -> DataConfig:
     return DataConfig(kvr=KVRConfig(num_pairs=n), max_seq_len=128, **kw)
 
 
-def loaders(cfg, tok, world, micro, seed=0):
-    return [build_train_loader(cfg, tok, micro_batch_size=micro, rank=r, world_size=world, seed=seed) for r in range(world)]
+def loaders(cfg, bpe_tok, world, micro, seed=0):
+    return [build_train_loader(cfg, bpe_tok, micro_batch_size=micro, rank=r, world_size=world, seed=seed) for r in range(world)]
 
 
 @pytest.mark.parametrize("world,micro", [(1, 4), (2, 4), (3, 2), (4, 5)])
-def test_every_row_seen_once_per_epoch_across_ranks(tok, world, micro):
+def test_every_row_seen_once_per_epoch_across_ranks(bpe_tok, world, micro):
     cfg = kvr_cfg(53)
-    ls = loaders(cfg, tok, world, micro)
+    ls = loaders(cfg, bpe_tok, world, micro)
     bpe = ls[0].batches_per_epoch
     assert all(l.batches_per_epoch == bpe for l in ls)
     assert bpe == -(-53 // (micro * world))
@@ -56,8 +50,8 @@ def test_every_row_seen_once_per_epoch_across_ranks(tok, world, micro):
         assert n_sup == sum(r.num_supervised for r in ls[0].stream.dataset)
 
 
-def test_short_last_step_gives_empty_batch_not_deadlock(tok):
-    ls = loaders(kvr_cfg(3), tok, world=4, micro=2)
+def test_short_last_step_gives_empty_batch_not_deadlock(bpe_tok):
+    ls = loaders(kvr_cfg(3), bpe_tok, world=4, micro=2)
     batches = [next(l) for l in ls]
     assert [b["num_examples"] for b in batches] == [0, 1, 1, 1]
     empty = batches[0]
@@ -66,10 +60,10 @@ def test_short_last_step_gives_empty_batch_not_deadlock(tok):
     assert empty["cu_seq_lens_q"].tolist() == [0, 1]
 
 
-def test_optimizer_step_rows_do_not_depend_on_world_size(tok):
+def test_optimizer_step_rows_do_not_depend_on_world_size(bpe_tok):
     cfg = kvr_cfg(40)
-    one = loaders(cfg, tok, world=1, micro=8)[0]
-    two = loaders(cfg, tok, world=2, micro=2)
+    one = loaders(cfg, bpe_tok, world=1, micro=8)[0]
+    two = loaders(cfg, bpe_tok, world=2, micro=2)
     # global batch 8: one micro-step of W=1, M=8 == two micro-steps of W=2, M=2
     for step in range(5):
         ref = {r.id for r in one.rows_for(0, step)}
@@ -77,28 +71,28 @@ def test_optimizer_step_rows_do_not_depend_on_world_size(tok):
         assert got == ref
 
 
-def test_reshuffled_every_epoch_by_seed_plus_epoch(tok):
-    l = loaders(kvr_cfg(30), tok, world=1, micro=30)[0]
+def test_reshuffled_every_epoch_by_seed_plus_epoch(bpe_tok):
+    l = loaders(kvr_cfg(30), bpe_tok, world=1, micro=30)[0]
     e0 = [r.id for r in l.rows_for(0, 0)]
     e1 = [r.id for r in l.rows_for(1, 0)]
     assert sorted(e0) == sorted(e1) and e0 != e1
     # epoch e of seed s uses default_rng(s + e): seed 1 epoch 0 == seed 0 epoch 1
-    l1 = loaders(kvr_cfg(30), tok, world=1, micro=30, seed=1)[0]
+    l1 = loaders(kvr_cfg(30), bpe_tok, world=1, micro=30, seed=1)[0]
     assert [r.id for r in l1.rows_for(0, 0)] == e1
     ids = [r.id for r in l.stream.dataset]
     perm = np.random.default_rng(0 + 1).permutation(30)
     assert e1 == [ids[i] for i in perm]
 
 
-def test_reference_compat_one_order_and_eos_padding(tok):
+def test_reference_compat_one_order_and_eos_padding(bpe_tok):
     cfg = kvr_cfg(30, reference_compat=True)
-    l = loaders(cfg, tok, world=1, micro=4)[0]
+    l = loaders(cfg, bpe_tok, world=1, micro=4)[0]
     assert [r.id for r in l.rows_for(0, 0)] == [r.id for r in l.rows_for(3, 0)]
     rows = l.rows_for(0, 0)
     batch = next(l)
     L = max(len(r) for r in l.stream.dataset)
     assert batch["input_ids"].shape == (4, L)
-    eos = tok.eos_token_id
+    eos = bpe_tok.eos_token_id
     for i, r in enumerate(rows):
         n = len(r)
         assert batch["input_ids"][i, :n].tolist() == r.input_ids.tolist()
@@ -121,45 +115,45 @@ def _same(a, b):
 
 
 @pytest.mark.parametrize("consumed", [3, 7, 14])  # mid-epoch, just before / at an epoch boundary (bpe = 7)
-def test_resume_sees_the_same_batches(tok, consumed):
+def test_resume_sees_the_same_batches(bpe_tok, consumed):
     cfg = kvr_cfg(53)
-    a = build_train_loader(cfg, tok, micro_batch_size=4, rank=1, world_size=2, seed=5)
+    a = build_train_loader(cfg, bpe_tok, micro_batch_size=4, rank=1, world_size=2, seed=5)
     assert a.batches_per_epoch == 7
     _take(a, consumed)
     state = json.loads(json.dumps(a.state_dict()))  # plain JSON-able ints
     expected = _take(a, 9)
-    b = build_train_loader(cfg, tok, micro_batch_size=4, rank=1, world_size=2, seed=5)
+    b = build_train_loader(cfg, bpe_tok, micro_batch_size=4, rank=1, world_size=2, seed=5)
     b.load_state_dict(state)
     assert (b.epoch, b.step_in_epoch) == (consumed // 7, consumed % 7)
     for x, y in zip(expected, _take(b, 9)):
         _same(x, y)
 
 
-def test_resume_with_other_world_size_and_mismatch_errors(tok):
+def test_resume_with_other_world_size_and_mismatch_errors(bpe_tok):
     cfg = kvr_cfg(48)
-    a = loaders(cfg, tok, world=2, micro=2)
+    a = loaders(cfg, bpe_tok, world=2, micro=2)
     for l in a:
         _take(l, 3)  # 12 rows consumed
-    b = build_train_loader(cfg, tok, micro_batch_size=4, rank=0, world_size=1, seed=0)
+    b = build_train_loader(cfg, bpe_tok, micro_batch_size=4, rank=0, world_size=1, seed=0)
     b.load_state_dict(a[0].state_dict())
     assert b.step_in_epoch == 3
     expect = {r.id for l in a for r in l.rows_for(0, 3)}  # rows 12..15 of the epoch order
     assert {r.id for r in b.rows_for(0, 3)} == expect
-    c = build_train_loader(cfg, tok, micro_batch_size=5, rank=0, world_size=1, seed=0)
+    c = build_train_loader(cfg, bpe_tok, micro_batch_size=5, rank=0, world_size=1, seed=0)
     with pytest.raises(ValueError, match="not a multiple"):
         c.load_state_dict(a[0].state_dict())
-    d = build_train_loader(kvr_cfg(49), tok, micro_batch_size=2, rank=0, world_size=2, seed=0)
+    d = build_train_loader(kvr_cfg(49), bpe_tok, micro_batch_size=2, rank=0, world_size=2, seed=0)
     with pytest.raises(ValueError, match="rows per epoch"):
         d.load_state_dict(a[0].state_dict())
 
 
-def test_replay_rows_redrawn_every_epoch_from_the_earlier_dataset(tok, tmp_path):
+def test_replay_rows_redrawn_every_epoch_from_the_earlier_dataset(bpe_tok, tmp_path):
     stage_a = tmp_path / "a.jsonl"
     stage_a.write_text("".join(json.dumps({"prompt": f"fact {i}?", "answer": f"A{i}"}) + "\n" for i in range(40)))
     stage_b = tmp_path / "b.jsonl"
     stage_b.write_text("".join(json.dumps({"id": f"b{i}", "prompt": f"new {i}?", "answer": f"B{i}"}) + "\n" for i in range(100)))
     cfg = DataConfig(dataset=str(stage_b), max_seq_len=64, replay=[ReplayConfig(dataset=str(stage_a), ratio=0.1)])
-    l = build_train_loader(cfg, tok, micro_batch_size=110, rank=0, world_size=1, seed=0)
+    l = build_train_loader(cfg, bpe_tok, micro_batch_size=110, rank=0, world_size=1, seed=0)
     assert l.stream.counts() == {"dataset": 100, "generic": 0, "random": 0, "replay": 10}
     epochs = [[r.id for r in l.rows_for(e, 0)] for e in range(4)]
     replayed = [{i for i in ids if not i.startswith("b")} for ids in epochs]
@@ -182,49 +176,49 @@ def test_data_section_loads_from_run_config_overrides():
 
 
 @pytest.fixture(scope="module")
-def shard_corpus(tmp_path_factory, tok):
+def shard_corpus(tmp_path_factory, bpe_tok):
     """A small shard directory of 60 generated documents (100-160 words each)."""
     from remix_ds.data.shard_builder import tokenize_to_shards
-    from test_data_fixtures import WORDS
+    from helpers import WORDS
 
     rng = np.random.default_rng(3)
     texts = [" ".join(rng.choice(WORDS, size=rng.integers(100, 160))) + "." for _ in range(60)]
     out = tmp_path_factory.mktemp("corpus") / "shards"
-    tokenize_to_shards(texts, out, tok, progress=False)
+    tokenize_to_shards(texts, out, bpe_tok, progress=False)
     return str(out)
 
 
-def test_generic_completion_and_random_raw_rows(tok, shard_corpus):
+def test_generic_completion_and_random_raw_rows(bpe_tok, shard_corpus):
     from remix_ds.data.config import MixConfig
 
     mix = MixConfig(generic_ratio=2.0, generic_corpus=shard_corpus, random_ratio=1.0, raw_words=12, random_vocab_size=300)
     cfg = DataConfig(kvr=KVRConfig(num_pairs=20), max_seq_len=512, mix=mix)
-    l = build_train_loader(cfg, tok, micro_batch_size=8, rank=0, world_size=1, seed=0)
+    l = build_train_loader(cfg, bpe_tok, micro_batch_size=8, rank=0, world_size=1, seed=0)
     assert l.stream.counts() == {"dataset": 20, "generic": 40, "random": 20, "replay": 0}
     assert l.stats["rows_per_epoch"] == 80 and l.stats["dropped_dataset"] == 0
     g = l.stream.generic[0]
-    prompt = tok.decode(g.input_ids[g.labels == -100].tolist())
-    answer = tok.decode(g.input_ids[g.labels != -100][:-1].tolist())
+    prompt = bpe_tok.decode(g.input_ids[g.labels == -100].tolist())
+    answer = bpe_tok.decode(g.input_ids[g.labels != -100][:-1].tolist())
     assert prompt.startswith("<|user|>\nComplete the following partial passage:\n\n")
     assert len(prompt.split("\n\n", 1)[1].replace("<|assistant|>", "").split()) == 50
-    assert len(answer.split()) == 50 and g.labels[-1] == tok.eos_token_id
+    assert len(answer.split()) == 50 and g.labels[-1] == bpe_tok.eos_token_id
     r = l.stream.random[0]
-    assert len(tok.decode(r.input_ids.tolist()).split()) == 12  # 12 words, loss on all but the first token
+    assert len(bpe_tok.decode(r.input_ids.tolist()).split()) == 12  # 12 words, loss on all but the first token
     assert r.labels[0] == -100 and (r.labels[1:] == r.input_ids[1:]).all()
     # mixed rows are fixed across epochs (a dataset), the order is not
-    again = build_train_loader(cfg, tok, micro_batch_size=8, rank=0, world_size=1, seed=0)
+    again = build_train_loader(cfg, bpe_tok, micro_batch_size=8, rank=0, world_size=1, seed=0)
     assert [x.input_ids.tolist() for x in again.stream.generic] == [x.input_ids.tolist() for x in l.stream.generic]
     kinds = [x.id.split("-")[0] for x in l.rows_for(0, 0) + l.rows_for(0, 1)]
     assert len(set(kinds)) > 1  # interleaved, not blocks
 
 
-def test_generic_raw_windows_and_random_completion(tok, shard_corpus):
+def test_generic_raw_windows_and_random_completion(bpe_tok, shard_corpus):
     from remix_ds.data.config import MixConfig
 
     mix = MixConfig(generic_ratio=1.0, generic_corpus=shard_corpus, generic_format="raw", raw_tokens=64,
                     random_ratio=0.5, random_format="completion", prompt_words=5, answer_words=4, random_vocab_size=300)
-    l = build_train_loader(DataConfig(kvr=KVRConfig(num_pairs=10), mix=mix), tok, micro_batch_size=4, rank=0, world_size=1, seed=0)
+    l = build_train_loader(DataConfig(kvr=KVRConfig(num_pairs=10), mix=mix), bpe_tok, micro_batch_size=4, rank=0, world_size=1, seed=0)
     assert l.stream.counts() == {"dataset": 10, "generic": 10, "random": 5, "replay": 0}
     assert all(len(x) == 64 and x.num_supervised == 63 for x in l.stream.generic)
     r = l.stream.random[0]
-    assert len(tok.decode(r.input_ids[r.labels != -100][:-1].tolist()).split()) == 4
+    assert len(bpe_tok.decode(r.input_ids[r.labels != -100][:-1].tolist()).split()) == 4

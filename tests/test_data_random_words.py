@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from remix_ds.data.random_words import RandomWords, load_words
-from test_data_fixtures import tokenizers
+from helpers import tokenizers
 
 TOKENIZERS = tokenizers()
 

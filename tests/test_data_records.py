@@ -14,7 +14,7 @@ from remix_ds.data.config import KVRConfig, SourceConfig
 from remix_ds.data.datasets import REGISTRY, generate_kvr, known_datasets, load_examples
 from remix_ds.data.loader import build_train_loader
 from remix_ds.data.records import DataError, Example, read_rows
-from test_data_fixtures import bpe_tokenizer
+from helpers import bpe_tokenizer
 
 
 def write_jsonl(path, rows):

@@ -13,7 +13,7 @@ import pytest
 
 from remix_ds.data.shard_builder import build_shards, encode_documents, tokenize_to_shards
 from remix_ds.data.shards import ShardError, ShardReader, token_dtype, tokenizer_fingerprint, write_shard_dir
-from test_data_fixtures import bpe_tokenizer, sp_tokenizer
+from helpers import bpe_tokenizer
 
 FP = {"name": "fake", "vocab_hash": "sha256:0", "vocab_size": 1000, "eos_id": 2}
 TEXTS = [
@@ -49,11 +49,6 @@ def megatron_read(prefix):
     data = np.memmap(f"{prefix}.bin", mode="r", order="C")
     seqs = [np.frombuffer(data, dtype=dtype, count=int(n), offset=int(p)).tolist() for p, n in zip(pointers, sizes)]
     return dtype, seqs, doc_idx.tolist()
-
-
-@pytest.fixture(scope="module")
-def sp():
-    return sp_tokenizer()
 
 
 # ----------------------------------------------------------------------------- format
@@ -131,40 +126,40 @@ def test_bare_megatron_prefix_opens(tmp_path):
 # ----------------------------------------------------------------------------- building from text
 
 
-def test_build_from_jsonl_parquet_text(tmp_path, sp):
+def test_build_from_jsonl_parquet_text(tmp_path, sp_tok):
     (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(TEXTS[:2])))
     pq.write_table(pa.table({"body": [TEXTS[2], "   "]}), tmp_path / "b.parquet")
     (tmp_path / "c.txt").write_text(f"{TEXTS[3]}\n\n\n{TEXTS[4]}\n")
     out = tmp_path / "out"
     # text_field applies to jsonl and parquet alike, so use one field name per build
-    m1 = build_shards([str(tmp_path / "a.jsonl"), str(tmp_path / "c.txt")], out, sp, tokenizer_name="sp", progress=False)
-    r = ShardReader(out, sp, verify="full")
+    m1 = build_shards([str(tmp_path / "a.jsonl"), str(tmp_path / "c.txt")], out, sp_tok, tokenizer_name="sp", progress=False)
+    r = ShardReader(out, sp_tok, verify="full")
     expected = [TEXTS[0], TEXTS[1], TEXTS[3], TEXTS[4]]
     assert r.num_documents == 4 and m1["tokenizer"]["name"] == "sp"
     for i, text in enumerate(expected):
         doc = r.document(i)
-        assert doc.tolist() == sp(text, add_special_tokens=False)["input_ids"] + [sp.eos_token_id]
-        assert sp.decode(doc.tolist(), skip_special_tokens=True) == text
+        assert doc.tolist() == sp_tok(text, add_special_tokens=False)["input_ids"] + [sp_tok.eos_token_id]
+        assert sp_tok.decode(doc.tolist(), skip_special_tokens=True) == text
     assert m1["num_tokens"] == r.num_tokens == sum(len(r.document(i)) for i in range(4))
 
-    m2 = build_shards([str(tmp_path / "b.parquet")], tmp_path / "pq", sp, text_field="body", progress=False)
+    m2 = build_shards([str(tmp_path / "b.parquet")], tmp_path / "pq", sp_tok, text_field="body", progress=False)
     assert m2["num_documents"] == 1 and m2["skipped_blank"] == 1
-    assert ShardReader(tmp_path / "pq", sp).document(0).tolist() == sp(TEXTS[2], add_special_tokens=False)["input_ids"] + [2]
+    assert ShardReader(tmp_path / "pq", sp_tok).document(0).tolist() == sp_tok(TEXTS[2], add_special_tokens=False)["input_ids"] + [2]
 
 
-def test_workers_give_identical_bytes(tmp_path, sp):
+def test_workers_give_identical_bytes(tmp_path, sp_tok):
     texts = [f"{TEXTS[i % 5]} number {i}" for i in range(300)]
-    tokenize_to_shards(texts, tmp_path / "w1", sp, workers=1, batch_size=16, progress=False)
-    tokenize_to_shards(texts, tmp_path / "w2", sp, workers=2, batch_size=16, progress=False)
+    tokenize_to_shards(texts, tmp_path / "w1", sp_tok, workers=1, batch_size=16, progress=False)
+    tokenize_to_shards(texts, tmp_path / "w2", sp_tok, workers=2, batch_size=16, progress=False)
     for name in ("shard_00000.bin", "shard_00000.idx", "manifest.json"):
         assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes()
 
 
-def test_manifest_records_tokenizer_and_checksums(tmp_path, sp):
-    m = tokenize_to_shards(TEXTS, tmp_path, sp, tokenizer_name="sp", progress=False)
+def test_manifest_records_tokenizer_and_checksums(tmp_path, sp_tok):
+    m = tokenize_to_shards(TEXTS, tmp_path, sp_tok, tokenizer_name="sp", progress=False)
     on_disk = json.loads((tmp_path / "manifest.json").read_text())
     assert on_disk == m
-    assert m["tokenizer"] == tokenizer_fingerprint(sp, "sp") and m["tokenizer"]["eos_id"] == sp.eos_token_id
+    assert m["tokenizer"] == tokenizer_fingerprint(sp_tok, "sp") and m["tokenizer"]["eos_id"] == sp_tok.eos_token_id
     import hashlib
 
     for key in ("bin", "idx"):
@@ -192,9 +187,9 @@ def test_cli_build_shards(tmp_path, capsys):
 
 
 @pytest.fixture
-def built(tmp_path, sp):
+def built(tmp_path, sp_tok):
     out = tmp_path / "s"
-    tokenize_to_shards(TEXTS, out, sp, progress=False)
+    tokenize_to_shards(TEXTS, out, sp_tok, progress=False)
     return out
 
 
@@ -268,41 +263,41 @@ def test_missing_manifest_is_refused(built):
         ShardReader(built)
 
 
-def test_empty_input_is_refused_and_leaves_nothing(tmp_path, sp):
+def test_empty_input_is_refused_and_leaves_nothing(tmp_path, sp_tok):
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "blank.jsonl").write_text(json.dumps({"text": "  "}) + "\n")
     for name in ("empty.jsonl", "blank.jsonl"):
         out = tmp_path / f"out-{name}"
         with pytest.raises(ShardError, match="no documents to write"):
-            build_shards([str(tmp_path / name)], out, sp, progress=False)
+            build_shards([str(tmp_path / name)], out, sp_tok, progress=False)
         assert list(out.iterdir()) == []
 
 
-def test_failed_build_leaves_no_shard_files(tmp_path, sp):
+def test_failed_build_leaves_no_shard_files(tmp_path, sp_tok):
     lines = [json.dumps({"text": f"{TEXTS[i % 5]} {i}"}) for i in range(50)] + ["{not json"]
     (tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
     with pytest.raises(ShardError, match=r"bad\.jsonl:51: invalid JSON"):
-        build_shards([str(tmp_path / "bad.jsonl")], out, sp, max_tokens_per_shard=50, progress=False)
+        build_shards([str(tmp_path / "bad.jsonl")], out, sp_tok, max_tokens_per_shard=50, progress=False)
     assert list(out.iterdir()) == []  # finished shards, temp files and manifest all gone
 
 
-def test_missing_field_names_file_and_line(tmp_path, sp):
+def test_missing_field_names_file_and_line(tmp_path, sp_tok):
     (tmp_path / "x.jsonl").write_text(json.dumps({"text": "a b"}) + "\n" + json.dumps({"body": "c"}) + "\n")
     with pytest.raises(ShardError, match=r"x\.jsonl:2: no field 'text' \(fields: body\)"):
-        build_shards([str(tmp_path / "x.jsonl")], tmp_path / "o", sp, progress=False)
+        build_shards([str(tmp_path / "x.jsonl")], tmp_path / "o", sp_tok, progress=False)
     with pytest.raises(ShardError, match=r"nope\.jsonl: input not found"):
-        build_shards([str(tmp_path / "nope.jsonl")], tmp_path / "o", sp, progress=False)
+        build_shards([str(tmp_path / "nope.jsonl")], tmp_path / "o", sp_tok, progress=False)
 
 
-def test_existing_build_needs_overwrite(built, sp):
+def test_existing_build_needs_overwrite(built, sp_tok):
     with pytest.raises(ShardError, match="already exists; pass --overwrite"):
-        tokenize_to_shards(TEXTS[:2], built, sp, progress=False)
-    m = tokenize_to_shards(TEXTS[:2], built, sp, progress=False, overwrite=True)
-    assert m["num_documents"] == 2 and ShardReader(built, sp, verify="full").num_documents == 2
+        tokenize_to_shards(TEXTS[:2], built, sp_tok, progress=False)
+    m = tokenize_to_shards(TEXTS[:2], built, sp_tok, progress=False, overwrite=True)
+    assert m["num_documents"] == 2 and ShardReader(built, sp_tok, verify="full").num_documents == 2
 
 
-def test_encode_documents_appends_eos(sp):
-    flat, lengths = encode_documents(sp, ["one two", "three"], eos_id=sp.eos_token_id)
-    a, b = sp("one two", add_special_tokens=False)["input_ids"], sp("three", add_special_tokens=False)["input_ids"]
+def test_encode_documents_appends_eos(sp_tok):
+    flat, lengths = encode_documents(sp_tok, ["one two", "three"], eos_id=sp_tok.eos_token_id)
+    a, b = sp_tok("one two", add_special_tokens=False)["input_ids"], sp_tok("three", add_special_tokens=False)["input_ids"]
     assert flat.tolist() == a + [2] + b + [2] and lengths.tolist() == [len(a) + 1, len(b) + 1]

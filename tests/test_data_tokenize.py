@@ -10,7 +10,7 @@ import pytest
 from remix_ds.data.formats import render_plain
 from remix_ds.data.records import DataError, Example
 from remix_ds.data.tokenize import IGNORE, encode_prompt_answer, pad_id, tokenize_examples
-from test_data_fixtures import tokenizers
+from helpers import tokenizers
 
 TOKENIZERS = tokenizers()
 ANSWERS = ["Paris", "8GTF0LDD", "George Rankin (politician)", "two, three and 12345!", " leading and trailing "]

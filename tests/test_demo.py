@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
-from conftest import run_cmd
+from helpers import run_cmd
+
+pytestmark = pytest.mark.slow  # launches deepspeed / subprocesses
 
 
 def test_demo_grid(tmp_path):

@@ -11,8 +11,10 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, run_cmd
+from helpers import REPO, deepspeed_cmd, run_cmd
 from remix_ds.engine.metrics import read_metrics
+
+pytestmark = pytest.mark.slow  # launches deepspeed / subprocesses
 
 CONFIG = str(REPO / "configs" / "tiny.yaml")
 STEPS = 6
@@ -33,8 +35,6 @@ def overrides(run_dir, *extra):
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
     """6 optimizer steps, 2 ranks x micro-batch 2 x grad accum 2, probed (see tests/scripts/engine_probe.py)."""
-    from conftest import deepspeed_cmd
-
     root = tmp_path_factory.mktemp("full")
     run_dir, probe = root / "run", root / "probe"
     proc = run_cmd(deepspeed_cmd([str(REPO / "tests/scripts/engine_probe.py"), str(probe), CONFIG,
@@ -89,8 +89,6 @@ def test_loss_normalization_matches_single_process_full_batch_gradient(full_run)
 
 
 def test_resume_reproduces_uninterrupted_losses(full_run, tmp_path):
-    from conftest import deepspeed_cmd
-
     run_dir = tmp_path / "run"
     first = run_cmd(deepspeed_cmd(["remix_ds.train", CONFIG, *overrides(run_dir, "train.stop_at_step=3")], module=True))
     assert (run_dir / "latest").read_text().strip() == "checkpoint-3"

@@ -2,8 +2,12 @@
 
 import sys
 
-from conftest import REPO, run_cmd
+import pytest
+
+from helpers import REPO, run_cmd
 from remix_ds.engine.metrics import read_metrics
+
+pytestmark = pytest.mark.slow  # launches deepspeed / subprocesses
 
 
 def test_early_stop_on_eval_metric_and_resume_does_not_continue(tmp_path):

@@ -7,24 +7,15 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
-from eval_tiny import KVR, kvr_examples, trained_model_dir  # noqa: E402
+from eval_tiny import KVR, kvr_examples  # noqa: E402
 
 from remix_ds.config import RunConfig  # noqa: E402
 from remix_ds.configtools import ConfigError, from_dict  # noqa: E402
 from remix_ds.eval.config import EvalConfig  # noqa: E402
 from remix_ds.eval.data import parse_spec, set_label  # noqa: E402
 from remix_ds.eval.hook import build_eval_hook  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def model_and_tok():
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    d = trained_model_dir()
-    return AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32), AutoTokenizer.from_pretrained(d), d
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +26,8 @@ def kvr_file(tmp_path_factory):
     return path
 
 
-def test_hook_metrics_mode_and_files(model_and_tok, tmp_path):
-    model, tok, _ = model_and_tok
+def test_hook_metrics_mode_and_files(trained_tiny, tmp_path):
+    model, tok, _ = trained_tiny
     cfg = RunConfig()
     cfg.data.kvr = KVR
     cfg.data.subsample_seed = None  # generator order
@@ -59,10 +50,10 @@ def test_hook_metrics_mode_and_files(model_and_tok, tmp_path):
     assert build_eval_hook(RunConfig(), tok, 0, 1) is None
 
 
-def test_cli_eval_writes_rows_and_metrics(model_and_tok, kvr_file, tmp_path, capsys):
+def test_cli_eval_writes_rows_and_metrics(trained_tiny, kvr_file, tmp_path, capsys):
     from remix_ds.cli import main
 
-    _, _, model_dir = model_and_tok
+    _, _, model_dir = trained_tiny
     out = tmp_path / "out"
     assert main(["eval", str(model_dir), "--data", str(kvr_file), "--mode", "generate", "--out", str(out),
                  "--set", "eval.max_new_tokens=6", "--set", "eval.batch_size=8"]) == 0

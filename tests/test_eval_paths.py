@@ -12,7 +12,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
-from eval_tiny import kvr_examples, trained_model_dir  # noqa: E402
+from eval_tiny import kvr_examples  # noqa: E402
 
 from remix_ds.data.records import Example  # noqa: E402
 from remix_ds.data.tokenize import tokenize_examples  # noqa: E402
@@ -24,18 +24,8 @@ from remix_ds.eval.runner import evaluate  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def trained():
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(0)
-    d = trained_model_dir()
-    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(d)
-
-
-@pytest.fixture(scope="session")
-def both_modes(trained):
-    model, tok = trained
+def both_modes(trained_tiny):
+    model, tok, _ = trained_tiny
     ex = kvr_examples()
     fused = evaluate(model, tok, ex, EvalConfig(mode="fused", max_seq_len=64, max_batch_tokens=256))
     gen = evaluate(model, tok, ex, EvalConfig(mode="generate", batch_size=7, max_new_tokens=10))
@@ -61,9 +51,9 @@ def test_fused_verdicts_equal_generation_verdicts(both_modes):
     assert gen.metrics["fused_generate_agreement"] == 1.0
 
 
-def test_nll_matches_unpacked_forward(trained, both_modes):
+def test_nll_matches_unpacked_forward(trained_tiny, both_modes):
     """answer_nll / answer_logprob from packed rows == one example per forward, HF's own loss."""
-    model, tok = trained
+    model, tok, _ = trained_tiny
     fused, _ = both_modes
     data = tokenize_examples(kvr_examples(), tok, mode="answer").examples
     for t, row in zip(data[:12], fused.rows[:12]):
@@ -77,8 +67,8 @@ def test_nll_matches_unpacked_forward(trained, both_modes):
         assert row["answer_logprob"] == pytest.approx(-loss * n, rel=1e-4, abs=1e-4)
 
 
-def test_packing_does_not_change_results(trained):
-    model, tok = trained
+def test_packing_does_not_change_results(trained_tiny):
+    model, tok, _ = trained_tiny
     items = make_items(kvr_examples(), tok)
     packed = score_fused(model, items, max_seq_len=96, max_batch_tokens=192, pad_id=tok.pad_token_id)
     single = score_fused(model, items, max_seq_len=1, max_batch_tokens=1, pad_id=tok.pad_token_id)  # 1 per forward
@@ -88,9 +78,9 @@ def test_packing_does_not_change_results(trained):
     np.testing.assert_allclose([r.answer_nll for r in packed], [r.answer_nll for r in single], rtol=1e-4, atol=1e-5)
 
 
-def test_generation_matches_hf_generate(trained):
+def test_generation_matches_hf_generate(trained_tiny):
     """Batched, left-padded, length-sorted generation == model.generate one prompt at a time."""
-    model, tok = trained
+    model, tok, _ = trained_tiny
     items = make_items(kvr_examples()[:16], tok)
     ours = generate_greedy(model, tok, items, batch_size=5, max_new_tokens=6)
     for it, g in zip(items, ours):
@@ -104,8 +94,8 @@ def test_generation_matches_hf_generate(trained):
         assert g.text == tok.decode(out, skip_special_tokens=True)
 
 
-def test_generation_stops(trained):
-    model, tok = trained
+def test_generation_stops(trained_tiny):
+    model, tok, _ = trained_tiny
     items = make_items(kvr_examples()[:6], tok)
     full = generate_greedy(model, tok, items, batch_size=6, max_new_tokens=10)
     short = generate_greedy(model, tok, items, batch_size=6, max_new_tokens=1)
@@ -120,11 +110,11 @@ def test_generation_stops(trained):
     assert hit.text == target.text[: target.text.index(stop)] and hit.stop_reason == "stop_string"
 
 
-def test_auto_mode_routes_and_documented_gap(trained, both_modes):
+def test_auto_mode_routes_and_documented_gap(trained_tiny, both_modes):
     """auto: fused for plain exact match, generation for aliases. A lower-cased gold answer is the
     documented case where token-level fused EM (wrong: different tokens) and string EM
     (right: strip().lower()) disagree."""
-    model, tok = trained
+    model, tok, _ = trained_tiny
     fused, _ = both_modes
     right = [e for e, r in zip(kvr_examples(), fused.rows) if r["correct"] and r["gold"].lower() != r["gold"]][:3]
     assert right, "need correct examples whose answer has upper-case letters"

@@ -15,6 +15,8 @@ from eval_tiny import kvr_examples, trained_model_dir  # noqa: E402
 from remix_ds.eval.config import EvalConfig  # noqa: E402
 from remix_ds.eval.runner import evaluate  # noqa: E402
 
+pytestmark = pytest.mark.slow  # launches deepspeed / subprocesses
+
 SCRIPT = str(Path(__file__).parent / "scripts" / "eval_zero3.py")
 
 
@@ -24,13 +26,6 @@ def zero3_out(tmp_path_factory, run_deepspeed):
     out = tmp_path_factory.mktemp("eval_zero3")
     run_deepspeed([SCRIPT, str(out), str(model_dir)], num_ranks=2, timeout=300)
     return out, model_dir
-
-
-@pytest.fixture(scope="module")
-def run_deepspeed():  # module-scoped twin of conftest's fixture
-    from conftest import deepspeed_cmd, run_cmd
-
-    return lambda target, num_ranks=2, **kw: run_cmd(deepspeed_cmd(target, num_ranks), **kw)
 
 
 def _single(model_dir, cfg):

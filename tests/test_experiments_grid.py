@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, run_cmd
+from helpers import REPO, run_cmd
+
+pytestmark = pytest.mark.slow  # launches deepspeed / subprocesses
 
 BASE_RUN = {
     "model": {"name_or_path": "tiny"},

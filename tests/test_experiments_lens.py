@@ -124,6 +124,7 @@ if torch.distributed.get_rank() == 0:
 '''
 
 
+@pytest.mark.slow  # subprocess
 def test_lens_under_zero3_matches_single_process(tmp_path, tiny, run_deepspeed):
     """Two ZeRO-3 ranks with every parameter partitioned: the lens gathers once and gives the
     single-process numbers."""

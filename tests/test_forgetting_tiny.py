@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from remix_ds import models
-from remix_ds.config import TinyModelConfig
 from remix_ds.configtools import ConfigError
 from remix_ds.forgetting.config import load_forgetting_config
 
@@ -28,12 +27,7 @@ def write_jsonl(path, rows):
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return models.load_tokenizer("tiny", TinyModelConfig())
-
-
-@pytest.fixture(scope="module")
-def study(tmp_path_factory, tokenizer):
+def study(tmp_path_factory, tiny_tokenizer):
     """Shards, three small tasks, and a measured 3 x 50 matrix (with an intermediate step)."""
     from remix_ds.data.shard_builder import tokenize_to_shards
     from remix_ds.forgetting.measure import measure
@@ -41,7 +35,7 @@ def study(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("forgetting")
     rng = np.random.default_rng(0)
     texts = [" ".join(rng.choice(WORDS, 40)) + "." for _ in range(60)]
-    tokenize_to_shards(texts, root / "shards", tokenizer, tokenizer_name="tiny", progress=False)
+    tokenize_to_shards(texts, root / "shards", tiny_tokenizer, tokenizer_name="tiny", progress=False)
     write_jsonl(root / "sums.jsonl", [{"prompt": f"What is {i} plus {i}?", "answer": str(2 * i)} for i in range(16)])
     write_jsonl(root / "caps.jsonl", [{"prompt": f"Capitalize {w}", "answer": w.upper()} for w in WORDS[:16]])
     write_jsonl(root / "words.jsonl", [{"prompt": f"Continue: {w}", "answer": " ".join(rng.choice(WORDS, 6))}
@@ -169,7 +163,7 @@ def test_replay_experiment_weights_draws_by_predicted_forgetting(study):
     assert [r["forgetting"] for r in again["runs"]] == [r["forgetting"] for r in summary["runs"]]
 
 
-def test_fused_nll_matches_evaluator_and_a_plain_reference(tokenizer):
+def test_fused_nll_matches_evaluator_and_a_plain_reference(tiny_tokenizer):
     """score_nll on instruction examples == evaluate() rows' answer_nll; on a window == mean CE
     over all tokens but the first, computed directly."""
     from transformers import AutoModelForCausalLM
@@ -185,20 +179,20 @@ def test_fused_nll_matches_evaluator_and_a_plain_reference(tokenizer):
     model = AutoModelForCausalLM.from_pretrained(models.resolve_path("tiny"))
     examples = [Example(id=f"e{i}", source="t", prompt=f"Say {w}", answer=f"{w} {w}") for i, w in enumerate(WORDS[:12])]
     cfg = EvalConfig(mode="fused")
-    rows = evaluate(model, tokenizer, examples, cfg).rows
-    items = make_items(examples, tokenizer)
-    nll = score_nll(model, items, cfg, pad_id(tokenizer))
+    rows = evaluate(model, tiny_tokenizer, examples, cfg).rows
+    items = make_items(examples, tiny_tokenizer)
+    nll = score_nll(model, items, cfg, pad_id(tiny_tokenizer))
     assert nll == pytest.approx([r["answer_nll"] for r in rows], abs=1e-5)
 
-    window = np.array(tokenizer(" ".join(WORDS), add_special_tokens=False)["input_ids"][:20])
-    got = score_nll(model, [window_item(0, "w", window)], cfg, pad_id(tokenizer))[0]
+    window = np.array(tiny_tokenizer(" ".join(WORDS), add_special_tokens=False)["input_ids"][:20])
+    got = score_nll(model, [window_item(0, "w", window)], cfg, pad_id(tiny_tokenizer))[0]
     with torch.no_grad():
         logits = model(torch.as_tensor(window[None])).logits[0]
     ref = torch.nn.functional.cross_entropy(logits[:-1], torch.as_tensor(window[1:])).item()
     assert got == pytest.approx(ref, abs=1e-4)
 
     seqs = [np.concatenate([it.prompt_ids, it.answer_ids]) for it in items[:3]]
-    emb = embed(model, seqs, cfg, pad_id(tokenizer), batch_size=2)
+    emb = embed(model, seqs, cfg, pad_id(tiny_tokenizer), batch_size=2)
     with torch.no_grad():
         one = model(torch.as_tensor(seqs[1][None]), output_hidden_states=True).hidden_states[-1][0].mean(0)
     assert emb.shape == (3, 128) and emb[1] == pytest.approx(one.numpy(), abs=1e-4)

@@ -12,6 +12,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # launches deepspeed / subprocesses
+
 
 def overrides_for(root, out) -> list[str]:
     return [

@@ -88,7 +88,7 @@ def test_cpu_dispatch_is_the_reference():
 
 
 @pytest.fixture(scope="module")
-def tiny_models():
+def tiny_models(tiny_model):
     from transformers import AttentionInterface
 
     from remix_ds import models
@@ -96,7 +96,7 @@ def tiny_models():
 
     A.register()
     assert AttentionInterface._global_mapping[A.ATTN_NAME] is A.remix_varlen_attention_forward
-    ref = models.load_model(ModelConfig(), torch.float32, "sdpa")
+    ref = tiny_model
     fast = models.load_model(ModelConfig(), torch.float32, A.ATTN_NAME)
     assert fast.config._attn_implementation == A.ATTN_NAME
     return ref, fast

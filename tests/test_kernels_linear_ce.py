@@ -114,14 +114,6 @@ def test_chunk_rows_budget():
 
 
 # ---- the engine's loss ------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny():
-    from remix_ds import models
-    from remix_ds.config import ModelConfig
-
-    return models.load_model(ModelConfig(), torch.float32, "sdpa")
-
-
 def answer_only_batch(seed=0, lengths=(2, 7, 33, 100, 20, 61)):
     from remix_ds.data.packing import pack
     from remix_ds.data.tokenize import TokenizedExample
@@ -145,31 +137,31 @@ def engine_loss_and_grads(model, batch, fused):
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def test_engine_fused_loss_matches_plain(tiny):
+def test_engine_fused_loss_matches_plain(tiny_model):
     batch = answer_only_batch()
     assert 0 < batch["num_supervised"] < batch["num_tokens"] / 2
-    plain, g_plain = engine_loss_and_grads(tiny, batch, "off")
+    plain, g_plain = engine_loss_and_grads(tiny_model, batch, "off")
     for mode in ("on", "auto"):
-        fused, g_fused = engine_loss_and_grads(tiny, batch, mode)
+        fused, g_fused = engine_loss_and_grads(tiny_model, batch, mode)
         assert fused == pytest.approx(plain, rel=1e-6)
         for name in g_plain:  # every parameter, lm_head and embeddings included
             torch.testing.assert_close(g_fused[name], g_plain[name], atol=1e-6, rtol=1e-4, msg=name)
-    assert "forward" not in tiny.lm_head.__dict__  # the swap is undone
-    assert tiny(input_ids=batch["input_ids"][:1, :5], use_cache=False).logits.shape == (1, 5, 2048)
+    assert "forward" not in tiny_model.lm_head.__dict__  # the swap is undone
+    assert tiny_model(input_ids=batch["input_ids"][:1, :5], use_cache=False).logits.shape == (1, 5, 2048)
 
 
-def test_auto_is_off_where_not_exact(tiny, monkeypatch):
+def test_auto_is_off_where_not_exact(tiny_model, monkeypatch):
     from remix_ds.engine.loss import fused_loss_supported, use_fused_loss
 
-    assert fused_loss_supported(tiny) == (True, "")
-    assert use_fused_loss(tiny, "auto") and use_fused_loss(tiny, "on") and not use_fused_loss(tiny, "off")
-    monkeypatch.setattr(tiny.config, "final_logit_softcapping", 30.0, raising=False)
-    assert not use_fused_loss(tiny, "auto")
+    assert fused_loss_supported(tiny_model) == (True, "")
+    assert use_fused_loss(tiny_model, "auto") and use_fused_loss(tiny_model, "on") and not use_fused_loss(tiny_model, "off")
+    monkeypatch.setattr(tiny_model.config, "final_logit_softcapping", 30.0, raising=False)
+    assert not use_fused_loss(tiny_model, "auto")
     with pytest.raises(ValueError, match="final_logit_softcapping"):
-        use_fused_loss(tiny, "on")
+        use_fused_loss(tiny_model, "on")
 
 
-def test_fused_loss_refuses_models_that_transform_logits(tiny):
+def test_fused_loss_refuses_models_that_transform_logits(tiny_model):
     from types import SimpleNamespace
 
     from remix_ds.engine.loss import token_loss_sum
@@ -186,30 +178,30 @@ def test_fused_loss_refuses_models_that_transform_logits(tiny):
             return SimpleNamespace(logits=self.inner(**kw).logits * 2)
 
     with pytest.raises(RuntimeError, match="post-processes"):
-        token_loss_sum(Doubled(tiny), answer_only_batch(), "sdpa", "on")
-    assert "forward" not in tiny.lm_head.__dict__
+        token_loss_sum(Doubled(tiny_model), answer_only_batch(), "sdpa", "on")
+    assert "forward" not in tiny_model.lm_head.__dict__
 
 
-def test_mini_training_converges_the_same(tiny):
+def test_mini_training_converges_the_same(tiny_model):
     """A few AdamW steps from the same init: per-step losses with the fused loss on == off."""
     from remix_ds.engine.loss import token_loss_sum
 
-    init = {k: v.clone() for k, v in tiny.state_dict().items()}
+    init = {k: v.clone() for k, v in tiny_model.state_dict().items()}
     batches = [answer_only_batch(seed=s, lengths=(30, 41, 25, 60)) for s in range(2)]
     curves = {}
     for mode in ("off", "on"):
-        tiny.load_state_dict(init)
-        opt = torch.optim.AdamW(tiny.parameters(), lr=3e-3)
+        tiny_model.load_state_dict(init)
+        opt = torch.optim.AdamW(tiny_model.parameters(), lr=3e-3)
         losses = []
         for step in range(5):
             b = batches[step % 2]
             opt.zero_grad()
-            loss = token_loss_sum(tiny, b, "sdpa", mode)
+            loss = token_loss_sum(tiny_model, b, "sdpa", mode)
             (loss / b["num_supervised"]).backward()
             opt.step()
             losses.append(loss.item() / b["num_supervised"])
         curves[mode] = losses
-    tiny.load_state_dict(init)
+    tiny_model.load_state_dict(init)
     np.testing.assert_allclose(curves["on"], curves["off"], rtol=2e-5)
     assert curves["off"][4] < curves["off"][0] - 0.5  # it does learn (batch 0 seen 3 times)
 

@@ -10,7 +10,9 @@ full gradient reduce-scattered. About 20-35 s on 2 shared cores.
 import pytest
 import torch
 
-from conftest import REPO
+from helpers import REPO
+
+pytestmark = pytest.mark.slow  # launches deepspeed / subprocesses
 
 
 def test_zero3_fused_loss_matches_plain(run_deepspeed, tmp_path):

@@ -1,10 +1,12 @@
-"""Helpers for the data tests (no tests here): two real tokenizers trained locally in < 1 s.
+"""Shared test helpers (plain functions, no fixtures; the fixtures live in conftest.py).
 
-- `sp_tokenizer()`: a sentencepiece BPE model converted to a Hugging Face `LlamaTokenizer`
-  (adds BOS, `▁` dummy prefix), as the built-in `tiny` model uses.
-- `bpe_tokenizer()`: a byte-level BPE `tokenizers` model (GPT-2 style, no BOS) wrapped in
-  `PreTrainedTokenizerFast`.
-Both are cached per process (training is deterministic).
+- `REPO`, `free_port`, `deepspeed_cmd`, `run_cmd`: launch commands and the real `deepspeed`
+  launcher in subprocesses (CPU ranks use gloo).
+- `sp_tokenizer()`, `bpe_tokenizer()`, `tokenizers()`: two real tokenizers trained locally in < 1 s:
+  a sentencepiece BPE model converted to a Hugging Face `LlamaTokenizer` (adds BOS, `▁` dummy
+  prefix), as the built-in `tiny` model uses, and a byte-level BPE `tokenizers` model (GPT-2
+  style, no BOS) wrapped in `PreTrainedTokenizerFast`. Both are cached per process (training
+  is deterministic).
 """
 
 from __future__ import annotations
@@ -12,11 +14,51 @@ from __future__ import annotations
 import functools
 import io
 import json
+import os
+import socket
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---- subprocesses -----------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def deepspeed_cmd(target: list[str], num_ranks: int = 2, module: bool = False) -> list[str]:
+    """`deepspeed --num_gpus N [--module] target...` on a free port (CPU ranks use gloo)."""
+    launcher = str(Path(sys.executable).with_name("deepspeed"))
+    cmd = [launcher, "--num_gpus", str(num_ranks), "--master_port", str(free_port())]
+    if module:
+        cmd.append("--module")
+    return cmd + target
+
+
+def run_cmd(cmd: list[str], timeout: float = 600, env: dict | None = None, check: bool = True, cwd=None):
+    """Run a command, print its output on failure, return the CompletedProcess."""
+    full_env = dict(os.environ)
+    full_env.setdefault("OMP_NUM_THREADS", "1")
+    full_env["PYTHONUNBUFFERED"] = "1"
+    if env:
+        full_env.update(env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd or REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"command failed ({proc.returncode}): {' '.join(cmd)}\n--- stdout ---\n{proc.stdout[-6000:]}"
+            f"\n--- stderr ---\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+# ---- locally trained tokenizers ---------------------------------------------------------------
 WORDS = (
     "the of and to in is was for on that with as by at from his her are were which this be or an had "
     "capital city river country born died music film actor singer paris france london england value key "
@@ -28,7 +70,7 @@ def training_text(n: int = 3000, seed: int = 0) -> list[str]:
     rng = np.random.default_rng(seed)
     alnum = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"))
     lines = []
-    for i in range(n):
+    for _ in range(n):
         words = " ".join(rng.choice(WORDS, size=rng.integers(4, 15)))
         code = "".join(alnum[rng.integers(0, len(alnum), 8)])
         lines.append(f"<|user|>\nThe value of key {code} is?\n<|assistant|>\n{words}. {code} 12345, 6789!")
