@@ -170,10 +170,10 @@ def _reference_rows(items, max_seq_len: int) -> list[list[int]]:
     return rows
 
 
-def test_fused_packing_is_the_training_packer_layout(trained):
+def test_fused_packing_is_the_training_packer_layout(trained_tiny):
     from remix_ds.eval.fused import pack
 
-    _, tok = trained
+    _, tok, _ = trained_tiny
     items = make_items(kvr_examples(), tok)
     longest = max(it.length for it in items)
     for max_seq_len, max_batch_tokens in [(96, 192), (longest - 1, 4 * longest), (1, 1), (4096, 4096)]:
@@ -187,14 +187,14 @@ def test_fused_packing_is_the_training_packer_layout(trained):
         assert rows == _reference_rows(items, max_seq_len)
 
 
-def test_remix_varlen_fused_eval_gets_varlen_kwargs_and_same_verdicts(trained):
+def test_remix_varlen_fused_eval_gets_varlen_kwargs_and_same_verdicts(trained_tiny):
     import copy
 
     from remix_ds.kernels import attention as attention_kernels
 
     from remix_ds.eval import fused
 
-    model, tok = trained
+    model, tok, _ = trained_tiny
     items = make_items(kvr_examples(), tok)
     attention_kernels.register()
     varlen = copy.deepcopy(model)
@@ -213,15 +213,15 @@ def test_remix_varlen_fused_eval_gets_varlen_kwargs_and_same_verdicts(trained):
     np.testing.assert_allclose([r.answer_nll for r in got], [r.answer_nll for r in ref], rtol=1e-4, atol=1e-5)
 
 
-def test_load_for_inference_equals_a_plain_from_pretrained(trained):
+def test_load_for_inference_equals_a_plain_from_pretrained(trained_tiny):
     from remix_ds import models
 
-    model, tok = trained
-    loaded = models.load_for_inference(trained_model_dir(), device="cpu")
+    model, tok, folder = trained_tiny
+    loaded = models.load_for_inference(folder, device="cpu")
     assert not loaded.training and next(loaded.parameters()).dtype == torch.float32
     assert next(loaded.parameters()).device.type == "cpu"
     ids = torch.as_tensor(make_items(kvr_examples()[:1], tok)[0].prompt_ids)[None]
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits, rtol=0, atol=0)
-    half = models.load_for_inference(trained_model_dir(), dtype="bf16", device=None)
+    half = models.load_for_inference(folder, dtype="bf16", device=None)
     assert next(half.parameters()).dtype == torch.bfloat16
