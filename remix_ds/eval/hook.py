@@ -58,3 +58,9 @@ def build_eval_hook(run_cfg, tokenizer=None, rank: int = 0, world_size: int = 1)
         return None
     sets = load_eval_sets(cfg, run_cfg.data)
     return EvalSetsHook(sets, cfg, tokenizer, rank, world_size, prompt_format=run_cfg.data.prompt_format)
+
+
+def build_eval_hooks(run_cfg) -> list[EvalSetsHook]:
+    """``[build_eval_hook(run_cfg)]``, or ``[]`` when nothing to score: ``Trainer(cfg, eval_hooks=...)``."""
+    hook = build_eval_hook(run_cfg)
+    return [hook] if hook is not None else []
