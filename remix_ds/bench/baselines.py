@@ -31,8 +31,6 @@ from remix_ds.baselines import build_regularizers
 from remix_ds.bench.train import machine_info
 from remix_ds.config import load_config
 from remix_ds.engine import dist
-from remix_ds.engine.trainer import Trainer
-from remix_ds.eval.hook import build_eval_hooks
 
 VARIANTS = {
     "plain": [],
@@ -60,6 +58,11 @@ def _state_bytes(trainer) -> dict:
 def bench(config: str | None, overrides: list[str], variants: list[str], steps: int, warmup: int,
           fisher_examples: int) -> dict:
     import torch
+
+    # NOTE: imported here: `remix-ds --help` imports this module for its subcommand, and the
+    # trainer and evaluator pull in transformers (seconds).
+    from remix_ds.engine.trainer import Trainer
+    from remix_ds.eval.hook import build_eval_hooks
 
     trainers, setup = {}, {}
     dist.init_distributed()

@@ -23,8 +23,6 @@ from remix_ds.bench.flops import mfu, train_flops
 from remix_ds.config import load_config
 from remix_ds.engine import dist
 from remix_ds.engine.ds_config import template_path
-from remix_ds.engine.trainer import Trainer
-from remix_ds.eval.hook import build_eval_hooks
 
 
 def example_lengths(batch: dict, pad_id: int) -> list[int]:
@@ -71,6 +69,11 @@ def _bench_cfg(config: str | None, overrides: list[str], steps: int, warmup: int
 
 def bench_remix(cfg, steps: int, warmup: int) -> tuple[dict, list[list[dict]]]:
     """Time the engine; also return every step's micro-batches (rank-local) for the HF comparison."""
+    # NOTE: imported here: `remix-ds --help` imports this module for its subcommand, and the
+    # trainer and evaluator pull in transformers (seconds).
+    from remix_ds.engine.trainer import Trainer
+    from remix_ds.eval.hook import build_eval_hooks
+
     trainer = Trainer(cfg, eval_hooks=build_eval_hooks(cfg), regularizers=build_regularizers(cfg))
     pad_id = trainer.tokenizer.pad_token_id
     all_batches, timed = [], []
