@@ -50,7 +50,8 @@ def _reference_fisher():
 
     cfg = load_config(CONFIG, overrides("unused"))
     tok = load_tokenizer()
-    rows = tokenize_examples(load_eval_set("kvr", cfg.eval, cfg.data, n=N_FISHER).examples, tok, mode="answer", max_len=64).examples
+    examples = load_eval_set("kvr", cfg.eval, cfg.data, n=N_FISHER).examples
+    rows = tokenize_examples(examples, tok, mode="answer", max_len=64).examples
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir(), dtype=torch.float32, attn_implementation="sdpa")
     fisher = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
     for r in rows:

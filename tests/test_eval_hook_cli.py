@@ -14,9 +14,9 @@ from eval_tiny import KVR, kvr_examples, trained_model_dir  # noqa: E402
 
 from remix_ds.config import RunConfig  # noqa: E402
 from remix_ds.configtools import ConfigError, from_dict  # noqa: E402
+from remix_ds.engine.hooks import EvalHook  # noqa: E402
 from remix_ds.eval.config import EvalConfig  # noqa: E402
 from remix_ds.eval.data import parse_spec, set_label  # noqa: E402
-from remix_ds.engine.hooks import EvalHook  # noqa: E402
 from remix_ds.eval.hook import build_eval_hook, build_eval_hooks  # noqa: E402
 
 

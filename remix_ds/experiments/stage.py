@@ -4,9 +4,9 @@
     deepspeed --num_gpus 4 --module remix_ds.experiments.stage STAGE_DIR/stage_config.json
 
 Builds the eval hooks (timed apart from training) and regularizers the config asks for, runs the
-Trainer with them (resume=auto continues a killed stage from its newest checkpoint), and on success writes `RUN_DIR/stage_done.json` (rank 0, last):
-wall time, eval time, steps, whether the early-stop target was reached. A stage folder with that
-file is never run again.
+Trainer with them (resume=auto continues a killed stage from its newest checkpoint), and on
+success writes `RUN_DIR/stage_done.json` (rank 0, last): wall time, eval time, steps, whether
+the early-stop target was reached. A stage folder with that file is never run again.
 """
 
 from __future__ import annotations
