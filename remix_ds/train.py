@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import sys
 
+from remix_ds.baselines import build_regularizers
 from remix_ds.config import load_config
+from remix_ds.engine.trainer import Trainer
+from remix_ds.eval.hook import build_eval_hooks
 
 
 def run(config_path: str | None, overrides: list[str]) -> None:
-    from remix_ds.engine.trainer import Trainer
-
+    """Parse, build (eval hooks, regularizers, trainer), train, close (also on error)."""
     cfg = load_config(config_path, overrides)  # fails on bad keys before anything is built
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, eval_hooks=build_eval_hooks(cfg), regularizers=build_regularizers(cfg))
     try:
         trainer.fit()
     finally:

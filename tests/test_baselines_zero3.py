@@ -43,16 +43,17 @@ def _reference_fisher():
     """Single process, plain autograd: mean over the examples of (d sum-NLL_n / d theta)^2."""
     from transformers import AutoModelForCausalLM
 
-    from remix_ds.baselines.ewc import load_set
     from remix_ds.config import load_config
     from remix_ds.data.packing import pack
     from remix_ds.data.tokenize import tokenize_examples
     from remix_ds.engine.loss import token_loss_sum
+    from remix_ds.eval.data import load_eval_set
     from remix_ds.models import load_tokenizer, tiny_model_dir
 
     cfg = load_config(CONFIG, overrides("unused"))
     tok = load_tokenizer()
-    rows = tokenize_examples(load_set("kvr", cfg, N_FISHER), tok, mode="answer", max_len=64).examples
+    examples = load_eval_set("kvr", cfg.eval, cfg.data, n=N_FISHER).examples
+    rows = tokenize_examples(examples, tok, mode="answer", max_len=64).examples
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir(), dtype=torch.float32, attn_implementation="sdpa")
     fisher = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
     for r in rows:

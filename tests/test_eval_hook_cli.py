@@ -13,9 +13,10 @@ from eval_tiny import KVR, kvr_examples  # noqa: E402
 
 from remix_ds.config import RunConfig  # noqa: E402
 from remix_ds.configtools import ConfigError, from_dict  # noqa: E402
+from remix_ds.engine.hooks import EvalHook  # noqa: E402
 from remix_ds.eval.config import EvalConfig  # noqa: E402
 from remix_ds.eval.data import parse_spec, set_label  # noqa: E402
-from remix_ds.eval.hook import build_eval_hook  # noqa: E402
+from remix_ds.eval.hook import build_eval_hook, build_eval_hooks  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,23 @@ def test_hook_metrics_mode_and_files(trained_tiny, tmp_path):
     model.eval()
     assert hook(model, step=4, out_dir=tmp_path) == metrics and not model.training  # eval mode kept too
     assert build_eval_hook(RunConfig(), tok, 0, 1) is None
+
+
+def test_hook_setup_takes_the_trainers_tokenizer_rank_and_world(trained_tiny, tmp_path):
+    """Under a Trainer the hook is built without a tokenizer; setup(trainer) binds the trainer's."""
+    from types import SimpleNamespace
+
+    model, tok, _ = trained_tiny
+    cfg = RunConfig()
+    cfg.data.kvr = KVR
+    cfg.eval = EvalConfig(datasets=["kvr"], sources=[], n=8, write_rows=False)
+    assert build_eval_hooks(RunConfig()) == []
+    (hook,) = build_eval_hooks(cfg)
+    assert isinstance(hook, EvalHook) and hook.tokenizer is None and len(hook.sets[0].examples) == 8
+    hook.setup(SimpleNamespace(tokenizer=tok, rank=0, world=1))
+    assert (hook.tokenizer, hook.rank, hook.world_size) == (tok, 0, 1)
+    model.eval()
+    assert hook(model, step=1, out_dir=tmp_path) == build_eval_hook(cfg, tok, 0, 1)(model, step=1, out_dir=tmp_path)
 
 
 def test_cli_eval_writes_rows_and_metrics(trained_tiny, kvr_file, tmp_path, capsys):

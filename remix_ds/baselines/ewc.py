@@ -30,7 +30,12 @@ from typing import Sequence
 import torch
 
 from remix_ds.baselines import partitions, store
-from remix_ds.baselines.regularizer import Regularizer
+from remix_ds.data.packing import pack
+from remix_ds.data.tokenize import tokenize_examples
+from remix_ds.engine import dist
+from remix_ds.engine.hooks import Regularizer
+from remix_ds.engine.loss import token_loss_sum
+from remix_ds.eval.data import load_eval_set
 
 KINDS = ["fisher", "anchor"]
 
@@ -54,22 +59,10 @@ def ewc_grads(thetas, fishers, anchors, lam: float) -> list[torch.Tensor]:
 # ---- Fisher estimate on the engine ------------------------------------------------------------
 def loss_sum(trainer, batch: dict) -> torch.Tensor:
     """The trainer's summed token loss of a batch (same path as training, fused loss included)."""
-    from remix_ds.engine.loss import token_loss_sum
-
     fused = getattr(trainer.cfg.model, "fused_loss", None)
     if fused is None:
         return token_loss_sum(trainer.engine, batch, trainer.attn)
     return token_loss_sum(trainer.engine, batch, trainer.attn, fused)
-
-
-def load_set(spec: str, cfg, n: int = 0):
-    """Examples of `NAME[:split]` resolved like an eval set (stage data, replay, eval.sources, registry)."""
-    from remix_ds.data.datasets import load_examples
-    from remix_ds.eval.data import parse_spec, source_for
-
-    name, split = parse_spec(spec)
-    examples = load_examples(source_for(name, cfg.eval.sources, cfg.data), cfg.data.kvr, split=split)
-    return examples[:n] if n else examples
 
 
 def compute_fisher(trainer, examples, slots, reduction: str = "sum") -> list[torch.Tensor]:
@@ -78,9 +71,6 @@ def compute_fisher(trainer, examples, slots, reduction: str = "sum") -> list[tor
     Call on all ranks with the same examples: one forward/backward per example in lockstep.
     Leaves the engine's gradients cleared (the next backward overwrites, never accumulates).
     """
-    from remix_ds.data.packing import pack
-    from remix_ds.data.tokenize import tokenize_examples
-
     cfg, engine = trainer.cfg, trainer.engine
     toks = tokenize_examples(examples, trainer.tokenizer, mode="answer", prompt_format=cfg.data.prompt_format,
                              max_len=cfg.data.max_seq_len).examples
@@ -125,8 +115,6 @@ class EWCRegularizer(Regularizer):
         self.lam = float(cfg.lam)
 
     def setup(self, trainer) -> None:
-        from remix_ds.engine import dist
-
         t0 = time.perf_counter()
         self.trainer, self.engine = trainer, trainer.engine
         self.slots = partitions.local_slots(self.engine)
@@ -134,7 +122,7 @@ class EWCRegularizer(Regularizer):
         self.state_dir = folder
         if not store.exists(folder):
             start = time.perf_counter()
-            examples = load_set(self.cfg.dataset, trainer.cfg, self.cfg.num_examples)
+            examples = load_eval_set(self.cfg.dataset, trainer.cfg.eval, trainer.cfg.data, n=self.cfg.num_examples).examples
             fisher = compute_fisher(trainer, examples, self.slots, self.cfg.fisher_reduction)
             anchor = [partitions.fp32_param(s).detach().clone() for s in self.slots]
             info = self._info(trainer) | {"num_examples": len(examples)}
@@ -179,13 +167,9 @@ class EWCRegularizer(Regularizer):
         self._penalty = self.penalty_and_grads(apply=True)
 
     def end_step(self) -> dict[str, float]:
-        from remix_ds.engine import dist
-
         value = dist.all_reduce_sum([float(self._penalty)], self.trainer.device)[0]
         return {"reg/ewc/penalty": value}
 
     def penalty(self) -> float:
         """The global penalty at the current weights (collective; changes nothing)."""
-        from remix_ds.engine import dist
-
         return dist.all_reduce_sum([float(self.penalty_and_grads(apply=False))], self.trainer.device)[0]

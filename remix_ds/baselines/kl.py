@@ -29,7 +29,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from remix_ds.baselines.regularizer import Regularizer
+from remix_ds import models
+from remix_ds.data.mixing import generic_rows
+from remix_ds.data.packing import pack
+from remix_ds.data.tokenize import TokenizedExample, tokenize_examples
+from remix_ds.engine import dist
+from remix_ds.engine.hooks import Regularizer
+from remix_ds.engine.loss import model_inputs
+from remix_ds.eval.data import load_eval_set
 
 IGNORE = -100
 
@@ -49,8 +56,6 @@ def kl_positions(labels: torch.Tensor) -> torch.Tensor:
 def build_frozen_engine(trainer, reference: str | None = None):
     """The frozen model as a ZeRO-3 inference engine (no optimizer), partitioned as it loads."""
     import deepspeed
-
-    from remix_ds import models
 
     ds = copy.deepcopy(trainer.ds_config)
     for key in ("optimizer", "scheduler"):
@@ -79,28 +84,21 @@ class KLPool:
         self.max_seq_len, self.pad_id = max_seq_len, pad_id
 
     def batch(self, step: int, index: int, gas: int) -> dict:
-        from remix_ds.data.packing import pack
-
         first = ((step * gas + index) * self.world + self.rank) * self.per_micro
         picked = [self.rows[(first + j) % len(self.rows)] for j in range(self.per_micro)]
         return pack(picked, self.max_seq_len, self.pad_id)
 
 
 def build_pool(trainer, kcfg) -> KLPool:
-    from remix_ds.baselines.ewc import load_set
-    from remix_ds.data.tokenize import TokenizedExample, tokenize_examples
-
     cfg, tok = trainer.cfg, trainer.tokenizer
     if kcfg.data == "generic":
-        from remix_ds.data.mixing import generic_rows
-
         data = copy.deepcopy(cfg.data)
         if kcfg.loss_mode == "all":  # whole windows of generic text (data.mix.raw_tokens, capped by max_seq_len)
             data.mix.generic_format = "raw"
             data.mix.raw_tokens = min(data.mix.raw_tokens, data.max_seq_len)
         rows, _ = generic_rows(data, tok, kcfg.num_examples)
     else:
-        examples = load_set(kcfg.data, cfg, kcfg.num_examples)
+        examples = load_eval_set(kcfg.data, cfg.eval, cfg.data, n=kcfg.num_examples).examples
         rows = tokenize_examples(examples, tok, mode="answer", prompt_format=cfg.data.prompt_format,
                                  max_len=cfg.data.max_seq_len).examples
     if kcfg.loss_mode == "all":
@@ -137,8 +135,6 @@ class KLRegularizer(Regularizer):
         return [self.pool.batch(t.step, i, len(micro_batches)) for i in range(len(micro_batches))]
 
     def begin_step(self, micro_batches: list[dict]) -> None:
-        from remix_ds.engine import dist
-
         self._batches = self._kl_batches(micro_batches)
         local = sum(int(kl_positions(b["labels"]).sum()) for b in self._batches)
         self._n = int(dist.all_reduce_sum([local], self.trainer.device)[0])
@@ -146,8 +142,6 @@ class KLRegularizer(Regularizer):
 
     def kl_of(self, batch: dict) -> torch.Tensor:
         """Summed KL over the batch's KL positions, differentiable in the current model."""
-        from remix_ds.engine.loss import model_inputs
-
         inputs = model_inputs(batch, self.trainer.attn)
         mask = kl_positions(batch["labels"])
         with torch.no_grad():
@@ -163,8 +157,6 @@ class KLRegularizer(Regularizer):
         self._kl_local += kl.item()
 
     def end_step(self) -> dict[str, float]:
-        from remix_ds.engine import dist
-
         total = dist.all_reduce_sum([self._kl_local], self.trainer.device)[0]
         mean = total / max(self._n, 1)
         return {"reg/kl/kl": mean, "reg/kl/term": self.beta * mean, "reg/kl/tokens": float(self._n)}

@@ -21,7 +21,7 @@ import json
 import re
 
 from remix_ds.baselines.config import EWCConfig, KLConfig, RegularizeConfig
-from remix_ds.configtools import ConfigError, from_dict
+from remix_ds.configtools import ConfigError, apply_overrides, from_dict
 
 STRATEGIES = {"ewc": EWCConfig, "kl": KLConfig}
 ALIASES = {"ewc": {"lambda": "lam"}, "kl": {}}
@@ -58,8 +58,6 @@ def strategy_overrides(spec: dict, stage1_dataset: str | None = None) -> list[st
 
 def strategy_regularize(spec: dict, stage1_dataset: str | None = None) -> RegularizeConfig:
     """The `regularize` section a spec stands for (what the overrides produce)."""
-    from remix_ds.configtools import apply_overrides
-
     data = apply_overrides({}, [o[len("regularize."):] for o in strategy_overrides(spec, stage1_dataset)])
     return from_dict(RegularizeConfig, data, prefix="regularize")
 

@@ -27,6 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from remix_ds.baselines import build_regularizers
+from remix_ds.bench.train import machine_info
+from remix_ds.config import load_config
+from remix_ds.engine import dist
+
 VARIANTS = {
     "plain": [],
     "ewc": ["regularize.ewc.lam=1.0", "regularize.ewc.dataset=kvr"],
@@ -54,10 +59,10 @@ def bench(config: str | None, overrides: list[str], variants: list[str], steps: 
           fisher_examples: int) -> dict:
     import torch
 
-    from remix_ds.bench.train import machine_info
-    from remix_ds.config import load_config
-    from remix_ds.engine import dist
+    # NOTE: imported here: `remix-ds --help` imports this module for its subcommand, and the
+    # trainer and evaluator pull in transformers (seconds).
     from remix_ds.engine.trainer import Trainer
+    from remix_ds.eval.hook import build_eval_hooks
 
     trainers, setup = {}, {}
     dist.init_distributed()
@@ -67,7 +72,7 @@ def bench(config: str | None, overrides: list[str], variants: list[str], steps: 
         extra = VARIANTS[name] + ([f"regularize.ewc.num_examples={fisher_examples}"] if "ewc" in name else [])
         cfg = load_config(config, [*DEFAULTS, *overrides, *extra, f"train.output_dir={root / name}"])
         t0 = time.perf_counter()
-        trainers[name] = Trainer(cfg)
+        trainers[name] = Trainer(cfg, eval_hooks=build_eval_hooks(cfg), regularizers=build_regularizers(cfg))
         setup[name] = time.perf_counter() - t0
     times = {name: [] for name in variants}
     extras = {name: {} for name in variants}
@@ -167,7 +172,5 @@ if __name__ == "__main__":  # a rank under the deepspeed launcher
     parser.add_argument("--worker", required=True, help="JSON written by rank 0")
     a, _ = parser.parse_known_args([x for x in sys.argv[1:] if not x.startswith("--local_rank")])
     rep = bench(a.config, a.overrides, a.only or list(VARIANTS), a.steps, a.warmup, a.fisher_examples)
-    from remix_ds.engine import dist
-
     if dist.is_main():
         Path(a.worker).write_text(json.dumps(rep, indent=2) + "\n")

@@ -17,8 +17,12 @@ from pathlib import Path
 
 import torch
 
+from remix_ds import models
+from remix_ds.baselines import build_regularizers
 from remix_ds.bench.flops import mfu, train_flops
+from remix_ds.config import load_config
 from remix_ds.engine import dist
+from remix_ds.engine.ds_config import template_path
 
 
 def example_lengths(batch: dict, pad_id: int) -> list[int]:
@@ -54,8 +58,6 @@ def machine_info() -> dict:
 
 
 def _bench_cfg(config: str | None, overrides: list[str], steps: int, warmup: int, out_dir: str):
-    from remix_ds.config import load_config
-
     cfg = load_config(config, overrides)
     cfg.train.output_dir = out_dir
     cfg.train.max_steps = warmup + steps
@@ -67,9 +69,12 @@ def _bench_cfg(config: str | None, overrides: list[str], steps: int, warmup: int
 
 def bench_remix(cfg, steps: int, warmup: int) -> tuple[dict, list[list[dict]]]:
     """Time the engine; also return every step's micro-batches (rank-local) for the HF comparison."""
+    # NOTE: imported here: `remix-ds --help` imports this module for its subcommand, and the
+    # trainer and evaluator pull in transformers (seconds).
     from remix_ds.engine.trainer import Trainer
+    from remix_ds.eval.hook import build_eval_hooks
 
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, eval_hooks=build_eval_hooks(cfg), regularizers=build_regularizers(cfg))
     pad_id = trainer.tokenizer.pad_token_id
     all_batches, timed = [], []
     if torch.cuda.is_available():
@@ -113,9 +118,6 @@ def bench_hf_trainer(cfg, all_batches: list[list[dict]], warmup: int, out_dir: s
     """The same model, micro-batches and DeepSpeed template through transformers.Trainer."""
     from transformers import Trainer as HFTrainer
     from transformers import TrainerCallback, TrainingArguments
-
-    from remix_ds import models
-    from remix_ds.engine.ds_config import template_path
 
     flat = [b for step in all_batches for b in step]
     gas = len(all_batches[0])

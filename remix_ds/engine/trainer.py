@@ -11,23 +11,20 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from remix_ds import models
 from remix_ds.config import RunConfig
+from remix_ds.data.loader import build_train_loader
 from remix_ds.engine import checkpoint as ckpt_lib
 from remix_ds.engine import dist
 from remix_ds.engine.ds_config import build_ds_config, zero_stage
 from remix_ds.engine.export import export_checkpoint, export_engine
+from remix_ds.engine.hooks import EvalHook, Regularizer
 from remix_ds.engine.loss import token_loss_sum
 from remix_ds.engine.metrics import MetricsWriter
 from remix_ds.engine.schedule import make_scheduler
-
-# An eval hook is called on every rank with the (possibly partitioned) module and returns the
-# same metrics dict everywhere.
-EvalHook = Callable[..., dict]
 
 
 @dataclass
@@ -41,9 +38,14 @@ class StepStats:
 
 
 class Trainer:
-    """One training stage under DeepSpeed. Call `fit()`, then `close()` (also on error)."""
+    """One training stage under DeepSpeed. Call `fit()`, then `close()` (also on error).
 
-    def __init__(self, cfg: RunConfig, eval_hooks: list[EvalHook] | None = None, regularizers: list | None = None):
+    The trainer builds no plugins: the caller passes its eval hooks and regularizers
+    (`remix_ds.engine.hooks`); each gets `setup(trainer)` once the engine is built.
+    """
+
+    def __init__(self, cfg: RunConfig, eval_hooks: list[EvalHook] | None = None,
+                 regularizers: list[Regularizer] | None = None):
         self.cfg = cfg
         dist.init_distributed(cfg.deepspeed.backend)
         self.rank, self.world = dist.rank(), dist.world_size()
@@ -64,8 +66,11 @@ class Trainer:
         self.total_steps = self._total_steps()
         self.engine = self._build_engine()
         self.metrics = MetricsWriter(self.out, enabled=dist.is_main(), tensorboard=cfg.train.tensorboard)
-        self.eval_hooks = list(eval_hooks or []) + self._config_eval_hooks()
-        self.regularizers = self._setup_regularizers(regularizers)  # before resume: they anchor at the starting weights
+        self.eval_hooks = list(eval_hooks or [])
+        self.regularizers = list(regularizers or [])
+        # before resume: regularizers anchor at the starting weights
+        for plugin in [*self.eval_hooks, *self.regularizers]:
+            plugin.setup(self)
         self.step = 0
         self.stopped_early = False
         self._saved_step = -1
@@ -73,8 +78,6 @@ class Trainer:
 
     # ---- building -------------------------------------------------------------------------
     def _build_loader(self):
-        from remix_ds.data.loader import build_train_loader
-
         return build_train_loader(
             self.cfg.data,
             self.tokenizer,
@@ -121,23 +124,6 @@ class Trainer:
         )
         engine.train()
         return engine
-
-    def _config_eval_hooks(self) -> list[EvalHook]:
-        if not self.cfg.eval.datasets:
-            return []
-        from remix_ds.eval.hook import build_eval_hook
-
-        hook = build_eval_hook(self.cfg, self.tokenizer, self.rank, self.world)
-        return [hook] if hook is not None else []
-
-    def _setup_regularizers(self, given: list | None) -> list:
-        """`regularizers` passed in plus those `cfg.regularize` asks for (remix_ds.baselines.regularizer)."""
-        from remix_ds.baselines.regularizer import build_regularizers
-
-        regs = list(given or []) + build_regularizers(self.cfg)
-        for r in regs:
-            r.setup(self)
-        return regs
 
     def _regularize(self, event: str, *args) -> None:
         for r in self.regularizers:

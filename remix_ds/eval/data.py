@@ -54,14 +54,17 @@ def source_for(name: str, sources: list[SourceConfig], data: DataConfig | None) 
     return SourceConfig(dataset=name)
 
 
-def load_eval_set(spec: str, cfg, data: DataConfig | None = None) -> EvalSet:
-    """Examples of one set, the first ``cfg.n`` of them when n > 0 (the split is already shuffled)."""
+def load_eval_set(spec: str, cfg, data: DataConfig | None = None, n: int | None = None) -> EvalSet:
+    """Examples of one set, the first ``n`` of them when n > 0 (the split is already shuffled).
+
+    ``n`` defaults to ``cfg.n`` (``cfg``: an EvalConfig, for its ``sources``)."""
     name, split = parse_spec(spec)
     source = source_for(name, cfg.sources, data)
     kvr = data.kvr if data is not None else None
     examples = load_examples(source, kvr, split=split)
-    if cfg.n:
-        examples = examples[: cfg.n]
+    n = cfg.n if n is None else n
+    if n:
+        examples = examples[:n]
     return EvalSet(set_label(spec), examples)
 
 

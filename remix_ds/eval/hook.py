@@ -1,7 +1,13 @@
 """The trainer's eval hook: score `eval.datasets` every `train.eval_every` steps.
 
-    hook = build_eval_hook(run_cfg, tokenizer, rank, world_size)   # None when nothing to score
+    hook = build_eval_hook(run_cfg)                                # None when nothing to score
+    trainer = Trainer(run_cfg, eval_hooks=[hook])                  # setup(trainer): its tokenizer, rank, world
+    # or, without a trainer:
+    hook = build_eval_hook(run_cfg, tokenizer, rank, world_size)
     metrics = hook(model, step=N, out_dir=RUN_DIR / "eval")        # on ALL ranks together
+
+It implements `remix_ds.engine.hooks.EvalHook`: under a Trainer, ``setup(trainer)`` binds the
+trainer's tokenizer, rank and world size (so the tokenizer is loaded once, by the trainer).
 
 ``model`` may be the HF module or the DeepSpeed engine, ZeRO-3-partitioned or not. The hook puts
 it in eval mode and back in its previous mode, returns
@@ -18,12 +24,16 @@ from remix_ds.eval.data import EvalSet, load_eval_sets
 from remix_ds.eval.runner import evaluate, write_results
 
 
-class EvalHook:
-    """Callable ``(model, step, out_dir) -> dict[str, float]``; see the module docstring."""
+class EvalSetsHook:
+    """Scores eval sets: ``(model, step, out_dir) -> dict[str, float]``; see the module docstring."""
 
-    def __init__(self, sets: list[EvalSet], cfg, tokenizer, rank: int, world_size: int, prompt_format: str = "plain"):
+    def __init__(self, sets: list[EvalSet], cfg, tokenizer=None, rank: int = 0, world_size: int = 1,
+                 prompt_format: str = "plain"):
         self.sets, self.cfg, self.tokenizer = sets, cfg, tokenizer
         self.rank, self.world_size, self.prompt_format = rank, world_size, prompt_format
+
+    def setup(self, trainer) -> None:
+        self.tokenizer, self.rank, self.world_size = trainer.tokenizer, trainer.rank, trainer.world
 
     def __call__(self, model, step: int, out_dir: str | Path) -> dict[str, float]:
         metrics: dict[str, float] = {}
@@ -38,10 +48,19 @@ class EvalHook:
         return metrics
 
 
-def build_eval_hook(run_cfg, tokenizer, rank: int, world_size: int) -> EvalHook | None:
-    """An EvalHook for ``run_cfg.eval``, or None when ``eval.datasets`` is empty."""
+def build_eval_hook(run_cfg, tokenizer=None, rank: int = 0, world_size: int = 1) -> EvalSetsHook | None:
+    """The eval hook of ``run_cfg.eval`` (sets loaded now), or None when ``eval.datasets`` is empty.
+
+    ``tokenizer``, ``rank`` and ``world_size`` are for use without a Trainer; a Trainer sets them
+    in ``setup``."""
     cfg = run_cfg.eval
     if not cfg.datasets:
         return None
     sets = load_eval_sets(cfg, run_cfg.data)
-    return EvalHook(sets, cfg, tokenizer, rank, world_size, prompt_format=run_cfg.data.prompt_format)
+    return EvalSetsHook(sets, cfg, tokenizer, rank, world_size, prompt_format=run_cfg.data.prompt_format)
+
+
+def build_eval_hooks(run_cfg) -> list[EvalSetsHook]:
+    """``[build_eval_hook(run_cfg)]``, or ``[]`` when nothing to score: ``Trainer(cfg, eval_hooks=...)``."""
+    hook = build_eval_hook(run_cfg)
+    return [hook] if hook is not None else []

@@ -3,10 +3,10 @@
     python -m remix_ds.experiments.stage STAGE_DIR/stage_config.json
     deepspeed --num_gpus 4 --module remix_ds.experiments.stage STAGE_DIR/stage_config.json
 
-Runs the Trainer (resume=auto continues a killed stage from its newest checkpoint), times the
-eval hooks apart from training, and on success writes `RUN_DIR/stage_done.json` (rank 0, last):
-wall time, eval time, steps, whether the early-stop target was reached. A stage folder with that
-file is never run again.
+Builds the eval hooks (timed apart from training) and regularizers the config asks for, runs the
+Trainer with them (resume=auto continues a killed stage from its newest checkpoint), and on
+success writes `RUN_DIR/stage_done.json` (rank 0, last): wall time, eval time, steps, whether
+the early-stop target was reached. A stage folder with that file is never run again.
 """
 
 from __future__ import annotations
@@ -16,7 +16,11 @@ import sys
 import time
 from pathlib import Path
 
+from remix_ds.baselines import build_regularizers
 from remix_ds.config import RunConfig, load_config
+from remix_ds.engine import dist
+from remix_ds.engine.trainer import Trainer
+from remix_ds.eval.hook import build_eval_hooks
 
 DONE = "stage_done.json"
 
@@ -30,10 +34,13 @@ def read_done(run_dir: str | Path) -> dict:
 
 
 class _Timed:
-    """Wraps an eval hook and adds up the seconds it takes."""
+    """Wraps an eval hook and adds up the seconds its calls take."""
 
     def __init__(self, hook, clock: dict):
         self.hook, self.clock = hook, clock
+
+    def setup(self, trainer) -> None:
+        self.hook.setup(trainer)
 
     def __call__(self, *args, **kwargs):
         start = time.perf_counter()
@@ -45,14 +52,11 @@ class _Timed:
 
 def run_stage(cfg: RunConfig) -> dict:
     """Train one stage to completion (or to its early-stop target); return and write its stats."""
-    from remix_ds.engine import dist
-    from remix_ds.engine.trainer import Trainer
-
     start = time.perf_counter()
     clock = {"eval_s": 0.0}
-    trainer = Trainer(cfg)
+    hooks = [_Timed(h, clock) for h in build_eval_hooks(cfg)]
+    trainer = Trainer(cfg, eval_hooks=hooks, regularizers=build_regularizers(cfg))
     build_s = time.perf_counter() - start
-    trainer.eval_hooks = [_Timed(h, clock) for h in trainer.eval_hooks]
     start_step = trainer.step
     try:
         rows = trainer.fit()

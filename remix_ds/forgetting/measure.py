@@ -25,15 +25,18 @@ import math
 import shutil
 import time
 from dataclasses import fields, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from remix_ds import configtools, models
+from remix_ds.baselines import build_regularizers
 from remix_ds.config import RunConfig
 from remix_ds.data.config import ReplayConfig
 from remix_ds.engine import dist
+from remix_ds.engine.trainer import Trainer
 from remix_ds.forgetting.config import ForgettingConfig, TaskConfig
 from remix_ds.data import tokenize
 from remix_ds.forgetting.nll import embed, score_nll
@@ -55,6 +58,9 @@ class RowProbe:
         self.before = before
         self.nll: dict[int, np.ndarray] = {}
         self.seconds = 0.0
+
+    def setup(self, trainer) -> None:
+        pass  # items, rank and world are given at construction
 
     def __call__(self, model, step: int, out_dir=None) -> dict:
         if step not in self.steps and step != self.final_step:
@@ -118,13 +124,12 @@ def _free_memory() -> None:
 
 
 def run_with_probe(cfg: RunConfig, probe: RowProbe, before_fit=None) -> dict:
-    """Train one task with ``probe`` as eval hook; ``before_fit(trainer)`` runs at step 0.
+    """Train one task with ``probe`` as eval hook (and the regularizers ``cfg.regularize`` asks for);
+    ``before_fit(trainer)`` runs at step 0 and returns extra entries for the result.
 
-    Returns timings and the trainer's dataset size. The trainer is closed and freed.
+    Returns timings, the trainer's dataset size and ``before_fit``'s entries. The trainer is closed and freed.
     """
-    from remix_ds.engine.trainer import Trainer
-
-    trainer = Trainer(cfg, eval_hooks=[probe])
+    trainer = Trainer(cfg, eval_hooks=[probe], regularizers=build_regularizers(cfg))
     try:
         extra = before_fit(trainer) if before_fit is not None else {}
         start = time.perf_counter()
@@ -138,6 +143,37 @@ def run_with_probe(cfg: RunConfig, probe: RowProbe, before_fit=None) -> dict:
         del trainer
         _free_memory()
     return info
+
+
+def base_measurement(trainer, fcfg: ForgettingConfig, upstream: UpstreamSet, store: MatrixStore, pad_id: int,
+                     log=print) -> np.ndarray:
+    """The untouched model's (N,) upstream NLLs; writes them and the upstream embeddings to OUT/base.npz."""
+    t = time.perf_counter()
+    model, eval_cfg, m = trainer.engine.module, fcfg.finetune.eval, fcfg.measure
+    nll0 = score_nll(model, upstream.items, eval_cfg, pad_id, trainer.rank, trainer.world)
+    emb = embed(model, upstream.sequences(), eval_cfg, pad_id, m.embed_batch_size, trainer.rank, trainer.world)
+    if dist.is_main():
+        store.save_base(upstream.ids, nll0, upstream.counted_tokens(), emb)
+    dist.barrier()
+    log(f"[forgetting] base model: mean upstream NLL {nll0.mean():.4f} ({time.perf_counter() - t:.1f}s)")
+    return nll0
+
+
+def task_embedding(trainer, fcfg: ForgettingConfig, pad_id: int) -> np.ndarray:
+    """Mean embedding of the task's first ``measure.embed_task_examples`` training rows (current model)."""
+    m = fcfg.measure
+    seqs = [x.input_ids for x in trainer.loader.stream.dataset[: m.embed_task_examples]]
+    return embed(trainer.engine.module, seqs, fcfg.finetune.eval, pad_id, m.embed_batch_size,
+                 trainer.rank, trainer.world).mean(0)
+
+
+def at_step0(trainer, *, fcfg: ForgettingConfig, upstream: UpstreamSet, store: MatrixStore, probe: RowProbe,
+             pad_id: int, log=print) -> dict:
+    """A task's ``before_fit``: the first time only (``probe.before`` unset), measure the base model
+    and set ``probe.before``; then ``{"task_embedding": ...}`` of the task (base model)."""
+    if probe.before is None:
+        probe.before = base_measurement(trainer, fcfg, upstream, store, pad_id, log)
+    return {"task_embedding": task_embedding(trainer, fcfg, pad_id)}
 
 
 def measure(fcfg: ForgettingConfig, log=print) -> Matrix:
@@ -175,30 +211,15 @@ def measure(fcfg: ForgettingConfig, log=print) -> Matrix:
         cfg = task_run_config(fcfg, task, run_dir, eval_every=eval_every)
         before = None if base is None else base["nll_before"]
         probe = RowProbe(upstream.items, eval_cfg, pad_id, set(inter), fcfg.measure.steps, rank, world, before)
-        state: dict = {}
-
-        def at_step0(trainer):
-            nonlocal base
-            if base is None:
-                t = time.perf_counter()
-                nll0 = score_nll(trainer.engine.module, upstream.items, eval_cfg, pad_id, rank, world)
-                emb = embed(trainer.engine.module, upstream.sequences(), eval_cfg, pad_id, fcfg.measure.embed_batch_size, rank, world)
-                if dist.is_main():
-                    store.save_base(upstream.ids, nll0, upstream.counted_tokens(), emb)
-                dist.barrier()
-                base = {"nll_before": nll0}
-                probe.before = nll0
-                log(f"[forgetting] base model: mean upstream NLL {nll0.mean():.4f} ({time.perf_counter() - t:.1f}s)")
-            seqs = [x.input_ids for x in trainer.loader.stream.dataset[: fcfg.measure.embed_task_examples]]
-            state["task_embedding"] = embed(trainer.engine.module, seqs, eval_cfg, pad_id, fcfg.measure.embed_batch_size,
-                                            rank, world).mean(0)
-            return {}
-
         log(f"[forgetting] task {k + 1}/{len(todo)}: {name}")
-        info = run_with_probe(cfg, probe, at_step0)
+        info = run_with_probe(cfg, probe, partial(at_step0, fcfg=fcfg, upstream=upstream, store=store, probe=probe,
+                                                  pad_id=pad_id, log=log))
+        if base is None:
+            base = {"nll_before": probe.before}  # measured at this task's step 0
+        task_emb = info.pop("task_embedding")
         nll_after = probe.nll[fcfg.measure.steps]
         if dist.is_main():
-            store.save_row(name, settings[name], nll_after, {s: probe.nll[s] for s in inter}, state["task_embedding"], **info)
+            store.save_row(name, settings[name], nll_after, {s: probe.nll[s] for s in inter}, task_emb, **info)
             if not fcfg.measure.keep_task_runs:
                 shutil.rmtree(run_dir, ignore_errors=True)
             store.assemble(settings, meta)

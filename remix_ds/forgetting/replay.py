@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from functools import partial
 from itertools import product
 from pathlib import Path
 
@@ -139,12 +140,12 @@ def report(results: list[dict], tests: list[dict], fcfg: ForgettingConfig, n_poo
     return "\n".join(lines)
 
 
-def replay_experiment(fcfg: ForgettingConfig, log=print) -> dict:
-    """Run the missing arms x held-out tasks x seeds, then write the report (see module docstring)."""
-    out = Path(fcfg.output_dir)
-    mat = load_matrix(out).finished()
+RUN_INFO = ("train_seconds", "nll_seconds", "n_train_examples")
+
+
+def heldout_tasks(fcfg: ForgettingConfig, names: list[str]) -> tuple[list[str], list[int]]:
+    """(held-out task names, rows of the tasks that train the predictor); checks both."""
     rc = fcfg.replay
-    names = mat.task_names
     held = rc.heldout_tasks or names[-rc.num_heldout:]
     unknown = [t for t in held if t not in names]
     if unknown:
@@ -152,6 +153,81 @@ def replay_experiment(fcfg: ForgettingConfig, log=print) -> dict:
     train_rows = [i for i, t in enumerate(names) if t not in held]
     if len(train_rows) < 2 and any(a == "predicted" for a in rc.arms):
         raise ConfigError(f"replay: {len(train_rows)} training task rows left after holding out {held}; need >= 2")
+    return held, train_rows
+
+
+def arm_replay(fcfg: ForgettingConfig, root: Path, task: str, seed: int, arm: str, arm_scores: np.ndarray | None,
+               pool_ids: list[str], pool_path: str) -> list[ReplayConfig]:
+    """The replay entries of one arm's run (none for ``none``); a weighted arm's weights are written
+    to OUT/replay/weights/TASK-seedS-ARM.json (rank 0) first."""
+    if arm == "none":
+        return []
+    rc = fcfg.replay
+    weights_file = None
+    if arm_scores is not None:
+        weights_file = root / "weights" / f"{task}-seed{seed}-{arm}.json"
+        if dist.is_main():
+            weights_file.parent.mkdir(parents=True, exist_ok=True)
+            write_text(weights_file, json.dumps(dict(zip(pool_ids, map(float, arm_scores)))))
+        dist.barrier()
+    return [ReplayConfig(dataset=str(pool_path), subsample_seed=None, ratio=rc.ratio,
+                         weights_file=None if weights_file is None else str(weights_file),
+                         temperature=rc.temperature)]
+
+
+def replay_stats(trainer, *, ratio: float, pool_ids: list[str], true_z_of: dict[str, float],
+                 arm_scores: np.ndarray | None, log=print) -> dict:
+    """A run's ``before_fit``: what epoch 0 replays (measured z of the drawn rows, distinct rows,
+    rows per epoch; for a weighted arm its own mean score drawn vs over the whole pool)."""
+    stream = trainer.loader.stream
+    drawn: dict = {}
+    if stream.replay_pools and not stream.replay_counts[0]:
+        log(f"[forgetting] warning: replay.ratio={ratio:g} x {len(stream.dataset)} task rows gives no "
+            "replay row per epoch (floor); raise replay.ratio or use a larger task")
+        drawn["replay_rows_per_epoch"] = 0
+    elif stream.replay_pools:
+        ids = [stream.replay_pools[0][i].id for i in stream.replay_draw(0, 0)]
+        drawn.update(replayed_true_z=float(np.mean([true_z_of[i] for i in ids])),
+                     replayed_distinct=len(set(ids)), replay_rows_per_epoch=len(ids))
+        if arm_scores is not None:  # the arm's own scores: drawn vs whole pool
+            score_of = dict(zip(pool_ids, arm_scores.tolist()))
+            drawn.update(replayed_score=float(np.mean([score_of[i] for i in ids])),
+                         pool_score=float(np.mean(arm_scores)))
+    return drawn
+
+
+def run_arm(fcfg: ForgettingConfig, root: Path, task_cfg, task: str, arm: str, seed: int,
+            replay: list[ReplayConfig], probe: RowProbe, before: np.ndarray, stats) -> dict:
+    """Fine-tune one (task, arm, seed) from the base model; its result row (also written to
+    OUT/replay/runs/TASK/ARM-seedS.json by rank 0). ``stats(trainer)`` gives the replay entries."""
+    run_dir = root / "work" / f"{task}-{arm}-seed{seed}"
+    if dist.is_main() and run_dir.exists():
+        shutil.rmtree(run_dir)
+    dist.barrier()
+    cfg = task_run_config(fcfg, task_cfg, run_dir, seed=seed, replay=replay)
+    info = run_with_probe(cfg, probe, stats)
+    after = probe.nll[fcfg.measure.steps]
+    drawn = {k: v for k, v in info.items() if k not in RUN_INFO}
+    row = {"task": task, "arm": arm, "seed": seed, "forgetting": float(np.mean(after - before)),
+           "eval_nll_after": float(after.mean()), "eval_nll_before": float(before.mean()), **drawn,
+           **{k: v for k, v in info.items() if k in RUN_INFO}}
+    if dist.is_main():
+        path = root / "runs" / task / f"{arm}-seed{seed}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, json.dumps(row, indent=1) + "\n")
+        if not fcfg.measure.keep_task_runs:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    dist.barrier()
+    return row
+
+
+def replay_experiment(fcfg: ForgettingConfig, log=print) -> dict:
+    """Run the missing arms x held-out tasks x seeds, then write the report (see module docstring)."""
+    out = Path(fcfg.output_dir)
+    mat = load_matrix(out).finished()
+    rc = fcfg.replay
+    names = mat.task_names
+    held, train_rows = heldout_tasks(fcfg, names)
     tasks_by_name = dict(zip(fcfg.task_names(), fcfg.tasks))
     dist.init_distributed(fcfg.finetune.deepspeed.backend)
     rank, world = dist.rank(), dist.world_size()
@@ -162,6 +238,7 @@ def replay_experiment(fcfg: ForgettingConfig, log=print) -> dict:
         raise ConfigError("replay: the configured upstream set differs from the measured matrix's (upstream.* changed)")
     n = len(upstream)
     pool, evalc = split_pool(n, rc.pool_fraction, rc.split_seed)
+    pool_ids = [upstream.ids[c] for c in pool]
     root = out / "replay"
     pool_path = upstream.write_pool(pool, root / "pool") if dist.is_main() else None
     pool_path = dist.broadcast_object(pool_path)
@@ -176,61 +253,18 @@ def replay_experiment(fcfg: ForgettingConfig, log=print) -> dict:
         scores = {"oracle": z_true, "uniform": None, "none": None}
         if predictor is not None:
             scores["predicted"], _ = predicted_pool_scores(fcfg, mat, h, pool, seed, predictor)
-        true_z_of = dict(zip((upstream.ids[c] for c in pool), z_true.tolist()))
+        true_z_of = dict(zip(pool_ids, z_true.tolist()))
         for arm in rc.arms:
             path = root / "runs" / task / f"{arm}-seed{seed}.json"
             if path.is_file():
                 results.append(json.loads(path.read_text()))
                 continue
-            replay = []
-            if arm != "none":
-                weights_file = None
-                if scores[arm] is not None:
-                    weights_file = root / "weights" / f"{task}-seed{seed}-{arm}.json"
-                    if dist.is_main():
-                        weights_file.parent.mkdir(parents=True, exist_ok=True)
-                        write_text(weights_file, json.dumps(dict(zip((upstream.ids[c] for c in pool),
-                                                                     map(float, scores[arm])))))
-                    dist.barrier()
-                replay = [ReplayConfig(dataset=str(pool_path), subsample_seed=None, ratio=rc.ratio,
-                                       weights_file=None if weights_file is None else str(weights_file),
-                                       temperature=rc.temperature)]
-            run_dir = root / "work" / f"{task}-{arm}-seed{seed}"
-            if dist.is_main() and run_dir.exists():
-                shutil.rmtree(run_dir)
-            dist.barrier()
-            cfg = task_run_config(fcfg, tasks_by_name[task], run_dir, seed=seed, replay=replay)
+            replay = arm_replay(fcfg, root, task, seed, arm, scores[arm], pool_ids, pool_path)
             probe = RowProbe(eval_items, fcfg.finetune.eval, pad_id, set(), fcfg.measure.steps, rank, world, before)
-            drawn: dict = {}
-
-            def replay_stats(trainer, drawn=drawn, arm_scores=scores[arm]):
-                stream = trainer.loader.stream
-                if stream.replay_pools and not stream.replay_counts[0]:
-                    log(f"[forgetting] warning: replay.ratio={rc.ratio:g} x {len(stream.dataset)} task rows gives no "
-                        "replay row per epoch (floor); raise replay.ratio or use a larger task")
-                    drawn["replay_rows_per_epoch"] = 0
-                elif stream.replay_pools:
-                    ids = [stream.replay_pools[0][i].id for i in stream.replay_draw(0, 0)]
-                    drawn.update(replayed_true_z=float(np.mean([true_z_of[i] for i in ids])),
-                                 replayed_distinct=len(set(ids)), replay_rows_per_epoch=len(ids))
-                    if arm_scores is not None:  # the arm's own scores: drawn vs whole pool
-                        score_of = dict(zip((upstream.ids[c] for c in pool), arm_scores.tolist()))
-                        drawn.update(replayed_score=float(np.mean([score_of[i] for i in ids])),
-                                     pool_score=float(np.mean(arm_scores)))
-                return {}
-
+            stats = partial(replay_stats, ratio=rc.ratio, pool_ids=pool_ids, true_z_of=true_z_of,
+                            arm_scores=scores[arm], log=log)
             log(f"[forgetting] replay {task} / {arm} / seed {seed}")
-            info = run_with_probe(cfg, probe, replay_stats)
-            after = probe.nll[fcfg.measure.steps]
-            row = {"task": task, "arm": arm, "seed": seed, "forgetting": float(np.mean(after - before)),
-                   "eval_nll_after": float(after.mean()), "eval_nll_before": float(before.mean()), **drawn,
-                   **{k: v for k, v in info.items() if k in ("train_seconds", "nll_seconds", "n_train_examples")}}
-            if dist.is_main():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_text(path, json.dumps(row, indent=1) + "\n")
-                if not fcfg.measure.keep_task_runs:
-                    shutil.rmtree(run_dir, ignore_errors=True)
-            dist.barrier()
+            row = run_arm(fcfg, root, tasks_by_name[task], task, arm, seed, replay, probe, before, stats)
             log(f"[forgetting] replay {task} / {arm} / seed {seed}: forgetting {row['forgetting']:+.5f}")
             results.append(row)
     tests = paired_tests(results, list(rc.arms))

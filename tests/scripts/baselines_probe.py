@@ -18,10 +18,11 @@ import torch
 import torch.distributed as tdist
 from deepspeed.utils import safe_set_local_fp32_param
 
-from remix_ds.baselines import partitions
+from remix_ds.baselines import build_regularizers, partitions
 from remix_ds.config import load_config
 from remix_ds.engine import dist
 from remix_ds.engine.trainer import Trainer
+from remix_ds.eval.hook import build_eval_hooks
 
 
 def shift(numel: int, seed: int) -> torch.Tensor:
@@ -45,7 +46,7 @@ def gather_full(slot, piece) -> torch.Tensor:
 argv = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
 out = Path(argv[0])
 cfg = load_config(argv[1], argv[2:])
-trainer = Trainer(cfg)
+trainer = Trainer(cfg, eval_hooks=build_eval_hooks(cfg), regularizers=build_regularizers(cfg))
 out.mkdir(parents=True, exist_ok=True)
 ewc = next(r for r in trainer.regularizers if r.name == "ewc")
 kl = next(r for r in trainer.regularizers if r.name == "kl")

@@ -16,10 +16,12 @@ from pathlib import Path
 import torch
 from deepspeed.utils import safe_get_full_grad
 
+from remix_ds.baselines import build_regularizers
 from remix_ds.config import load_config
 from remix_ds.engine import dist
 from remix_ds.engine.loss import token_loss_sum
 from remix_ds.engine.trainer import Trainer
+from remix_ds.eval.hook import build_eval_hooks
 
 PROBE_PARAMS = ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight", "model.norm.weight",
                 "lm_head.weight")
@@ -27,7 +29,7 @@ PROBE_PARAMS = ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.we
 argv = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]  # the launcher adds it
 out = Path(argv[0])
 cfg = load_config(argv[1], argv[2:])
-trainer = Trainer(cfg)
+trainer = Trainer(cfg, eval_hooks=build_eval_hooks(cfg), regularizers=build_regularizers(cfg))
 assert trainer.gas == 1, "run with global_batch_size = micro_batch_size x world size"
 engine = trainer.engine
 params = dict(engine.module.named_parameters())

@@ -11,11 +11,13 @@ import json
 import sys
 from pathlib import Path
 
+from remix_ds.baselines import build_regularizers
 from remix_ds.config import load_config
 from remix_ds.engine.trainer import Trainer
+from remix_ds.eval.hook import build_eval_hooks
 
 cfg = load_config(sys.argv[1], sys.argv[2:])
-trainer = Trainer(cfg)
+trainer = Trainer(cfg, eval_hooks=build_eval_hooks(cfg), regularizers=build_regularizers(cfg))
 trainer.fit()  # stops at stop_at_step and saves checkpoint-N
 stats = trainer.train_step(trainer._next_step_batches())
 trainer.step += 1
