@@ -11,6 +11,9 @@ from typing import Literal
 
 from remix_ds.configtools import ConfigError
 
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+"""File endings read as local datasets (anything else is a hub id or a registry name)."""
+
 LossMode = Literal["answer", "all", "key_spans"]
 
 

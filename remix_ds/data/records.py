@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from remix_ds.data.config import LOCAL_SUFFIXES
 from remix_ds.errors import RemixError
 
-LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 ROLES = ("system", "user", "assistant")
 
 

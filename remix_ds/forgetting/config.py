@@ -23,7 +23,7 @@ from remix_ds import configtools
 from remix_ds.config import RunConfig
 from remix_ds.configtools import ConfigError
 from remix_ds.data.config import SourceConfig
-from remix_ds.data.records import LOCAL_SUFFIXES
+from remix_ds.data.config import LOCAL_SUFFIXES
 
 Method = Literal["row_mean", "col_mean", "additive", "knn", "mf"]
 METHODS: tuple[str, ...] = ("row_mean", "col_mean", "additive", "knn", "mf")
