@@ -162,6 +162,12 @@ class ExperimentConfig:
     """`inprocess` (stages run in this process), `subprocess` (one python process per stage) or `deepspeed --num_gpus N [...]`."""
     retry_failed: bool = True
     """On rerun, run again cells that failed before (finished cells are always skipped)."""
+    data_dir: str | None = None
+    """Folder built by `remix-ds prepare-data` (manifest.json): registered D_A / D_B sets without data_files read
+    DATA_DIR/<dataset>.jsonl (D_A: the yet-to-learn file once filter-known recorded one); every cell records the
+    manifest's sha256."""
+    require_filtered: bool = False
+    """D_A sets drawn from a source (popqa, triviaqa, ...) must be filter-known yet-to-learn files; generated kvr is exempt."""
 
     def __post_init__(self):
         if not self.data_a or not self.data_b:
