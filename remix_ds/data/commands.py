@@ -106,6 +106,8 @@ def add_prepare_data_command(subparsers) -> argparse.ArgumentParser:
                    help="first: the first N rows that fit (the reference); seeded: a seeded sample from the first "
                         "--prefix-rows rows; config: seeded unless the set's subsample_seed is null")
     p.add_argument("--prefix-rows", type=int, default=20000, help="seeded: rows read before sampling (at least 10 x N)")
+    p.add_argument("--candidates", type=int, default=10000,
+                   help="D_A sets of a require_filtered grid: keep the first N rows that fit (0: all) for filter-known")
     p.add_argument("--only", action="append", default=[], metavar="NAME", help="build only these datasets (repeatable)")
     p.add_argument("--generic", action="append", default=[], metavar="NAME",
                    help="also build a generic corpus: knowledge-pile, arxiv-pile, fineweb")
@@ -133,7 +135,8 @@ def run_prepare_data(args: argparse.Namespace) -> int:
             raise DataError(f"--from {spec!r}: expected NAME=PATH (e.g. entityqa=dataset.zip)")
         releases[name] = path
     specs = [s for c in cfgs for s in c.data_a + c.data_b]
-    plans = prepare.plan_sets(specs, args.select, args.prefix_rows)
+    to_filter = {s.dataset: args.candidates for c in cfgs if c.require_filtered for s in c.data_a}
+    plans = prepare.plan_sets(specs, args.select, args.prefix_rows, to_filter)
     if args.only:
         plans = [p for p in plans if p.dataset in args.only]
     run = cfgs[0].run

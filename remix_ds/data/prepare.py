@@ -53,15 +53,23 @@ class SetPlan:
     """`seeded`: the sample is drawn from the rows that fit among the first this-many loaded rows."""
 
 
-def plan_sets(specs: Iterable, select: str = "config", prefix_rows: int = 20000) -> list[SetPlan]:
+def plan_sets(specs: Iterable, select: str = "config", prefix_rows: int = 20000, candidates: dict[str, int] | None = None
+              ) -> list[SetPlan]:
     """One plan per registered dataset named by `specs` (DatasetSpec-like: dataset, num_examples,
-    heldout_size, subsample_seed); a dataset named twice keeps the larger row count."""
+    heldout_size, subsample_seed); a dataset named twice keeps the larger row count.
+
+    `candidates` {dataset: N}: sets that filter-known will filter (require_filtered D_A) keep the
+    first N rows that fit (0: all), so that enough yet-to-learn facts remain.
+    """
     plans: dict[str, SetPlan] = {}
+    candidates = candidates or {}
     for spec in specs:
         if spec.dataset in GENERATED or spec.dataset not in REGISTRY or getattr(spec, "data_files", None):
             continue
         take = spec.heldout_size + spec.num_examples if spec.num_examples else 0
         mode = select if select != "config" else ("first" if spec.subsample_seed is None else "seeded")
+        if spec.dataset in candidates:
+            take, mode = candidates[spec.dataset], "first"
         seed = spec.subsample_seed or 0
         prefix = max(prefix_rows, 10 * take)
         old = plans.get(spec.dataset)

@@ -56,12 +56,16 @@ class DatasetSpec:
     """`generic`: words of the passage shown in the prompt."""
     answer_words: int = 6
     """`generic`: words of the continuation to memorize."""
+    max_new_tokens: int = 0
+    """Generation budget when this set is scored as D_B at the end (0: run.eval.max_new_tokens); MATH/APPS answers are long."""
 
     def validate(self, prefix: str) -> None:
         if not self.name or not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
             raise ConfigError(f"{prefix}.name must be a non-empty label of letters, digits, '_', '.', '-', got {self.name!r}")
         if self.num_examples < 0 or self.heldout_size < 0 or self.prompt_words < 1 or self.answer_words < 1:
             raise ConfigError(f"{prefix}: num_examples/heldout_size must be >= 0, prompt_words/answer_words >= 1")
+        if self.max_new_tokens < 0:
+            raise ConfigError(f"{prefix}.max_new_tokens must be >= 0, got {self.max_new_tokens}")
 
 
 @dataclass

@@ -16,6 +16,7 @@ checkpoint (`train.resume=auto`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -193,8 +194,12 @@ class Grid:
             return
         model = analysis.load_model(Path(s2cfg.train.output_dir) / "final", self.cfg.analysis.device)
         try:
-            examples = load_eval_set(str(self.paths[name]), s2cfg.eval).examples
-            result = evaluate(model, self.tokenizer, examples, s2cfg.eval, prompt_format=s2cfg.data.prompt_format)
+            eval_cfg = s2cfg.eval
+            budget = next((d.max_new_tokens for d in self.cfg.data_b if d.name == name), 0)
+            if budget:
+                eval_cfg = dataclasses.replace(eval_cfg, max_new_tokens=budget)
+            examples = load_eval_set(str(self.paths[name]), eval_cfg).examples
+            result = evaluate(model, self.tokenizer, examples, eval_cfg, prompt_format=s2cfg.data.prompt_format)
             write_results(result, folder, name, extra={"step": step})
         finally:
             del model
