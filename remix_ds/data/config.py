@@ -13,7 +13,7 @@ from remix_ds.configtools import ConfigError
 
 LossMode = Literal["answer", "all", "key_spans"]
 GENERATED_DATASETS = ("kvr", "generic")
-"""Datasets generated from a seed (no base model can know them): require_filtered does not apply."""
+"""Datasets generated from a seed (no base model can know them): a grid's require_filtered does not apply."""
 
 
 @dataclass
@@ -196,7 +196,7 @@ class DataConfig(SourceConfig):
             raise ConfigError("data.key_span_delimiters must be two different non-empty strings")
         self.kvr.validate("data.kvr")
         self.mix.validate("data.mix")
-        if self.require_filtered and self.dataset not in GENERATED_DATASETS:  # generated sets know nothing yet
+        if self.require_filtered:
             check_filtered(self.dataset, "data.dataset")
         for i, r in enumerate(self.replay):
             r.validate(f"data.replay[{i}]")

@@ -189,13 +189,28 @@ def _pid_key(rel: str):
     return (int(m.group(1)) if m else 1 << 30, rel)
 
 
+def _round_robin(streams: list[Iterator[dict]]) -> Iterator[dict]:
+    """One row of each relation in turn, so the first N rows mix all relations (not N rows of P17)."""
+    live = list(streams)
+    while live:
+        nxt = []
+        for it in live:
+            row = next(it, None)
+            if row is not None:
+                yield row
+                nxt.append(it)
+        live = nxt
+
+
 def entityqa_release_rows(path: str | Path) -> Iterator[dict]:
-    """EntityQuestions as published: `train/P*.train.json` (JSON lists of {question, answers}), relations in id order."""
+    """EntityQuestions as published: `train/P*.train.json` (JSON lists of {question, answers});
+    relations (id order) interleaved row by row, so a first-N selection covers every relation."""
     tree = _Tree(Path(path), "entityqa")
     files = sorted((f for f in tree.files if re.search(r"(^|/)train/P\d+\.train\.json$", f)), key=_pid_key)
     if not files:
         raise SourceMissing(f"entityqa: {path} holds no train/P*.train.json; expected {ENTITYQA_RELEASE}")
-    for rel in files:
+
+    def one(rel: str) -> Iterator[dict]:
         try:
             data = json.loads(tree.read(rel))
         except json.JSONDecodeError as e:
@@ -206,9 +221,12 @@ def entityqa_release_rows(path: str | Path) -> Iterator[dict]:
         for i, row in enumerate(data):
             yield {"id": f"{pid}-{i}", **row}
 
+    yield from _round_robin([one(rel) for rel in files])
+
 
 def lama_release_rows(path: str | Path) -> Iterator[dict]:
-    """LAMA T-REx as published: `TREx/P*.jsonl` facts, templates from `relations.jsonl` (by `relation`)."""
+    """LAMA T-REx as published: `TREx/P*.jsonl` facts, templates from `relations.jsonl` (by `relation`);
+    relations (id order) interleaved row by row."""
     tree = _Tree(Path(path), "lama")
     rel_files = [f for f in tree.files if f.rsplit("/", 1)[-1] == "relations.jsonl"]
     facts = sorted((f for f in tree.files if re.search(r"(^|/)TREx/P\d+\.jsonl$", f)), key=_pid_key)
@@ -222,7 +240,8 @@ def lama_release_rows(path: str | Path) -> Iterator[dict]:
                 templates[r["relation"]] = r["template"]
             except (json.JSONDecodeError, KeyError) as e:
                 raise SourceMissing(f"lama: {path}:{rel_files[0]}:{lineno}: bad relation line ({e})") from None
-    for rel in facts:
+
+    def one(rel: str) -> Iterator[dict]:
         pid = _relation_id(rel)
         if pid not in templates:
             raise SourceMissing(f"lama: {path}:{rel}: relation {pid} has no template in {rel_files[0]}")
@@ -234,6 +253,8 @@ def lama_release_rows(path: str | Path) -> Iterator[dict]:
             except json.JSONDecodeError as e:
                 raise SourceMissing(f"lama: {path}:{rel}:{lineno}: malformed JSON ({e.msg})") from None
             yield {**r, "template": templates[pid]}
+
+    yield from _round_robin([one(rel) for rel in facts])
 
 
 RELEASE_READERS: dict[str, Callable[[str | Path], Iterator[dict]]] = {
