@@ -117,3 +117,13 @@ def test_split_is_recorded_in_the_prepare_data_manifest(runs_on, tmp_path):
     assert spec.dataset == str(data / "filtered/tiny/unknown/kvr.jsonl") and spec.data_files is None
     spec_b = exp_datasets.resolve_spec(DatasetSpec(name="popqa", dataset="popqa"), str(data), stage_a=False, require_filtered=False)
     assert spec_b.data_files == str(data / "kvr.jsonl")  # as D_B: the prepared (unfiltered) file
+
+
+def test_few_shot_block_for_qa_prompts():
+    from remix_ds.baselines.filter_known import few_shot_prefix
+    from remix_ds.data import formats
+    from remix_ds.data.records import Example
+
+    shots = [Example(id="a", source="popqa", prompt=formats.qa_prompt("Capital of France?"), answer="Paris"),
+             Example(id="b", source="kvr", prompt=formats.kvr_prompt("ABC"), answer="XYZ")]
+    assert few_shot_prefix(shots) == "Capital of France?\nThe answer is: Paris\n\nThe value of key ABC is?\nXYZ\n\n"

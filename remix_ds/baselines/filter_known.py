@@ -62,8 +62,9 @@ def parse_data_arg(text: str) -> tuple[str, str | None]:
 
 
 def few_shot_prefix(shots) -> str:
-    """Solved examples, one ``prompt\\nanswer`` block each, separated by blank lines."""
-    return "".join(f"{ex.prompt}\n{ex.answer}\n\n" for ex in shots)
+    """Solved examples, one ``prompt\\nanswer`` block each, separated by blank lines (a prompt that
+    ends in a space, like PopQA's ``...\\nThe answer is: ``, is followed by its answer directly)."""
+    return "".join(f"{ex.prompt}{'' if ex.prompt.endswith(' ') else chr(10)}{ex.answer}\n\n" for ex in shots)
 
 
 def with_prefix(examples, prefix: str):

@@ -150,8 +150,6 @@ def run_prepare_data(args: argparse.Namespace) -> int:
         entry, skip = prepare.prepare_set(plan, out, tokenizer, tokenizer_name=tok_name, max_seq_len=run.data.max_seq_len,
                                           prompt_format=run.data.prompt_format, release=releases.get(plan.dataset),
                                           manifest=manifest, progress=not args.no_progress)
-        if "filtered" in manifest["sets"].get(plan.dataset, {}) and skip:
-            entry = manifest["sets"][plan.dataset]
         manifest["sets"][plan.dataset] = entry
         if skip:
             skipped.add(plan.dataset)
