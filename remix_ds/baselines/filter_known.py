@@ -9,6 +9,14 @@ verdicts the experiments report) and split by the verdict. ``--few-shot K`` prep
 examples of each set as solved question/answer pairs to every prompt while scoring (the
 reference scored its candidates with a few-shot prompt); those K are not written out.
 
+A base model does not stop after its answer (``OJRUQLTW`` -> ``OJRUQLTWP7OE`` or ``Paris\nQ: ...``),
+so by default (``--mode generate``) the greedy answer (at most ``--max-new-tokens``, 20 as in the
+reference) is cut at the first ``--stop`` string (default: a newline) before the matcher sees it.
+``--mode fused`` (teacher-forced answer + EOS) is only right for models trained to stop. With
+``--data NAME=DATA_DIR/NAME.jsonl`` from `remix-ds prepare-data`, the split and its counts are
+also recorded in DATA_DIR/manifest.json (``sets.NAME.filtered``), which an experiment with
+``data_dir: DATA_DIR`` then trains on as D_A.
+
 ``--data`` is a registered name (``kvr``, ``popqa``, ...), ``NAME=FILE`` (a registered dataset
 read from a local file with its own fields) or a .jsonl/.json/.parquet file; every example is
 scored (no held-out split, file order). MODEL is anything ``remix-ds eval`` accepts.
@@ -54,8 +62,9 @@ def parse_data_arg(text: str) -> tuple[str, str | None]:
 
 
 def few_shot_prefix(shots) -> str:
-    """Solved examples, one ``prompt\\nanswer`` block each, separated by blank lines."""
-    return "".join(f"{ex.prompt}\n{ex.answer}\n\n" for ex in shots)
+    """Solved examples, one ``prompt\\nanswer`` block each, separated by blank lines (a prompt that
+    ends in a space, like PopQA's ``...\\nThe answer is: ``, is followed by its answer directly)."""
+    return "".join(f"{ex.prompt}{'' if ex.prompt.endswith(' ') else chr(10)}{ex.answer}\n\n" for ex in shots)
 
 
 def with_prefix(examples, prefix: str):
@@ -103,6 +112,10 @@ def run_filter_known(args) -> int:
     if run_dir is not None and (run_dir / "config.json").is_file():
         base = json.loads((run_dir / "config.json").read_text())
     base["eval"]["mode"] = args.mode
+    if args.mode != "fused":  # a base model runs on past its answer: cut it before matching
+        stops = ["\n"] if args.stop is None else args.stop
+        base["eval"]["stop_strings"] = [decode_escapes(t) for t in stops if t]
+        base["eval"]["max_new_tokens"] = args.max_new_tokens
     cfg = configtools.from_dict(RunConfig, configtools.apply_overrides(base, list(args.overrides)))
 
     device = dist.device()
@@ -110,7 +123,8 @@ def run_filter_known(args) -> int:
     model = models.load_for_inference(source, dtype=args.dtype, device=device,
                                       attn_implementation=models.choose_attn_implementation(args.attn))
     out = Path(args.out)
-    manifest = {"model": args.model, "mode": cfg.eval.mode, "few_shot": args.few_shot, "datasets": {}}
+    manifest = {"model": args.model, "mode": cfg.eval.mode, "few_shot": args.few_shot, "datasets": {},
+                "stop_strings": list(cfg.eval.stop_strings), "max_new_tokens": cfg.eval.max_new_tokens}
     for spec in args.data:
         name, files = parse_data_arg(spec)
         examples = load_all(SourceConfig(dataset=name, data_files=files, subsample_seed=None), cfg.data.kvr)
@@ -129,12 +143,47 @@ def run_filter_known(args) -> int:
             "few_shot_ids": [ex.id for ex in examples[: args.few_shot]],
             "files": {"unknown": f"unknown/{label}.jsonl", "known": f"known/{label}.jsonl"},
         }
+        if files is not None:
+            record_in_data_manifest(name, files, out, label, manifest, args.manifest)
         print(f"{label}: {len(scored)} scored, {len(known)} known, {len(unknown)} yet to learn -> "
               f"{out / 'unknown' / (label + '.jsonl')}")
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return 0
+
+
+def decode_escapes(text: str) -> str:
+    r"""`--stop '\n'` as typed in a shell -> a newline."""
+    return text.encode("utf-8").decode("unicode_escape") if "\\" in text else text
+
+
+def record_in_data_manifest(name: str, files: str, out: Path, label: str, manifest: dict, explicit: str | None) -> None:
+    """Write the known / yet-to-learn split and its counts into the prepare-data manifest that lists `files`.
+
+    `--manifest PATH`, else DATA_DIR/manifest.json when FILE is DATA_DIR/NAME.jsonl of a prepare-data folder.
+    """
+    from remix_ds.data.prepare import MANIFEST as DATA_MANIFEST
+    from remix_ds.data.prepare import read_manifest, sha256_file, write_manifest
+
+    path = Path(explicit) if explicit else Path(files).parent / DATA_MANIFEST
+    if not path.is_file():
+        return
+    data_dir = path.parent
+    data = read_manifest(data_dir)
+    entry = data["sets"].get(name)
+    if entry is None or Path(files).resolve() != (data_dir / entry["file"]).resolve():
+        return
+    info = manifest["datasets"][label]
+    rel = {k: os.path.relpath(out / v, data_dir) for k, v in info["files"].items()}
+    entry["filtered"] = {
+        "model": manifest["model"], "mode": manifest["mode"], "few_shot": manifest["few_shot"],
+        "stop_strings": manifest["stop_strings"], "max_new_tokens": manifest["max_new_tokens"],
+        "scored": info["n"], "known": info["known"], "unknown": info["unknown"], "files": rel,
+        "sha256": sha256_file(data_dir / rel["unknown"]), "source_sha256": entry.get("sha256"),
+    }
+    write_manifest(data_dir, data)
+    print(f"{label}: recorded the split in {path}")
 
 
 def add_filter_known_command(subparsers) -> None:
@@ -147,8 +196,15 @@ def add_filter_known_command(subparsers) -> None:
     p.add_argument("--data", action="append", required=True, help="NAME, NAME=DATA_FILE or FILE (repeatable)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--few-shot", type=int, default=0, help="prepend the first K examples of each set as solved pairs")
-    p.add_argument("--mode", choices=["auto", "fused", "generate"], default="auto",
-                   help="fused: teacher-forced token EM; generate: greedy decoding + matcher; auto: fused where exact")
+    p.add_argument("--mode", choices=["auto", "fused", "generate"], default="generate",
+                   help="generate (default): greedy decoding, the answer cut at --stop, then the matcher (right on base "
+                        "models); fused: teacher-forced token EM incl. EOS (only for models trained to stop); auto: fused where exact")
+    p.add_argument("--stop", action="append", default=None, metavar="STR",
+                   help="cut the generated answer at the first of these strings before matching (repeatable; "
+                        "default: a newline; --stop '' disables)")
+    p.add_argument("--max-new-tokens", type=int, default=20, help="generation budget per answer (the reference: 20)")
+    p.add_argument("--manifest", default=None,
+                   help="prepare-data manifest.json to record the split in (default: the one next to NAME=FILE)")
     p.add_argument("--n", type=int, default=0, help="score only the first N examples of each set (after the shots)")
     p.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto")
     p.add_argument("--attn", choices=["auto", "flash_attention_2", "sdpa", "eager"], default="auto")

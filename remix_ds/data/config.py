@@ -15,6 +15,8 @@ LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 """File endings read as local datasets (anything else is a hub id or a registry name)."""
 
 LossMode = Literal["answer", "all", "key_spans"]
+GENERATED_DATASETS = ("kvr", "generic")
+"""Datasets generated from a seed (no base model can know them): a grid's require_filtered does not apply."""
 
 
 @dataclass

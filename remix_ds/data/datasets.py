@@ -18,7 +18,7 @@ from typing import Callable, Literal
 
 import numpy as np
 
-from remix_ds.data import formats
+from remix_ds.data import formats, sources
 from remix_ds.data.config import KVRConfig, SourceConfig
 from remix_ds.data.records import LOCAL_SUFFIXES, DataError, Example, generic_examples, read_rows, require
 
@@ -147,15 +147,18 @@ REGISTRY: dict[str, DatasetInfo] = {
         DatasetInfo("kvr", "factoid", None, None, (), lambda r, i: None, "synthetic key-value recall, generated from data.kvr"),
         DatasetInfo("popqa", "factoid", "akariasai/PopQA", None, ("test",), _popqa),
         DatasetInfo("triviaqa", "factoid", "mandarjoshi/trivia_qa", "rc.nocontext", ("train",), _triviaqa),
-        DatasetInfo("lama", "factoid", "facebook/lama", "trex", ("train",), _lama, "hub copy needs a loading script: prefer data_files"),
+        DatasetInfo("lama", "factoid", None, None, (), _lama,
+                    "facebook/lama is a loading script (refused by datasets>=4): `remix-ds prepare-data --from lama=data.zip`"),
         DatasetInfo("entityqa", "factoid", None, None, (), _answers_list("entityqa"),
-                    "EntityQuestions ships as a zip on GitHub (princeton-nlp/EntityQuestions): pass data_files"),
+                    "no hub copy: `remix-ds prepare-data --from entityqa=dataset.zip` (princeton-nlp/EntityQuestions)"),
         DatasetInfo("webqa", "factoid", "stanfordnlp/web_questions", None, ("train",), _answers_list("webqa")),
         DatasetInfo("ultrachat", "non-factoid", "stingning/ultrachat", None, ("train",), _ultrachat),
         DatasetInfo("evolcode", "non-factoid", "nickrosh/Evol-Instruct-Code-80k-v1", None, ("train",), _evolcode),
-        DatasetInfo("apps", "non-factoid", "codeparrot/apps", "all", ("train", "test"), _apps),
+        DatasetInfo("apps", "non-factoid", "codeparrot/apps", None, ("train", "test"), _apps,
+                    "read as its train.jsonl/test.jsonl (the repo's apps.py script is refused by datasets>=4)"),
         DatasetInfo("gsm8k", "non-factoid", "openai/gsm8k", "main", ("train",), _gsm8k),
-        DatasetInfo("math", "non-factoid", "lighteval/MATH", "all", ("train",), _math),
+        DatasetInfo("math", "non-factoid", "EleutherAI/hendrycks_math", None, ("train",), _math,
+                    "lighteval/MATH was removed in Jan 2025; the 7 subject configs of EleutherAI/hendrycks_math"),
     ]
 }
 
@@ -186,23 +189,31 @@ def generate_kvr(cfg: KVRConfig) -> list[Example]:
     ]
 
 
-def _hub_rows(info: DatasetInfo) -> list[dict]:
-    """All rows of the dataset's hub splits (needs network or a populated HF cache)."""
-    if info.hub_id is None:
-        raise DataError(f"dataset {info.name!r} has no hub source ({info.note}); set data.data_files to a local file")
-    import datasets
+HUB_PREFIX_ROWS = 20000
+"""A seeded subsample of a streamed hub source is drawn from its first max(this, 10 x needed) rows."""
 
-    rows: list[dict] = []
-    try:
-        for split in info.hub_splits:
-            rows.extend(datasets.load_dataset(info.hub_id, info.hub_config, split=split))
-    except Exception as e:  # network, gated repo, script-based dataset: say what to do instead
-        raise DataError(
-            f"cannot load {info.name!r} from the hub ({info.hub_id}"
-            f"{', ' + info.hub_config if info.hub_config else ''}): {type(e).__name__}: {e}. "
-            f"Set data.data_files to a local .jsonl/.json/.parquet file with the same fields."
-        ) from None
-    return rows
+
+def _hub_examples(info: DatasetInfo, source: SourceConfig) -> list[Example]:
+    """Examples streamed from the hub, stopping as soon as the split has what it needs.
+
+    File order (`subsample_seed: null`, the reference's first N): the first heldout_size +
+    num_examples convertible rows. Seeded: every convertible row of a bounded prefix (see
+    HUB_PREFIX_ROWS), so e.g. UltraChat never becomes 1.47M Python dicts. num_examples 0: all rows.
+    """
+    if info.hub_id is None:
+        raise DataError(f"dataset {info.name!r} has no loadable hub copy ({info.note}); or set data.data_files to a local file")
+    need = source.heldout_size + source.num_examples if source.num_examples else 0
+    max_rows = 0 if not need or source.subsample_seed is None else max(HUB_PREFIX_ROWS, 10 * need)
+    examples: list[Example] = []
+    for i, row in enumerate(sources.rows(info.name)):
+        if max_rows and i >= max_rows:
+            break
+        ex = info.convert(row, i)
+        if ex is not None:
+            examples.append(ex)
+            if need and source.subsample_seed is None and len(examples) == need:
+                break
+    return examples
 
 
 def load_all(source: SourceConfig, kvr: KVRConfig | None = None) -> list[Example]:
@@ -225,8 +236,10 @@ def load_all(source: SourceConfig, kvr: KVRConfig | None = None) -> list[Example
             examples = generate_kvr(kvr or KVRConfig())
     else:
         info = REGISTRY[name]
-        rows = read_rows(source.data_files) if source.data_files else _hub_rows(info)
-        examples = [ex for i, row in enumerate(rows) if (ex := info.convert(row, i)) is not None]
+        if source.data_files:
+            examples = [ex for i, row in enumerate(read_rows(source.data_files)) if (ex := info.convert(row, i)) is not None]
+        else:
+            examples = _hub_examples(info, source)
     if not examples:
         raise DataError(f"dataset {name!r}{' (' + source.data_files + ')' if source.data_files else ''} is empty")
     return examples

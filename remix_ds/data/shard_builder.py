@@ -258,7 +258,8 @@ def tokenize_to_shards(
     fingerprint = tokenizer_fingerprint(tokenizer, tokenizer_name)
     eos_id = fingerprint["eos_id"]
     # write_shard_dir reads `extra` after the last batch, so the generator below can fill it in.
-    extra = {**(extra or {}), "skipped_blank": 0}
+    extra = extra if extra is not None else {}  # shared, so a filtering input generator can count into it
+    extra["skipped_blank"] = 0
 
     def nonblank() -> Iterator[str]:
         for text in texts:
@@ -293,6 +294,21 @@ def tokenize_to_shards(
         bar.close()
 
 
+def _capped(texts: Iterator[str], max_documents: int, min_words: int, extra: dict) -> Iterator[str]:
+    """The first ``max_documents`` texts (0: all), minus those under ``min_words`` words; counts into ``extra``."""
+    for text in texts:
+        if max_documents and extra["documents_read"] >= max_documents:
+            break
+        extra["documents_read"] += 1
+        if min_words and len(text.split()) < min_words:
+            extra["skipped_short"] += 1
+            continue
+        yield text
+    close = getattr(texts, "close", None)
+    if close is not None:
+        close()
+
+
 def build_shards(
     inputs: Sequence[str],
     out_dir: str | Path,
@@ -306,12 +322,23 @@ def build_shards(
     max_tokens_per_shard: int = 1 << 30,
     overwrite: bool = False,
     progress: bool = True,
+    max_documents: int = 0,
+    min_words: int = 0,
 ) -> dict:
-    """Inputs (files, directories, ``hf:NAME``) -> shard directory ``out_dir``; returns the manifest."""
+    """Inputs (files, directories, ``hf:NAME``) -> shard directory ``out_dir``; returns the manifest.
+
+    ``max_documents`` > 0 reads only the first that many documents (a hub stream stops there);
+    ``min_words`` > 0 then skips documents with fewer whitespace words (the reference's generic
+    mixing: first 20,000 documents, those under 100 words skipped). Both are recorded.
+    """
     sources = expand_inputs(inputs)  # fail on a missing file before any work
     extra = {"sources": list(inputs), "text_field": text_field}
+    texts = iter_input_texts(sources, text_field, split, text_docs)
+    if max_documents or min_words:
+        extra.update(max_documents=max_documents, min_words=min_words, documents_read=0, skipped_short=0)
+        texts = _capped(texts, max_documents, min_words, extra)
     return tokenize_to_shards(
-        iter_input_texts(sources, text_field, split, text_docs), out_dir, tokenizer,
+        texts, out_dir, tokenizer,
         tokenizer_name=tokenizer_name, workers=workers, max_tokens_per_shard=max_tokens_per_shard,
         extra=extra, overwrite=overwrite, progress=progress,
     )

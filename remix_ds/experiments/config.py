@@ -56,12 +56,16 @@ class DatasetSpec:
     """`generic`: words of the passage shown in the prompt."""
     answer_words: int = 6
     """`generic`: words of the continuation to memorize."""
+    max_new_tokens: int = 0
+    """Generation budget when this set is scored as D_B at the end (0: run.eval.max_new_tokens); MATH/APPS answers are long."""
 
     def validate(self, prefix: str) -> None:
         if not self.name or not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
             raise ConfigError(f"{prefix}.name must be a non-empty label of letters, digits, '_', '.', '-', got {self.name!r}")
         if self.num_examples < 0 or self.heldout_size < 0 or self.prompt_words < 1 or self.answer_words < 1:
             raise ConfigError(f"{prefix}: num_examples/heldout_size must be >= 0, prompt_words/answer_words >= 1")
+        if self.max_new_tokens < 0:
+            raise ConfigError(f"{prefix}.max_new_tokens must be >= 0, got {self.max_new_tokens}")
 
 
 @dataclass
@@ -162,6 +166,12 @@ class ExperimentConfig:
     """`inprocess` (stages run in this process), `subprocess` (one python process per stage) or `deepspeed --num_gpus N [...]`."""
     retry_failed: bool = True
     """On rerun, run again cells that failed before (finished cells are always skipped)."""
+    data_dir: str | None = None
+    """Folder built by `remix-ds prepare-data` (manifest.json): registered D_A / D_B sets without data_files read
+    DATA_DIR/<dataset>.jsonl (D_A: the yet-to-learn file once filter-known recorded one); every cell records the
+    manifest's sha256."""
+    require_filtered: bool = False
+    """D_A sets drawn from a source (popqa, triviaqa, ...) must be filter-known yet-to-learn files; generated kvr is exempt."""
 
     def __post_init__(self):
         if not self.data_a or not self.data_b:

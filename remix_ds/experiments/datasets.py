@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from remix_ds.data.config import DataConfig, SourceConfig
-from remix_ds.data.datasets import generate_kvr, load_examples
+from remix_ds.data.config import GENERATED_DATASETS, DataConfig, SourceConfig, check_filtered
+from remix_ds.data.datasets import REGISTRY, generate_kvr, load_examples
+from remix_ds.data.prepare import MANIFEST, read_manifest
 from remix_ds.data.formats import completion_prompt
 from remix_ds.data.mixing import open_generic_corpus
 from remix_ds.data.records import Example, read_rows
@@ -115,6 +116,31 @@ def _mark(ex: Example, delimiters: tuple[str, str]) -> dict:
     else:
         row["answer"] = f"{o}{ex.answer}{c}"
     return row
+
+
+def resolve_spec(spec: DatasetSpec, data_dir: str | None, stage_a: bool, require_filtered: bool) -> DatasetSpec:
+    """The spec as trained: a registered set without data_files reads its prepared file in `data_dir`
+    (for D_A the yet-to-learn file when filter-known recorded one); `require_filtered` D_A sets drawn
+    from a source must be yet-to-learn files (generated kvr/generic are exempt). Raises DataError/ConfigError."""
+    from remix_ds.data.records import DataError
+
+    if data_dir and spec.dataset in REGISTRY and spec.dataset not in GENERATED_DATASETS and not spec.data_files:
+        entry = read_manifest(Path(data_dir)).get("sets", {}).get(spec.dataset)
+        if entry is None:
+            raise DataError(f"{spec.name}: {spec.dataset!r} is not in {Path(data_dir) / MANIFEST}; "
+                            f"run `remix-ds prepare-data CONFIG --out {data_dir}`")
+        filtered = entry.get("filtered")
+        if stage_a and filtered:
+            spec = replace(spec, dataset=str(Path(data_dir) / filtered["files"]["unknown"]), data_files=None)
+        else:
+            spec = replace(spec, data_files=str(Path(data_dir) / entry["file"]))
+    if stage_a and require_filtered and spec.dataset not in GENERATED_DATASETS:
+        hint = (f" (run `remix-ds filter-known MODEL --data {spec.dataset}={Path(data_dir) / (spec.dataset + '.jsonl')} "
+                f"--out {Path(data_dir) / 'filtered'}`)") if data_dir and spec.dataset in REGISTRY else ""
+        if spec.dataset in REGISTRY:
+            raise DataError(f"{spec.name}: require_filtered is set but {spec.dataset!r} has no yet-to-learn file{hint}")
+        check_filtered(spec.dataset, f"data_a[{spec.name}].dataset")
+    return spec
 
 
 def materialize(specs: list[tuple[int, DatasetSpec]], data: DataConfig, tokenizer, out: Path) -> dict[str, Path]:

@@ -16,6 +16,7 @@ checkpoint (`train.resume=auto`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -31,6 +32,7 @@ from remix_ds import configtools, models
 from remix_ds.baselines.strategies import strategy_patch
 from remix_ds.config import RunConfig
 from remix_ds.data.mixing import mix_count
+from remix_ds.data.prepare import manifest_sha256
 from remix_ds.eval.data import load_eval_set
 from remix_ds.eval.runner import evaluate, write_results
 from remix_ds.experiments import analysis, datasets, report
@@ -88,6 +90,7 @@ class Grid:
         self.paths: dict[str, Path] = {}
         self.data_errors: dict[str, str] = {}
         self.base_model: str | None = None
+        self.data_manifest_sha256: str | None = None
 
     # ---- planning ---------------------------------------------------------------------------
     def cells(self) -> list[Cell]:
@@ -191,8 +194,12 @@ class Grid:
             return
         model = analysis.load_model(Path(s2cfg.train.output_dir) / "final", self.cfg.analysis.device)
         try:
-            examples = load_eval_set(str(self.paths[name]), s2cfg.eval).examples
-            result = evaluate(model, self.tokenizer, examples, s2cfg.eval, prompt_format=s2cfg.data.prompt_format)
+            eval_cfg = s2cfg.eval
+            budget = next((d.max_new_tokens for d in self.cfg.data_b if d.name == name), 0)
+            if budget:
+                eval_cfg = dataclasses.replace(eval_cfg, max_new_tokens=budget)
+            examples = load_eval_set(str(self.paths[name]), eval_cfg).examples
+            result = evaluate(model, self.tokenizer, examples, eval_cfg, prompt_format=s2cfg.data.prompt_format)
             write_results(result, folder, name, extra={"step": step})
         finally:
             del model
@@ -225,9 +232,14 @@ class Grid:
     def prepare(self) -> None:
         """Materialize the datasets and run stage 0 (if configured)."""
         specs = list(enumerate(self.cfg.data_a)) + [(len(self.cfg.data_a) + i, s) for i, s in enumerate(self.cfg.data_b)]
+        if self.cfg.data_dir:  # which prepared data this grid used: recorded in every cell's row
+            self.data_manifest_sha256 = manifest_sha256(self.cfg.data_dir)
+            self.log(f"[experiment] data from {self.cfg.data_dir} (manifest sha256 {self.data_manifest_sha256[:12]})")
         for spec in specs:  # a dataset that cannot be loaded fails its cells, not the grid
             try:
-                self.paths.update(datasets.materialize([spec], self.cfg.run.data, self.tokenizer, self.out / "data"))
+                index, one = spec
+                one = datasets.resolve_spec(one, self.cfg.data_dir, index < len(self.cfg.data_a), self.cfg.require_filtered)
+                self.paths.update(datasets.materialize([(index, one)], self.cfg.run.data, self.tokenizer, self.out / "data"))
             except Exception as e:
                 self.data_errors[spec[1].name] = f"{type(e).__name__}: {str(e)[:500]}"
                 self.log(f"[experiment] dataset {spec[1].name} FAILED to load: {self.data_errors[spec[1].name]}")
@@ -300,6 +312,8 @@ class Grid:
             "stage2_wall_s": round(st2["wall_s"], 2), "stage2_eval_s": round(st2["eval_s"], 2),
             "stage1_eval_step": step1, "stage2_eval_step": step2,
         }
+        if self.data_manifest_sha256:
+            row["data_manifest_sha256"] = self.data_manifest_sha256
         curve = [(0, em1)] + em_curve(s2dir, a)
         ta = time.perf_counter()
         row.update(analysis.analyse_cell(layout, cell, s1dir, s2dir, rows1, rows2))
