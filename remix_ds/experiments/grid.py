@@ -191,9 +191,9 @@ class Grid:
             return
         model = analysis.load_model(Path(s2cfg.train.output_dir) / "final", self.cfg.analysis.device)
         try:
-            examples = load_eval_set(str(self.paths[name]), s2cfg.eval).examples
-            result = evaluate(model, self.tokenizer, examples, s2cfg.eval, prompt_format=s2cfg.data.prompt_format)
-            write_results(result, folder, name, extra={"step": step})
+            s = load_eval_set(str(self.paths[name]), s2cfg.eval)
+            result = evaluate(model, self.tokenizer, s.examples, s2cfg.eval, prompt_format=s2cfg.data.prompt_format)
+            write_results(result, folder, name, extra={"step": step}, fingerprint=s.fingerprint)
         finally:
             del model
 
