@@ -128,3 +128,17 @@ def test_real_exports_record_the_training_data(tmp_path):
     trained = load_examples(SourceConfig(dataset="kvr"), KVRConfig(num_pairs=8, seed=5))
     assert same_set(fp, data_fingerprint("kvr", trained))
     torch.testing.assert_close(torch.tensor(fp["count"]), torch.tensor(8))
+
+
+def test_preservation_check_refuses_different_sets():
+    from remix_ds.data.records import DataError, Example
+    from remix_ds.experiments import preserve
+
+    task = [Example(id=f"t{i}", source="x", prompt=f"p{i}", answer="a") for i in range(3)]
+    m = {"nll": [1.0, 2.0], "continuations": [[1], [2]], "eos": [True, False], "task_eos": [True],
+         "passages_fingerprint": data_fingerprint("preserve-passages", ["preserve-0", "preserve-1"]),
+         "task_fingerprint": data_fingerprint("preserve-task", task)}
+    d = preserve.compare(m, dict(m, nll=[2.0, 3.0]))
+    assert d["nll_change"] == 1.0 and d["task_fingerprint"]["count"] == 3
+    with pytest.raises(DataError, match="different sets"):
+        preserve.compare(m, dict(m, task_fingerprint=data_fingerprint("preserve-task", task[:2])))
