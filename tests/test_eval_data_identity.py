@@ -10,7 +10,6 @@ import json
 import sys
 
 import pytest
-import torch
 
 from helpers import REPO, run_cmd
 from remix_ds import cli
@@ -126,8 +125,7 @@ def test_real_exports_record_the_training_data(tmp_path):
              "--out", str(out)])
     fp = json.loads((out / "kvr.metrics.json").read_text())["data_fingerprint"]
     trained = load_examples(SourceConfig(dataset="kvr"), KVRConfig(num_pairs=8, seed=5))
-    assert same_set(fp, data_fingerprint("kvr", trained))
-    torch.testing.assert_close(torch.tensor(fp["count"]), torch.tensor(8))
+    assert same_set(fp, data_fingerprint("kvr", trained)) and fp["count"] == 8
 
 
 def test_preservation_check_refuses_different_sets():

@@ -144,3 +144,26 @@ def test_window_shorter_than_sequences_matches_model_mask(arch, backend, monkeyp
     torch.testing.assert_close(want_eager, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert (unwindowed - want).abs().max() > 1e-3  # the window is really applied
+
+
+CUDA = torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_gpu_compiled_flex_applies_the_window():
+    q, k, v, cu = (x.cuda() for x in qkv([1, 7, 33, 100, 300]))
+    want = A.varlen_attention(q, k, v, cu, 300, backend="sdpa", window=64)  # fp64 reference
+    got = A.varlen_attention(*(x.bfloat16() for x in (q, k, v)), cu, 300, backend="flex", window=64)
+    torch.testing.assert_close(got.double(), want, atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_gpu_mistral_window_4096_runs_on_the_fast_backend_at_2048_token_rows():
+    ref, fast = build("mistral", 4096)
+    ref, fast = ref.cuda().bfloat16(), fast.cuda().bfloat16()
+    batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in packed([1200, 848, 1000, 1040], 2048).items()}
+    kwargs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
+    with torch.no_grad():
+        want = ref(**kwargs).logits.float()
+        got = fast(**kwargs, cu_seq_lens_q=batch["cu_seq_lens_q"], max_length_q=batch["max_length_q"]).logits.float()
+    torch.testing.assert_close(got, want, atol=5e-2, rtol=5e-2)
