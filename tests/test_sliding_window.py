@@ -167,3 +167,27 @@ def test_gpu_mistral_window_4096_runs_on_the_fast_backend_at_2048_token_rows():
         want = ref(**kwargs).logits.float()
         got = fast(**kwargs, cu_seq_lens_q=batch["cu_seq_lens_q"], max_length_q=batch["max_length_q"]).logits.float()
     torch.testing.assert_close(got, want, atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("arch,window", [("llama", None), ("qwen2", 16), ("mistral", 16), ("mistral", 4096)])
+@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+def test_packed_equals_each_example_alone(arch, window, backend, monkeypatch):
+    """Packed through remix_varlen == every example run alone through the model's own attention
+    (its sliding window included): packing changes nothing, windowed or not."""
+    ref, fast = build(arch, window, max_pos=256)
+    lengths = [2, 7, 33, 100, 20, 61]
+    batch = packed(lengths, 128)
+    monkeypatch.setattr(A, "HF_BACKEND", backend)
+    with torch.no_grad():
+        got = fast(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        seg = A.segment_ids(batch["cu_seq_lens_q"], got.shape[0] * got.shape[1]).view(got.shape[:2])
+        ids, checked = batch["input_ids"], 0
+        for r in range(ids.shape[0]):
+            for s in seg[r].unique().tolist():
+                cols = (seg[r] == s).nonzero().squeeze(1)
+                if batch["position_ids"][r, cols[0]] != 0 or len(cols) not in lengths:
+                    continue
+                alone = ref(input_ids=ids[r, cols][None], use_cache=False).logits[0]
+                torch.testing.assert_close(got[r, cols], alone, atol=1e-5, rtol=1e-5)
+                checked += 1
+    assert checked >= len(lengths)
