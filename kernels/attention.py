@@ -58,7 +58,7 @@ class SlidingWindowError(ValueError):
     """A packed sequence is longer than the model's sliding window on a backend without windows."""
 
 
-# What the window check raises; `register(error=...)` lets the caller substitute its own
+# What the window check raises; `register(window_error=...)` lets the caller substitute its own
 # user-facing error class (remix_ds.models passes a RemixError subclass: one line in the CLI).
 WINDOW_ERROR: type[Exception] = SlidingWindowError
 WINDOWED_BACKENDS = ("flex", "sdpa")

@@ -30,8 +30,8 @@ from pathlib import Path
 
 from remix_ds import configtools, models
 from remix_ds.config import RunConfig
-from remix_ds.data.fingerprint import short
 from remix_ds.configtools import ConfigError
+from remix_ds.data.fingerprint import short
 from remix_ds.engine import dist
 from remix_ds.engine.checkpoint import latest_checkpoint
 from remix_ds.engine.export import DATA_CONFIG_FILE, export_checkpoint
