@@ -23,6 +23,12 @@ Backends, fastest first (`choose_backend`):
 
 All four compute the same function; they differ by floating-point summation order only.
 
+Sliding windows (Mistral, Qwen2 `sliding_attention` layers): token i sees token j of its own
+sequence iff ``i - window < j <= i`` (transformers' `sliding_window_overlay`). A sequence no longer
+than the window is unaffected, so when every packed sequence fits, every backend runs unchanged.
+When one does not, `sdpa` and `flex` apply the window inside each document; `flash_attn` and
+`torch_varlen` raise `WINDOW_ERROR` naming the window and the longest sequence.
+
 Hugging Face integration: `register()` adds `remix_varlen` to transformers 5's `AttentionInterface`
 (and nothing to `AttentionMaskInterface`, so transformers builds no dense mask for it), so
 `from_pretrained(..., attn_implementation="remix_varlen")` or `model.set_attn_implementation("remix_varlen")`
@@ -46,6 +52,28 @@ _HALF = (torch.float16, torch.bfloat16)
 # that read them (others get the block-diagonal mask transformers derives from position_ids).
 VARLEN_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 VARLEN_IMPLEMENTATIONS = ("flash_attention_2", ATTN_NAME)
+
+
+class SlidingWindowError(ValueError):
+    """A packed sequence is longer than the model's sliding window on a backend without windows."""
+
+
+# What the window check raises; `register(window_error=...)` lets the caller substitute its own
+# user-facing error class (remix_ds.models passes a RemixError subclass: one line in the CLI).
+WINDOW_ERROR: type[Exception] = SlidingWindowError
+WINDOWED_BACKENDS = ("flex", "sdpa")
+
+
+def effective_window(window: int | None, max_seqlen: int, backend: str) -> int | None:
+    """The window a backend must apply: None when every sequence fits it (nothing to mask), the
+    window for `flex`/`sdpa`; raises `WINDOW_ERROR` for the backends that cannot apply one."""
+    if not window or max_seqlen <= window:
+        return None
+    if backend in WINDOWED_BACKENDS:
+        return int(window)
+    raise WINDOW_ERROR(f"sliding window {window} is shorter than the longest packed sequence ({max_seqlen} tokens) "
+                       f"and the {backend} attention backend cannot apply it; use sequences of at most {window} "
+                       f"tokens (data.max_seq_len) or the flex backend")
 
 
 def takes_varlen_kwargs(attn_implementation: str | None) -> bool:
@@ -81,24 +109,28 @@ def _repeat_kv(x: torch.Tensor, groups: int, head_dim: int) -> torch.Tensor:
 
 # ---- reference ---------------------------------------------------------------------------------
 def block_causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg: torch.Tensor,
-                      scale: float | None = None) -> torch.Tensor:
+                      scale: float | None = None, window: int | None = None) -> torch.Tensor:
     """Reference on rows: q (R, Hq, T, D), k/v (R, Hkv, T, D), seg (R, T) sequence ids -> (R, Hq, T, D).
 
-    Token i attends to token j iff seg[i] == seg[j] and j <= i (a dense (R, 1, T, T) bool mask).
-    Every token attends at least to itself, so no softmax row is empty.
+    Token i attends to token j iff seg[i] == seg[j] and j <= i (a dense (R, 1, T, T) bool mask),
+    and i - j < window when a window is given. Every token attends at least to itself, so no
+    softmax row is empty.
     """
     groups = q.shape[1] // k.shape[1]
     k, v = _repeat_kv(k, groups, 1), _repeat_kv(v, groups, 1)
     t = q.shape[2]
     causal = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+    if window:
+        causal = causal & ~torch.ones(t, t, dtype=torch.bool, device=q.device).tril(-int(window))
     mask = (seg[:, :, None] == seg[:, None, :]) & causal  # (R, T, T)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], scale=scale)
 
 
-def sdpa_varlen(q, k, v, cu_seqlens, max_seqlen=None, scale=None):
+def sdpa_varlen(q, k, v, cu_seqlens, max_seqlen=None, scale=None, window=None):
     """Reference in the flat layout: the whole batch as one row with a block-diagonal causal mask."""
     seg = segment_ids(cu_seqlens, q.shape[0])[None]  # (1, N)
-    out = block_causal_sdpa(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], seg, scale)
+    out = block_causal_sdpa(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], seg, scale,
+                            window)
     return out[0].transpose(0, 1)  # (N, Hq, D)
 
 
@@ -151,12 +183,19 @@ def _compiled_flex():
     return torch.compile(flex_attention)
 
 
-def flex_rows(q, k, v, seg, scale=None):
-    """flex_attention on rows with a document mask: q (R, Hq, T, D), k/v (R, Hkv, T, D), seg (R, T)."""
+def flex_rows(q, k, v, seg, scale=None, window=None):
+    """flex_attention on rows with a document mask: q (R, Hq, T, D), k/v (R, Hkv, T, D), seg (R, T);
+    with a window, token i also needs i - j < window (inside each document, as the reference)."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    def document_causal(b, h, q_idx, kv_idx):
-        return (seg[b, q_idx] == seg[b, kv_idx]) & (q_idx >= kv_idx)
+    if window:
+        w = int(window)
+
+        def document_causal(b, h, q_idx, kv_idx):
+            return (seg[b, q_idx] == seg[b, kv_idx]) & (q_idx >= kv_idx) & (q_idx - kv_idx < w)
+    else:
+        def document_causal(b, h, q_idx, kv_idx):
+            return (seg[b, q_idx] == seg[b, kv_idx]) & (q_idx >= kv_idx)
 
     r, _, t, _ = q.shape
     on_cuda = q.is_cuda
@@ -165,9 +204,9 @@ def flex_rows(q, k, v, seg, scale=None):
     return fn(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
 
 
-def flex_varlen(q, k, v, cu_seqlens, max_seqlen=None, scale=None):
+def flex_varlen(q, k, v, cu_seqlens, max_seqlen=None, scale=None, window=None):
     seg = segment_ids(cu_seqlens, q.shape[0])[None]
-    out = flex_rows(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], seg, scale)
+    out = flex_rows(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], seg, scale, window)
     return out[0].transpose(0, 1)
 
 
@@ -220,11 +259,16 @@ def choose_backend(device: torch.device | str, dtype: torch.dtype, requested: st
 
 
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
-                     max_seqlen: int, scale: float | None = None, backend: str = "auto") -> torch.Tensor:
-    """Block-diagonal causal attention in the flat layout (see the module docstring for shapes)."""
+                     max_seqlen: int, scale: float | None = None, backend: str = "auto",
+                     window: int | None = None) -> torch.Tensor:
+    """Block-diagonal causal attention in the flat layout (see the module docstring for shapes);
+    ``window``: a sliding window (see the module docstring)."""
     if q.shape[1] % k.shape[1]:
         raise ValueError(f"query heads {q.shape[1]} not a multiple of kv heads {k.shape[1]}")
     name = choose_backend(q.device, q.dtype, backend)
+    w = effective_window(window, int(max_seqlen), name)
+    if w is not None:
+        return _FLAT[name](q, k, v, cu_seqlens, int(max_seqlen), scale, window=w)
     return _FLAT[name](q, k, v, cu_seqlens, int(max_seqlen), scale)
 
 
@@ -246,8 +290,7 @@ def remix_varlen_attention_forward(module: torch.nn.Module, query: torch.Tensor,
         raise ValueError(f"{ATTN_NAME} takes packed batches without an attention mask (pass position_ids)")
     if dropout:
         raise NotImplementedError(f"{ATTN_NAME} has no attention dropout (got {dropout})")
-    if getattr(module, "sliding_window", None) or kwargs.get("sliding_window"):
-        raise NotImplementedError(f"{ATTN_NAME} has no sliding-window attention")
+    window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
     r, hq, t, d = query.shape
     cu, max_len = kwargs.get("cu_seq_lens_q"), kwargs.get("max_length_q")
     if cu is None:
@@ -257,10 +300,14 @@ def remix_varlen_attention_forward(module: torch.nn.Module, query: torch.Tensor,
         cu, max_len = cu_seqlens_from_position_ids(position_ids.expand(r, t))
     cu = cu.to(query.device)
     name = choose_backend(query.device, query.dtype, HF_BACKEND)
+    if window:  # NOTE: host sync only for windowed models; every sequence fitting the window changes nothing
+        if max_len is None:
+            max_len = int((cu[1:] - cu[:-1]).max())
+        window = effective_window(window, int(max_len), name)
     if name in ("sdpa", "flex"):  # row layout: masks stay (R, T, T), never (N, N)
         seg = segment_ids(cu, r * t).view(r, t)
         rows = block_causal_sdpa if name == "sdpa" else flex_rows
-        out = rows(query, key, value, seg, scaling)  # (R, Hq, T, D)
+        out = rows(query, key, value, seg, scaling, window)  # (R, Hq, T, D)
         return out.transpose(1, 2).contiguous(), None
     flat = lambda x: x.transpose(1, 2).reshape(r * t, x.shape[1], d)  # noqa: E731  (N, H, D)
     if max_len is None:
@@ -269,9 +316,14 @@ def remix_varlen_attention_forward(module: torch.nn.Module, query: torch.Tensor,
     return out.view(r, t, hq, d), None
 
 
-def register(name: str = ATTN_NAME) -> str:
-    """Register `remix_varlen_attention_forward` under `name` in transformers' AttentionInterface (idempotent)."""
+def register(name: str = ATTN_NAME, window_error: type[Exception] | None = None) -> str:
+    """Register `remix_varlen_attention_forward` under `name` in transformers' AttentionInterface (idempotent).
+
+    window_error: the exception class the sliding-window check raises (a subclass of ValueError)."""
+    global WINDOW_ERROR
     from transformers import AttentionInterface
 
+    if window_error is not None:
+        WINDOW_ERROR = window_error
     AttentionInterface.register(name, remix_varlen_attention_forward)
     return name

@@ -20,6 +20,7 @@ import torch
 
 from remix_ds.cachedir import build_once, cache_root
 from remix_ds.config import ModelConfig, TinyModelConfig
+from remix_ds.errors import RemixError
 from remix_ds.kernels import attention as attention_kernels
 
 TINY = "tiny"
@@ -115,6 +116,15 @@ def _build_tiny(cfg: TinyModelConfig, out: Path) -> None:
     model.save_pretrained(out, safe_serialization=True)
 
 
+class SlidingWindowError(RemixError, attention_kernels.SlidingWindowError):
+    """A packed sequence is longer than the model's sliding window on an attention backend without one."""
+
+
+def register_attention() -> str:
+    """Make `remix_varlen` selectable; its sliding-window check raises :class:`SlidingWindowError`."""
+    return attention_kernels.register(window_error=SlidingWindowError)
+
+
 def tiny_model_dir(cfg: TinyModelConfig | None = None) -> Path:
     """Hugging Face folder of the built-in tiny model (built on first use, then cached)."""
     cfg = cfg or TinyModelConfig()
@@ -186,7 +196,7 @@ def load_model(cfg: ModelConfig, dtype: torch.dtype, attn_implementation: str, f
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    attention_kernels.register()  # makes `remix_varlen` selectable
+    register_attention()  # makes `remix_varlen` selectable
     source = model_source(cfg)
     if cfg.init_from and is_deepspeed_checkpoint(cfg.init_from):
         from_config_only = True
@@ -234,7 +244,7 @@ def load_for_inference(path_or_name: str | Path, *, dtype: str | torch.dtype = "
         on_gpu = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
         dtype = (torch.bfloat16 if on_gpu else torch.float32) if dtype == "auto" else resolve_dtype(dtype)
     if attn_implementation == attention_kernels.ATTN_NAME:
-        attention_kernels.register()
+        register_attention()
     source = resolve_path(str(path_or_name), tiny)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation is not None else {}
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)

@@ -77,6 +77,14 @@ def test_filter_known_splits_by_the_evaluators_verdicts(half_trained, tmp_path):
     loaded = load_examples(SourceConfig(dataset=path, subsample_seed=None))
     by_id = {e.id: e for e in examples}
     assert [(e.prompt, e.answer) for e in loaded] == [(by_id[i].prompt, by_id[i].answer) for i in unknown]
+    # one fingerprint for "the same set" everywhere: the scored set, and the output file read back as data
+    from remix_ds.data.fingerprint import data_fingerprint, same_set
+
+    entry = manifest["datasets"]["kvr"]
+    assert same_set(entry["data_fingerprint"], data_fingerprint("kvr", examples))
+    assert same_set(entry["unknown_fingerprint"], data_fingerprint(path, loaded))
+    assert not same_set(entry["known_fingerprint"], entry["unknown_fingerprint"])
+    assert json.loads((out / "scores" / "kvr.metrics.json").read_text())["data_fingerprint"] == entry["data_fingerprint"]
     assert DataConfig(dataset=path, require_filtered=True).require_filtered
     with pytest.raises(ConfigError, match="not a filter-known output"):
         DataConfig(dataset="kvr", require_filtered=True)

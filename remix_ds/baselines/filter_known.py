@@ -45,6 +45,7 @@ from remix_ds import configtools, models
 from remix_ds.config import RunConfig
 from remix_ds.data.config import SourceConfig
 from remix_ds.data.datasets import load_all
+from remix_ds.data.fingerprint import data_fingerprint, source_params
 from remix_ds.engine import dist
 from remix_ds.eval.commands import resolve_model
 from remix_ds.eval.data import set_label
@@ -137,9 +138,14 @@ def run_filter_known(args) -> int:
             continue
         _write_jsonl(out / "unknown" / f"{label}.jsonl", unknown)
         _write_jsonl(out / "known" / f"{label}.jsonl", known)
-        write_results(result, out / "scores", label, extra={"model": args.model, "data": spec})
+        params = {**source_params(SourceConfig(dataset=name, data_files=files, subsample_seed=None), cfg.data.kvr),
+                  "n": args.n, "few_shot": args.few_shot}
+        fp = data_fingerprint(label, scored, params)
+        write_results(result, out / "scores", label, extra={"model": args.model, "data": spec}, fingerprint=fp)
         manifest["datasets"][label] = {
             "data": spec, "n": len(scored), "known": len(known), "unknown": len(unknown),
+            "data_fingerprint": fp, "known_fingerprint": data_fingerprint(f"{label}-known", known),
+            "unknown_fingerprint": data_fingerprint(f"{label}-unknown", unknown),
             "few_shot_ids": [ex.id for ex in examples[: args.few_shot]],
             "files": {"unknown": f"unknown/{label}.jsonl", "known": f"known/{label}.jsonl"},
         }

@@ -6,6 +6,7 @@ leaves a folder that looks finished.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -16,13 +17,33 @@ import torch
 from remix_ds.engine import dist
 
 
+DATA_CONFIG_FILE = "remix_ds_data.json"
+"""Written beside config.json: the data (and eval.sources) settings of the run the weights come
+from, so `remix-ds eval MODEL_DIR --data NAME` scores what the model was trained on."""
+
+
+def write_data_config(run_config: str | Path | None, folder: Path) -> Path | None:
+    """Copy ``data`` and ``eval.sources`` of a run's saved config.json into ``folder/remix_ds_data.json``."""
+    if run_config is None or not Path(run_config).is_file():
+        return None
+    cfg = json.loads(Path(run_config).read_text())
+    if not isinstance(cfg, dict) or "data" not in cfg:
+        return None
+    record = {"data": cfg["data"], "eval": {"sources": (cfg.get("eval") or {}).get("sources", [])},
+              "run_config": str(Path(run_config).resolve())}
+    path = folder / DATA_CONFIG_FILE
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
 def _publish(tmp: Path, out: Path) -> None:
     if out.exists():
         shutil.rmtree(out)
     os.rename(tmp, out)
 
 
-def _save_folder(config, state_dict: dict, out: Path, tokenizer_src: Path | None, tokenizer=None, dtype=None) -> Path:
+def _save_folder(config, state_dict: dict, out: Path, tokenizer_src: Path | None, tokenizer=None, dtype=None,
+                 run_config: Path | None = None) -> Path:
     """Build the architecture on the meta device, assign the weights, save safetensors + tokenizer."""
     from transformers import AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
@@ -49,6 +70,7 @@ def _save_folder(config, state_dict: dict, out: Path, tokenizer_src: Path | None
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_src)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        write_data_config(run_config, tmp)
         _publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -59,6 +81,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: torch.dtype | No
     """Consolidate the ZeRO shards of RUN_DIR/checkpoint-N (fp32 master weights) into an HF folder.
 
     Runs on CPU in a single process. dtype: cast the weights before saving (default: keep fp32).
+    The run's data settings (RUN_DIR/config.json) are recorded in ``OUT/remix_ds_data.json``.
     """
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from transformers import AutoConfig
@@ -68,11 +91,14 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: torch.dtype | No
         raise FileNotFoundError(f"{ckpt} is not a remix-ds checkpoint folder (no config.json)")
     state_dict = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
     config = AutoConfig.from_pretrained(ckpt)
-    return _save_folder(config, state_dict, Path(out), tokenizer_src=ckpt, dtype=dtype)
+    return _save_folder(config, state_dict, Path(out), tokenizer_src=ckpt, dtype=dtype,
+                        run_config=ckpt.parent / "config.json")
 
 
-def export_engine(engine, out: Path, tokenizer) -> Path | None:
+def export_engine(engine, out: Path, tokenizer, run_config: Path | None = None) -> Path | None:
     """Gather the live engine's weights to rank 0 and save them there (all ranks must call).
+
+    run_config: the run's saved config.json, whose data settings go to ``OUT/remix_ds_data.json``.
 
     Under ZeRO-3 DeepSpeed gathers one layer at a time into rank 0's CPU memory, so no rank ever
     holds the full model on its accelerator.
@@ -84,6 +110,7 @@ def export_engine(engine, out: Path, tokenizer) -> Path | None:
     path = None
     if dist.is_main():
         state_dict = {k: v.detach().cpu() for k, v in state_dict.items()}
-        path = _save_folder(engine.module.config, state_dict, out, tokenizer_src=None, tokenizer=tokenizer)
+        path = _save_folder(engine.module.config, state_dict, out, tokenizer_src=None, tokenizer=tokenizer,
+                            run_config=run_config)
     dist.barrier()
     return path

@@ -281,7 +281,7 @@ class Trainer:
         if finished and t.export_final and (
             self.step > start_step or not (self.out / "final" / "config.json").is_file()
         ):
-            export_engine(self.engine, self.out / "final", self.tokenizer)
+            export_engine(self.engine, self.out / "final", self.tokenizer, run_config=self.out / "config.json")
         return logged
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from remix_ds.data.config import DataConfig, SourceConfig
 from remix_ds.data.datasets import load_examples
+from remix_ds.data.fingerprint import data_fingerprint, source_params
 from remix_ds.data.records import LOCAL_SUFFIXES, Example
 
 SPLITS = ("train", "heldout")
@@ -24,6 +25,8 @@ class EvalSet:
     name: str
     """Label used in metric names and file names: the dataset name (a file's stem), `-heldout` appended for that split."""
     examples: list[Example]
+    fingerprint: dict | None = None
+    """`remix_ds.data.fingerprint.data_fingerprint` of `examples` (dataset, parameters, count, id hash)."""
 
 
 def set_label(spec: str) -> str:
@@ -65,7 +68,8 @@ def load_eval_set(spec: str, cfg, data: DataConfig | None = None, n: int | None 
     n = cfg.n if n is None else n
     if n:
         examples = examples[:n]
-    return EvalSet(set_label(spec), examples)
+    params = {**source_params(source, kvr, split), "n": n}
+    return EvalSet(set_label(spec), examples, data_fingerprint(name, examples, params))
 
 
 def load_eval_sets(cfg, data: DataConfig | None = None) -> list[EvalSet]:

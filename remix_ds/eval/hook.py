@@ -44,7 +44,8 @@ class EvalSetsHook:
             if "fused_generate_agreement" in result.metrics:
                 metrics[f"eval/{s.name}/fused_generate_agreement"] = result.metrics["fused_generate_agreement"]
             if self.cfg.write_rows and self.rank == 0:
-                write_results(result, Path(out_dir) / f"step-{step}", s.name, extra={"step": step})
+                write_results(result, Path(out_dir) / f"step-{step}", s.name, extra={"step": step},
+                              fingerprint=s.fingerprint)
         return metrics
 
 

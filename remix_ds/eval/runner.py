@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from remix_ds.data.fingerprint import short
 from remix_ds.data.records import Example
 from remix_ds.data.tokenize import pad_id
 from remix_ds.engine import dist
@@ -156,13 +157,20 @@ def _gather_rows(rows: list[tuple[int, dict]]) -> list[dict]:
     return [r for _, r in sorted(merged, key=lambda x: x[0])]
 
 
-def write_results(result: EvalResult, out_dir: str | Path, name: str, extra: dict | None = None) -> Path:
-    """``OUT/NAME.jsonl`` (one row per example) and ``OUT/NAME.metrics.json``. Call on rank 0."""
+def write_results(result: EvalResult, out_dir: str | Path, name: str, extra: dict | None = None,
+                  fingerprint: dict | None = None) -> Path:
+    """``OUT/NAME.jsonl`` (one row per example) and ``OUT/NAME.metrics.json``. Call on rank 0.
+
+    fingerprint: the scored set's `data_fingerprint`; recorded whole in the metrics file
+    (``data_fingerprint``) and in short form on every row (``data_fingerprint``: NAME:COUNT:HASH12).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     safe = name.replace("/", "_").replace(":", "_")
+    tag = {"data_fingerprint": short(fingerprint)} if fingerprint else {}
     with (out / f"{safe}.jsonl").open("w", encoding="utf-8") as f:
         for row in result.rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    (out / f"{safe}.metrics.json").write_text(json.dumps({**(extra or {}), **result.metrics}, indent=2) + "\n")
+            f.write(json.dumps({**row, **tag}, ensure_ascii=False) + "\n")
+    meta = {**(extra or {}), **({"data_fingerprint": fingerprint} if fingerprint else {})}
+    (out / f"{safe}.metrics.json").write_text(json.dumps({**meta, **result.metrics}, indent=2) + "\n")
     return out / f"{safe}.jsonl"

@@ -198,9 +198,9 @@ class Grid:
             budget = next((d.max_new_tokens for d in self.cfg.data_b if d.name == name), 0)
             if budget:
                 eval_cfg = dataclasses.replace(eval_cfg, max_new_tokens=budget)
-            examples = load_eval_set(str(self.paths[name]), eval_cfg).examples
-            result = evaluate(model, self.tokenizer, examples, eval_cfg, prompt_format=s2cfg.data.prompt_format)
-            write_results(result, folder, name, extra={"step": step})
+            s = load_eval_set(str(self.paths[name]), eval_cfg)
+            result = evaluate(model, self.tokenizer, s.examples, eval_cfg, prompt_format=s2cfg.data.prompt_format)
+            write_results(result, folder, name, extra={"step": step}, fingerprint=s.fingerprint)
         finally:
             del model
 

@@ -12,7 +12,9 @@ before and after a stage:
   "cannot stop" failure (e.g. `key_spans` training never supervises EOS).
 
 `measure` runs on one model (HF module, engine or ZeRO-3 partitioned: parameters are gathered
-once with the evaluator's `eval_model`); `compare` turns two measurements into the deltas.
+once with the evaluator's `eval_model`); `compare` turns two measurements into the deltas. Each
+measurement records the `data_fingerprint` of its passages and task prompts, and `compare`
+refuses two measurements of different sets.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from remix_ds.data.fingerprint import data_fingerprint, same_set, short
 from remix_ds.data.formats import completion_prompt
-from remix_ds.data.records import Example
+from remix_ds.data.records import DataError, Example
 from remix_ds.data.tokenize import pad_id
 from remix_ds.eval.generate import generate_greedy
 from remix_ds.eval.items import make_items
@@ -85,6 +88,9 @@ def measure(model, tokenizer, probe: Probe, prompt_format: str = "plain") -> dic
         "continuations": [g.token_ids for g in gens],
         "eos": [g.stop_reason == "eos" for g in gens],
         "task_eos": [g.stop_reason == "eos" for g in task],
+        "passages_fingerprint": data_fingerprint("preserve-passages", prompts,
+                                                 {"prompt_words": probe.prompt_words, "max_tokens": probe.max_tokens}),
+        "task_fingerprint": data_fingerprint("preserve-task", probe.task),
     }
 
 
@@ -93,7 +99,15 @@ def _rate(flags) -> float:
 
 
 def compare(before: dict, after: dict) -> dict:
-    """Deltas of a stage: NLL change, changed continuations, EOS rates before/after."""
+    """Deltas of a stage: NLL change, changed continuations, EOS rates before/after.
+
+    Both measurements must be of the same passages and task prompts (their fingerprints, where
+    recorded, agree)."""
+    for key in ("passages_fingerprint", "task_fingerprint"):
+        a, b = before.get(key), after.get(key)
+        if a and b and not same_set(a, b):
+            raise DataError(f"preservation check: before and after measured different sets ({key}: "
+                            f"{a['count']} vs {b['count']} examples, {short(a)} vs {short(b)})")
     nll_b, nll_a = float(np.mean(before["nll"])), float(np.mean(after["nll"]))
     changed = [a != b for a, b in zip(before["continuations"], after["continuations"])]
     return {
@@ -104,4 +118,5 @@ def compare(before: dict, after: dict) -> dict:
         "eos_rate_before": _rate(before["eos"]),
         "eos_rate_after": _rate(after["eos"]),
         "task_eos_rate_after": _rate(after["task_eos"]),
+        **{k: after[k] for k in ("passages_fingerprint", "task_fingerprint") if k in after},
     }

@@ -190,7 +190,8 @@ def measure(fcfg: ForgettingConfig, log=print) -> Matrix:
     names = fcfg.task_names()
     settings = {n: row_settings(fcfg, upstream.ids, t) for t, n in zip(fcfg.tasks, names)}
     meta = {"upstream_kind": fcfg.upstream.kind, "model": fcfg.finetune.model.name_or_path,
-            "init_from": fcfg.finetune.model.init_from, "steps": fcfg.measure.steps, "lr": fcfg.measure.lr}
+            "init_from": fcfg.finetune.model.init_from, "steps": fcfg.measure.steps, "lr": fcfg.measure.lr,
+            "upstream_fingerprint": upstream.fingerprint("upstream", configtools.to_dict(fcfg.upstream))}
     # Refuse a changed upstream set or changed settings before anything is written.
     base = store.load_base(upstream.ids)
     todo = [(t, n) for t, n in zip(fcfg.tasks, names) if store.load_row(n, settings[n]) is None]

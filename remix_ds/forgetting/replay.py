@@ -268,7 +268,10 @@ def replay_experiment(fcfg: ForgettingConfig, log=print) -> dict:
             log(f"[forgetting] replay {task} / {arm} / seed {seed}: forgetting {row['forgetting']:+.5f}")
             results.append(row)
     tests = paired_tests(results, list(rc.arms))
-    summary = {"heldout_tasks": held, "pool_size": len(pool), "eval_size": len(evalc), "runs": results, "tests": tests}
+    summary = {"heldout_tasks": held, "pool_size": len(pool), "eval_size": len(evalc),
+               "pool_fingerprint": upstream.fingerprint("upstream-pool", columns=pool),
+               "eval_fingerprint": upstream.fingerprint("upstream-eval", columns=evalc),
+               "runs": results, "tests": tests}
     if dist.is_main():
         write_text(root / "results.json", json.dumps(summary, indent=1) + "\n")
         write_text(root / "report.md", report(results, tests, fcfg, len(pool), len(evalc)) + "\n")

@@ -23,6 +23,7 @@ import numpy as np
 
 from remix_ds.configtools import ConfigError
 from remix_ds.data.config import DataConfig
+from remix_ds.data.fingerprint import data_fingerprint
 from remix_ds.data.records import Example
 from remix_ds.eval.items import EvalItem, make_items
 from remix_ds.forgetting.config import UpstreamConfig
@@ -46,6 +47,13 @@ class UpstreamSet:
     def sequences(self) -> list[np.ndarray]:
         """Full token sequence of every example (what its embedding averages over)."""
         return [np.concatenate([it.prompt_ids, it.answer_ids]) for it in self.items]
+
+    def fingerprint(self, name: str, params: dict | None = None, columns=None) -> dict:
+        """`data_fingerprint` of the set (of the examples at ``columns`` when given): over the records
+        for the ``examples`` kind, over the ids for ``windows`` (an id is the window's stream index)."""
+        cols = range(len(self.ids)) if columns is None else [int(c) for c in columns]
+        recs = [self.examples[c] for c in cols] if self.examples is not None else [self.ids[c] for c in cols]
+        return data_fingerprint(name, recs, params)
 
     def counted_tokens(self) -> np.ndarray:
         """(N,) tokens counted in each example's mean NLL."""
