@@ -399,7 +399,7 @@ def step_train(toy: bool, max_layers: int = 4, ds_template: str = "zero3") -> di
     result["passed"] = remix["tokens_per_s"] > 0 and bool(remix["final_loss"] == remix["final_loss"])  # not NaN
     result["summary"] = (f"{remix['tokens_per_s']:.0f} tok/s, {tflops:.3g} TFLOP/s, MFU "
                          + (f"{result['mfu_vs_nominal_989']:.1%} of 989, " if not toy else "")
-                         + f"{result['mfu_vs_measured_matmul']:.1%} of matmul {matmul["tflops_per_s"]:.3g}"
+                         + f"{result['mfu_vs_measured_matmul']:.1%} of matmul {matmul['tflops_per_s']:.3g}"
                          + (f"; x{ratio:.2f} vs HF Trainer" if ratio else ""))
     return result
 
