@@ -10,6 +10,8 @@
 # Knobs (environment):
 #   OUT_DIR       where gpu_check.json / gpu_check.md / logs/ go (default gpu_check; on the lent
 #                 machine pass OUT_DIR=$OUT so the files come back)
+#   LOGS_DIR      each step's log + result JSON (default OUT_DIR/logs; keep it outside $OUT there:
+#                 the device tool returns at most 8 files)
 #   BUDGET        seconds for all steps together (default 480)
 #   STEPS         comma-separated subset of attention,linear_ce,train,eval,syncdebug (default all)
 #   TRAIN_LAYERS  most decoder layers of the 8B-shaped train model (default 4; fewer if memory says so)
@@ -31,10 +33,10 @@ DS_CONFIG="${DS_CONFIG:-zero3}"
 WHEELS="${WHEELS:-wheels}"
 SITE="${SITE:-/tmp/remix-site}"
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sed -n '2,24p' "$0"; exit 0
+  sed -n '2,23p' "$0"; exit 0
 fi
 
-args=(--out-dir "$OUT_DIR" --budget "$BUDGET" --steps "$STEPS" --train-layers "$TRAIN_LAYERS" --ds-config "$DS_CONFIG")
+args=(--out-dir "$OUT_DIR" ${LOGS_DIR:+--logs-dir "$LOGS_DIR"} --budget "$BUDGET" --steps "$STEPS" --train-layers "$TRAIN_LAYERS" --ds-config "$DS_CONFIG")
 if [[ "${DRY_RUN:-0}" == "1" ]]; then
   args+=(--cpu)
 else

@@ -506,8 +506,8 @@ def _flat(d: dict, prefix: str = "") -> list[tuple[str, object]]:
 def render_markdown(report: dict) -> str:
     env = report["environment"]
     lines = [f"# GPU check ({env['mode']})", "", f"- date: {env['date']}", f"- command: `{report['command']}`",
-             f"- device: {env.get('gpu', 'CPU')} ({env.get('gpu_memory_gib', 0):.0f} GiB), torch {env['torch']}, "
-             f"CUDA {env.get('cuda')}", f"- packages: " + ", ".join(f"{k} {'yes' if v else 'no'}"
+             (f"- device: {env['gpu']} ({env['gpu_memory_gib']:.0f} GiB, sm {env['capability']}), torch {env['torch']}, "
+              f"CUDA {env['cuda']}" if "gpu" in env else f"- device: CPU ({env['cpu_count']} cores), torch {env['torch']}"), f"- packages: " + ", ".join(f"{k} {'yes' if v else 'no'}"
                                                                     for k, v in env["packages"].items()),
              f"- budget {report['budget_s']} s, used {report['elapsed_s']:.0f} s", "",
              "| step | status | seconds | result |", "| --- | --- | ---: | --- |"]
@@ -544,36 +544,38 @@ def _run_child(cmd: list[str], timeout: float, log: Path, env: dict) -> tuple[in
 
 
 def run_check(out_dir: Path, toy: bool, steps: list[str], budget: float, timeouts: dict[str, float],
-              train_layers: int = 4, ds_template: str = "zero3", hang: str | None = None, command: str = "") -> dict:
+              train_layers: int = 4, ds_template: str = "zero3", hang: str | None = None, command: str = "",
+              logs_dir: Path | None = None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "logs").mkdir(exist_ok=True)
+    logs = logs_dir or out_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    report = {"command": command, "budget_s": budget, "elapsed_s": 0.0, "steps_requested": steps,
+    report = {"command": command, "budget_s": budget, "elapsed_s": 0.0, "steps_requested": steps, "logs_dir": str(logs),
               "timeouts_s": {s: timeouts[s] for s in steps}, "environment": environment(toy), "steps": {}}
     write_report(out_dir, report)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if toy:  # the dry run stays on CPU even on a GPU machine
-        env.update(CUDA_VISIBLE_DEVICES="", DS_ACCELERATOR="cpu")
+    if toy:  # the dry run stays on CPU even on a GPU machine (DeepSpeed then picks its CPU accelerator)
+        env.update(CUDA_VISIBLE_DEVICES="")
     for name in steps:
         left = budget - (time.perf_counter() - start)
         if left < 5:
             report["steps"][name] = {"status": "skipped", "reason": f"overall budget of {budget:.0f} s spent",
                                      "seconds": 0.0}
         else:
-            result = out_dir / "logs" / f"{name}.json"
+            result = logs / f"{name}.json"
             result.unlink(missing_ok=True)
             cmd = [sys.executable, "-m", "remix_ds.bench.gpu", "--step", name, "--result", str(result),
                    "--train-layers", str(train_layers), "--ds-config", ds_template] + (["--cpu"] if toy else [])
             if hang == name:
                 cmd.append("--hang")
             limit = min(timeouts[name], left)
-            rc, seconds = _run_child(cmd, limit, out_dir / "logs" / f"{name}.log", env)
+            rc, seconds = _run_child(cmd, limit, logs / f"{name}.log", env)
             if rc is None:
-                entry = {"status": "timeout", "reason": f"killed after {limit:.0f} s (see logs/{name}.log)"}
+                entry = {"status": "timeout", "reason": f"killed after {limit:.0f} s (see {logs / name}.log)"}
             elif result.is_file():
                 entry = json.loads(result.read_text())
             else:
-                tail = (out_dir / "logs" / f"{name}.log").read_text()[-1500:]
+                tail = (logs / f"{name}.log").read_text()[-1500:]
                 entry = {"status": "failed", "error": f"step process exited {rc} without a result: {tail}"}
             entry["seconds"] = seconds
             report["steps"][name] = entry
@@ -606,7 +608,8 @@ def _main(args) -> int:
         raise RemixError("bench gpu: no CUDA device here; use --cpu (or DRY_RUN=1 launch/gpu_check.sh) for the dry run")
     timeouts = _parse_timeouts(args.timeout)
     report = run_check(Path(args.out_dir), args.cpu, steps, args.budget, timeouts, args.train_layers, args.ds_config,
-                       args.hang_step, command="remix-ds bench gpu " + " ".join(sys.argv[3:]))
+                       args.hang_step, command="remix-ds bench gpu " + " ".join(sys.argv[3:]),
+                       logs_dir=Path(args.logs_dir) if args.logs_dir else None)
     print(render_markdown(report))
     return 0
 
@@ -614,6 +617,7 @@ def _main(args) -> int:
 def add_bench_gpu_command(bsub) -> None:
     p = bsub.add_parser("gpu", help="GPU validation: attention/loss parity, ZeRO-3 MFU, eval, sync-debug (JSON + md)")
     p.add_argument("--out-dir", default="gpu_check", help="folder for gpu_check.json, gpu_check.md and logs/")
+    p.add_argument("--logs-dir", default=None, help="each step's log and result JSON (default OUT_DIR/logs)")
     p.add_argument("--cpu", action="store_true", help="dry run at toy sizes on CPU")
     p.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)}")
     p.add_argument("--budget", type=float, default=DEFAULT_BUDGET, help="seconds for all steps together")
