@@ -52,11 +52,20 @@ from pathlib import Path
 
 import torch
 
+from remix_ds import models
+from remix_ds.bench import train as bench_train
+from remix_ds.bench.eval import run_setting
+from remix_ds.config import TrainConfig
+from remix_ds.data.packing import pack
+from remix_ds.data.tokenize import TokenizedExample
+from remix_ds.engine.loss import model_inputs
 from remix_ds.errors import RemixError
+from remix_ds.kernels import attention as A
+from remix_ds.kernels import linear_cross_entropy as L
 
 STEPS = ("attention", "linear_ce", "train", "eval", "syncdebug")
 # Seconds per step on CUDA; they sum to the 8-minute window (model construction included).
-DEFAULT_TIMEOUTS = {"attention": 60, "linear_ce": 60, "train": 210, "eval": 90, "syncdebug": 60}
+DEFAULT_TIMEOUTS = {"attention": 95, "linear_ce": 45, "train": 195, "eval": 85, "syncdebug": 60}
 DEFAULT_BUDGET = 480
 NOMINAL_PEAK_TFLOPS = 989.0  # H100/H200 SXM dense bf16 (datasheet)
 
@@ -138,8 +147,6 @@ def _out_and_grads(fn, qkv, cu, dout, backward: bool):
 
 
 def attention_kernels(toy: bool) -> list[dict]:
-    from remix_ds.kernels import attention as A
-
     device = "cpu" if toy else "cuda"
     lengths = [1, 7, 33, 100] if toy else [1, 7, 33, 100, 257, 1000, 613]  # odd, a 1-token sequence
     d = 16 if toy else 128
@@ -179,8 +186,6 @@ def attention_kernels(toy: bool) -> list[dict]:
 def _packed_examples(toy: bool):
     import numpy as np
 
-    from remix_ds.data.tokenize import TokenizedExample
-
     rng = np.random.default_rng(0)
     lengths = [2, 7, 33, 100, 20, 61] if toy else [2, 7, 33, 100, 257, 1000, 613, 1500, 41]
     examples = []
@@ -195,10 +200,6 @@ def _packed_examples(toy: bool):
 def packed_vs_unpacked(toy: bool, attn: str, dtype: torch.dtype) -> dict:
     """Logits of each example inside packed rows (reset positions) vs the example alone, train mode."""
     from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from remix_ds.data.packing import pack
-    from remix_ds.engine.loss import model_inputs
-    from remix_ds.kernels import attention as A
 
     A.register()
     device = "cpu" if toy else "cuda"
@@ -233,8 +234,6 @@ def packed_vs_unpacked(toy: bool, attn: str, dtype: torch.dtype) -> dict:
 
 
 def step_attention(toy: bool) -> dict:
-    from remix_ds import models
-
     kernels = attention_kernels(toy)
     auto = models.choose_attn_implementation("auto")
     dtypes = (torch.float32,) if toy else (torch.bfloat16, torch.float32)
@@ -251,8 +250,6 @@ def step_attention(toy: bool) -> dict:
 
 # ---- b. fused linear cross-entropy ----------------------------------------------------------------
 def step_linear_ce(toy: bool) -> dict:
-    from remix_ds.kernels import linear_cross_entropy as L
-
     device = "cpu" if toy else "cuda"
     n, v, h = (512, 4000, 64) if toy else (16384, L3_VOCAB, L3_HIDDEN)
     dtype = torch.float32 if toy else torch.bfloat16
@@ -340,8 +337,6 @@ def build_llama8b(layers: int, out: Path) -> str:
     """A random-init Llama-3-8B-shaped folder (vocab 128,256) with the tiny tokenizer (ids < 2048 used)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from remix_ds import models
-
     tok = models.load_tokenizer("tiny")
     cfg = LlamaConfig(vocab_size=L3_VOCAB, hidden_size=L3_HIDDEN, intermediate_size=L3_INTER,
                       num_hidden_layers=layers, num_attention_heads=L3_HEADS, num_key_value_heads=L3_KV,
@@ -358,9 +353,6 @@ def build_llama8b(layers: int, out: Path) -> str:
 
 
 def step_train(toy: bool, max_layers: int = 4, ds_template: str = "zero3") -> dict:
-    from remix_ds.bench import train as bench_train
-    from remix_ds.config import TrainConfig
-
     matmul = matmul_tflops(toy)
     has_mbt = "micro_batch_tokens" in {f.name for f in dataclasses.fields(TrainConfig)}
     result: dict = {"matmul": matmul}
@@ -407,9 +399,6 @@ def step_train(toy: bool, max_layers: int = 4, ds_template: str = "zero3") -> di
 # ---- d. fused EM vs generate ----------------------------------------------------------------------
 def step_eval(toy: bool) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from remix_ds import models
-    from remix_ds.bench.eval import run_setting
 
     layers, width, n, batch = (4, 64, 32, 16) if toy else (32, 256, 512, 64)
     tok = models.load_tokenizer("tiny")
