@@ -369,9 +369,10 @@ def step_train(toy: bool, max_layers: int = 4, ds_template: str = "zero3") -> di
             t = time.perf_counter()
             folder = build_llama8b(layers, Path(tmp) / "llama8b-shape")
             result["model_build_seconds"] = time.perf_counter() - t
-            # KVR examples are ~20 tokens: 800 fill a 16k-token micro-batch (8 rows of 2,048).
+            # KVR examples are ~35 tokens with the tiny tokenizer: 468 fill a ~16k-token micro-batch
+            # (8 rows of 2,048); 2 micro-batches per optimizer step.
             overrides = [f"model.name_or_path={folder}", "data.kvr.num_pairs=8192", f"data.max_seq_len={row_len}",
-                         "train.global_batch_size=1600", "train.micro_batch_size=800", "model.dtype=bf16",
+                         "train.global_batch_size=936", "train.micro_batch_size=468", "model.dtype=bf16",
                          f"deepspeed.config={ds_template}"]
             steps, warmup = 3, 1
         if has_mbt:
