@@ -3,9 +3,9 @@ evaluations after training steps, engine and bare module (issue 15, item 2).
 
     deepspeed --num_gpus 2 tests/scripts/eval_hang_probe.py OUT_DIR MODEL_DIR
 
-21 examples on 2 ranks: 11 on rank 0, 10 on rank 1. With ``batch_size=10`` generation runs 2
-``generate`` calls on rank 0 and 1 on rank 1; the fused budget below gives unequal fused passes
-too. Before each pair of evaluations the engine takes one training step. Writes
+21 examples on 2 ranks: 11 on rank 0, 10 on rank 1. The fused token budget is chosen so rank 0
+runs 2 forward passes and rank 1 one; with ``batch_size=10`` generation runs 2 ``generate``
+calls on rank 0 and 1 on rank 1. Before each pair of evaluations the engine takes one training step. Writes
 ``rank<R>.json``: per variant the two evaluations' rows (rank 0) and metrics, the per-rank
 number of fused passes and generate calls, and the probe losses around everything.
 """
@@ -51,7 +51,17 @@ engine.train()
 examples = generate_kvr(KVR)[:21]
 everything = make_items(examples, tok)
 mine = [it for i, it in enumerate(everything) if i % world == rank]
-budget = 3 * max(len(it.prompt_ids) + len(it.answer_ids) for it in everything)  # 3 examples per pass
+shares = [[it for i, it in enumerate(everything) if i % world == r] for r in range(world)]
+
+
+def passes(budget: int) -> list[int]:
+    return [num_fused_batches(engine.module, share, 64, budget) for share in shares]
+
+
+# The issue's case: a token budget giving 2 fused forwards on rank 0 and 1 on rank 1 (deterministic,
+# the same on every rank). Old code: DeepSpeed's root hook ran reset_step() (2 broadcasts) on each of
+# the first two forwards after the trace was invalidated, so rank 1 went on to the rows' all-gather.
+budget = next(b for b in range(16, 4096, 4) if passes(b) == [2, 1])
 batch = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
 
 
