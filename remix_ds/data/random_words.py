@@ -13,9 +13,9 @@ arithmetic, so a batch of sequences is a handful of vectorized numpy calls.
 Contract: for tokenizers that never merge tokens across a space (sentencepiece with its default
 ``split_by_whitespace``, byte-level BPE with the GPT-2 pre-tokenizer, Llama/Mistral/Qwen/GPT-2
 style tokenizers) the ids of a sequence equal ``tokenizer(" ".join(words),
-add_special_tokens=False, split_special_tokens=True)`` exactly, and decoding them gives ``" ".join(words)``. No special tokens
-(BOS/EOS) are added; the consumer adds what its example format needs. :meth:`RandomWords.agreement`
-measures the contract on a given tokenizer.
+add_special_tokens=False, split_special_tokens=True)`` exactly (special-token text is text), and
+decoding them gives ``" ".join(words)``. No special tokens (BOS/EOS) are added; the consumer
+adds what its example format needs. :meth:`RandomWords.agreement` measures the contract on a given tokenizer.
 
 Sampling takes an explicit ``np.random.Generator`` and is deterministic given its state.
 """

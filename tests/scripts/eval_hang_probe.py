@@ -74,7 +74,7 @@ def train_step() -> float:
     loss = engine(input_ids=batch, labels=batch, use_cache=False).loss
     engine.backward(loss)
     engine.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 auto = EvalConfig(max_batch_tokens=budget, max_seq_len=64)
