@@ -119,7 +119,7 @@ def test_missing_field_is_named(tmp_path):
     with pytest.raises(DataError, match="missing field 'possible_answers'"):
         load_examples(SourceConfig(dataset="popqa", data_files=f))
     g = write_jsonl(tmp_path / "g.jsonl", [{"prompt": "q"}])
-    with pytest.raises(DataError, match="row 0: missing field 'answer'"):
+    with pytest.raises(DataError, match=r"g\.jsonl:1: missing field 'answer'"):
         load_examples(SourceConfig(dataset=g))
 
 

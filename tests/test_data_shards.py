@@ -246,7 +246,9 @@ def test_corrupt_bin_detected_by_full_verify(built):
     raw = bytearray(b.read_bytes())
     raw[0] ^= 0xFF
     b.write_bytes(bytes(raw))
-    ShardReader(built)  # default verify="index" does not hash the (possibly huge) .bin
+    # The default does not hash the (possibly huge) .bin, but this flip leaves the recorded id range.
+    with pytest.raises(ShardError, match=r"shard_00000\.bin: holds token id \d+ outside the recorded range"):
+        ShardReader(built)
     with pytest.raises(ShardError, match=r"shard_00000\.bin: sha256 does not match manifest\.json"):
         ShardReader(built, verify="full")
 

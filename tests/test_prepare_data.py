@@ -49,7 +49,7 @@ def test_prepare_data_end_to_end_then_resume(tmp_path, monkeypatch, releases, ca
         assert e["sha256"] == prepare.sha256_file(out / e["file"])
         for i, r in enumerate(rows):  # exactly the loader's fields, and the loader reads them back
             assert set(r) <= set(e["fields"])
-            assert REGISTRY[name].convert(r, i) is not None
+            assert REGISTRY[name].convert(r, i, f"{name} row {i}") is not None
     # the long PopQA question does not fit max_seq_len=256: dropped and counted
     assert m["sets"]["popqa"]["counts"] == {"loaded": 2, "filtered": 0, "too_long": 0, "fit": 2, "kept": 2}
     assert m["sets"]["apps"]["counts"]["filtered"] == 1  # the competition row, before the first 2 that fit

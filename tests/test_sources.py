@@ -17,7 +17,7 @@ def _examples(name, release=None):
     for i, row in enumerate(sources.rows(name, release)):
         kept = sources.project(name, row)
         assert set(kept) <= set(sources.SOURCES[name].fields)
-        ex = REGISTRY[name].convert(kept, i)
+        ex = REGISTRY[name].convert(kept, i, f"{name} row {i}")
         if ex is not None:
             out.append(ex)
     return out

@@ -44,7 +44,7 @@ def add_build_shards_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--text-docs", choices=["blank-line", "line", "file"], default="blank-line",
                    help="what one document is in a .txt/.md file")
     p.add_argument("--max-tokens-per-shard", type=int, default=1 << 30,
-                   help="start a new .bin/.idx pair after this many tokens")
+                   help="at most this many tokens per .bin/.idx pair: a new pair starts at the document that would pass it")
     p.add_argument("--overwrite", action="store_true", help="replace an existing build in OUT_DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--max-documents", type=int, default=0,

@@ -60,10 +60,14 @@ class SourceConfig:
     """Seed of the shuffle before the held-out/train split; null keeps file order (the reference takes the first rows)."""
     loss_mode: LossMode | None = None
     """Which tokens carry loss; null uses data.loss_mode."""
+    on_bad_record: Literal["error", "drop"] = "error"
+    """A bad record (empty/non-string prompt or answer, missing field): `error` stops with file:line; `drop` skips and counts it."""
 
     def validate(self, prefix: str) -> None:
         if not self.dataset:
             raise ConfigError(f"{prefix}.dataset must not be empty")
+        if self.on_bad_record not in ("error", "drop"):
+            raise ConfigError(f"{prefix}.on_bad_record must be 'error' or 'drop', got {self.on_bad_record!r}")
         if self.num_examples < 0 or self.heldout_size < 0:
             raise ConfigError(f"{prefix}.num_examples and {prefix}.heldout_size must be >= 0")
 
@@ -119,6 +123,7 @@ def _source_of(cfg) -> SourceConfig:
         heldout_size=cfg.heldout_size,
         subsample_seed=cfg.subsample_seed,
         loss_mode=cfg.loss_mode,
+        on_bad_record=cfg.on_bad_record,
     )
 
 

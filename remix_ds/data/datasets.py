@@ -12,6 +12,7 @@ Splits: rows are shuffled with `subsample_seed` (or kept in file order when it i
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -20,21 +21,25 @@ import numpy as np
 
 from remix_ds.data import formats, sources
 from remix_ds.data.config import KVRConfig, SourceConfig
-from remix_ds.data.records import LOCAL_SUFFIXES, DataError, Example, generic_examples, read_rows, require
+from remix_ds.data.records import (LOCAL_SUFFIXES, DataError, Example, Loaded, check_messages, check_text, convert_rows, generic_examples,
+                                   locations, read_rows, require, required_text)
 
 Split = Literal["train", "heldout"]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """How to get one dataset: its hub source and a row converter (row, index) -> Example or None."""
+    """How to get one dataset: its hub source and a row converter (row, index, where) -> Example or None.
+
+    ``where`` is the row's location for error messages (``file:line`` for local files)."""
 
     name: str
     kind: Literal["factoid", "non-factoid"]
     hub_id: str | None
     hub_config: str | None
     hub_splits: tuple[str, ...]
-    convert: Callable[[dict, int], Example | None]
+    convert: Callable[[dict, int, str], Example | None]
     note: str = ""
 
 
@@ -47,72 +52,72 @@ def _qa_answers(row: dict, field: str, at: str) -> tuple[str, tuple[str, ...]]:
             answers = [answers]
     if isinstance(answers, str):
         answers = [answers]
-    answers = [str(a) for a in answers if str(a).strip()]
+    if not isinstance(answers, list):
+        raise DataError(f"{at}: field {field!r} must be a list of strings, got {type(answers).__name__}")
+    answers = [check_text(a, field, at) for a in answers if not (isinstance(a, str) and not a.strip())]
     if not answers:
-        raise DataError(f"{at}: field {field!r} has no answer")
+        raise DataError(f"{at}: field {field!r} has no non-empty answer")
     return answers[0], tuple(answers)
 
 
-def _popqa(row: dict, i: int) -> Example:
-    at = f"popqa row {i}"
+def _popqa(row: dict, i: int, at: str) -> Example:
     answer, aliases = _qa_answers(row, "possible_answers", at)
-    q = require(row, "question", at)
+    q = required_text(row, "question", at)
     return Example(id=f"popqa-{row.get('id', i)}", source="popqa", prompt=formats.qa_prompt(q), answer=answer, aliases=aliases)
 
 
-def _triviaqa(row: dict, i: int) -> Example:
-    at = f"triviaqa row {i}"
+def _triviaqa(row: dict, i: int, at: str) -> Example:
     ans = require(row, "answer", at)
     if not isinstance(ans, dict) or "value" not in ans:
         raise DataError(f"{at}: field 'answer' must be an object with 'value' (and 'aliases')")
-    aliases = tuple(dict.fromkeys([ans["value"], *(ans.get("aliases") or [])]))
-    q = require(row, "question", at)
+    value = check_text(ans["value"], "answer.value", at)
+    aliases = tuple(dict.fromkeys([value, *(check_text(a, "answer.aliases", at) for a in ans.get("aliases") or [])]))
+    q = required_text(row, "question", at)
     return Example(
-        id=f"triviaqa-{row.get('question_id', i)}", source="triviaqa", prompt=formats.qa_prompt(q), answer=str(ans["value"]), aliases=aliases
+        id=f"triviaqa-{row.get('question_id', i)}", source="triviaqa", prompt=formats.qa_prompt(q), answer=value, aliases=aliases
     )
 
 
-def _lama(row: dict, i: int) -> Example | None:
+def _lama(row: dict, i: int, at: str) -> Example | None:
     """LAMA T-REx: the relation template with the subject filled in, the object label as answer."""
-    at = f"lama row {i}"
-    template, sub, obj = require(row, "template", at), require(row, "sub_label", at), require(row, "obj_label", at)
+    template, sub, obj = required_text(row, "template", at), required_text(row, "sub_label", at), required_text(row, "obj_label", at)
     text = template.replace("[X]", sub).strip()
     if text.endswith("[Y] .") or text.endswith("[Y]."):
         prompt = text[: text.rindex("[Y]")].strip()  # cloze at the end: a plain continuation
     else:
         prompt = "Fill in the blank: " + text.replace("[Y]", "___")
-    return Example(id=f"lama-{row.get('uuid', i)}", source="lama", prompt=prompt, answer=str(obj))
+    return Example(id=f"lama-{row.get('uuid', i)}", source="lama", prompt=prompt, answer=obj)
 
 
-def _answers_list(name: str, field: str = "answers") -> Callable[[dict, int], Example]:
-    def convert(row: dict, i: int) -> Example:
-        at = f"{name} row {i}"
+def _answers_list(name: str, field: str = "answers") -> Callable[[dict, int, str], Example]:
+    def convert(row: dict, i: int, at: str) -> Example:
         answer, aliases = _qa_answers(row, field, at)
-        q = require(row, "question", at)
+        q = required_text(row, "question", at)
         return Example(id=f"{name}-{row.get('id', i)}", source=name, prompt=q.strip(), answer=answer, aliases=aliases)
 
     return convert
 
 
-def _ultrachat(row: dict, i: int) -> Example:
+def _ultrachat(row: dict, i: int, at: str) -> Example:
     """stingning/ultrachat rows hold alternating user/assistant strings in `data`; `messages` also accepted."""
-    at = f"ultrachat row {i}"
     if "messages" in row:
+        check_messages(row["messages"], at)
         msgs = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
     else:
         turns = require(row, "data", at)
+        if not isinstance(turns, list):
+            raise DataError(f"{at}: field 'data' must be a list of strings, got {type(turns).__name__}")
         msgs = [{"role": "user" if t % 2 == 0 else "assistant", "content": c} for t, c in enumerate(turns)]
+        check_messages(msgs, at)
     return Example(id=f"ultrachat-{row.get('id', i)}", source="ultrachat", messages=msgs)
 
 
-def _evolcode(row: dict, i: int) -> Example:
-    at = f"evolcode row {i}"
-    return Example(id=f"evolcode-{i}", source="evolcode", prompt=require(row, "instruction", at), answer=require(row, "output", at))
+def _evolcode(row: dict, i: int, at: str) -> Example:
+    return Example(id=f"evolcode-{i}", source="evolcode", prompt=required_text(row, "instruction", at), answer=required_text(row, "output", at))
 
 
-def _apps(row: dict, i: int) -> Example | None:
+def _apps(row: dict, i: int, at: str) -> Example | None:
     """APPS: first reference solution; introductory/interview only, rows without a solution skipped."""
-    at = f"apps row {i}"
     if row.get("difficulty") not in (None, "introductory", "interview"):
         return None
     try:
@@ -125,26 +130,26 @@ def _apps(row: dict, i: int) -> Example | None:
         fn_name = (json.loads(row.get("input_output") or "{}") or {}).get("fn_name")
     except (json.JSONDecodeError, AttributeError):
         fn_name = None
-    prompt = formats.apps_prompt(require(row, "question", at), row.get("starter_code") or None, bool(fn_name))
+    if not isinstance(solutions, list) or not isinstance(solutions[0], str) or not solutions[0].strip():
+        raise DataError(f"{at}: field 'solutions' must be a JSON list of non-empty strings")
+    prompt = formats.apps_prompt(required_text(row, "question", at), row.get("starter_code") or None, bool(fn_name))
     return Example(id=f"apps-{row.get('problem_id', i)}", source="apps", prompt=prompt, answer=solutions[0])
 
 
-def _gsm8k(row: dict, i: int) -> Example:
-    at = f"gsm8k row {i}"
-    answer = require(row, "answer", at)  # the full worked solution ending in '#### N'
+def _gsm8k(row: dict, i: int, at: str) -> Example:
+    answer = required_text(row, "answer", at)  # the full worked solution ending in '#### N'
     final = answer.split("####")[-1].strip()
-    return Example(id=f"gsm8k-{i}", source="gsm8k", prompt=require(row, "question", at), answer=answer, aliases=(final,))
+    return Example(id=f"gsm8k-{i}", source="gsm8k", prompt=required_text(row, "question", at), answer=answer, aliases=(final,))
 
 
-def _math(row: dict, i: int) -> Example:
-    at = f"math row {i}"
-    return Example(id=f"math-{i}", source="math", prompt=require(row, "problem", at), answer=require(row, "solution", at))
+def _math(row: dict, i: int, at: str) -> Example:
+    return Example(id=f"math-{i}", source="math", prompt=required_text(row, "problem", at), answer=required_text(row, "solution", at))
 
 
 REGISTRY: dict[str, DatasetInfo] = {
     d.name: d
     for d in [
-        DatasetInfo("kvr", "factoid", None, None, (), lambda r, i: None, "synthetic key-value recall, generated from data.kvr"),
+        DatasetInfo("kvr", "factoid", None, None, (), lambda r, i, at: None, "synthetic key-value recall, generated from data.kvr"),
         DatasetInfo("popqa", "factoid", "akariasai/PopQA", None, ("test",), _popqa),
         DatasetInfo("triviaqa", "factoid", "mandarjoshi/trivia_qa", "rc.nocontext", ("train",), _triviaqa),
         DatasetInfo("lama", "factoid", None, None, (), _lama,
@@ -193,7 +198,7 @@ HUB_PREFIX_ROWS = 20000
 """A seeded subsample of a streamed hub source is drawn from its first max(this, 10 x needed) rows."""
 
 
-def _hub_examples(info: DatasetInfo, source: SourceConfig) -> list[Example]:
+def _hub_examples(info: DatasetInfo, source: SourceConfig) -> Loaded:
     """Examples streamed from the hub, stopping as soon as the split has what it needs.
 
     File order (`subsample_seed: null`, the reference's first N): the first heldout_size +
@@ -205,41 +210,58 @@ def _hub_examples(info: DatasetInfo, source: SourceConfig) -> list[Example]:
     need = source.heldout_size + source.num_examples if source.num_examples else 0
     max_rows = 0 if not need or source.subsample_seed is None else max(HUB_PREFIX_ROWS, 10 * need)
     examples: list[Example] = []
+    dropped: list[str] = []
     for i, row in enumerate(sources.rows(info.name)):
         if max_rows and i >= max_rows:
             break
-        ex = info.convert(row, i)
+        at = f"{info.name} (hub {info.hub_id}) row {i}"
+        try:
+            ex = info.convert(row, i, at)
+        except DataError as e:
+            if source.on_bad_record != "drop":
+                raise
+            dropped.append(str(e))
+            continue
         if ex is not None:
             examples.append(ex)
             if need and source.subsample_seed is None and len(examples) == need:
                 break
-    return examples
+    return Loaded(examples, dropped)
 
 
-def load_all(source: SourceConfig, kvr: KVRConfig | None = None) -> list[Example]:
-    """Every example of a dataset, in source order, before any split."""
+def _kvr_row(row: dict, i: int, at: str) -> Example:
+    return Example(id=f"kvr-{row.get('id', i)}", source="kvr", prompt=formats.kvr_prompt(required_text(row, "key", at)),
+                   answer=required_text(row, "value", at))
+
+
+def load_all(source: SourceConfig, kvr: KVRConfig | None = None) -> Loaded:
+    """Every example of a dataset, in source order, before any split.
+
+    Bad rows raise DataError naming ``file:line``, or are dropped and listed in ``.dropped``
+    (``source.on_bad_record="drop"``; a warning gives the count and the first reason).
+    """
     name = source.dataset
+    bad = source.on_bad_record
     if Path(name).suffix.lower() in LOCAL_SUFFIXES:
-        examples = generic_examples(read_rows(name), source=Path(name).stem, where=name)
+        examples = generic_examples(read_rows(name), source=Path(name).stem, where=name, on_bad_record=bad)
     elif name not in REGISTRY:
         raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(known_datasets())} (or a local .jsonl/.json/.parquet file)")
     elif name == "kvr":
         if source.data_files:  # a saved key/value file: {"key", "value"} rows
             rows = read_rows(source.data_files)
-            examples = [
-                Example(id=f"kvr-{r.get('id', i)}", source="kvr",
-                        prompt=formats.kvr_prompt(require(r, "key", f"{source.data_files} row {i}")),
-                        answer=str(require(r, "value", f"{source.data_files} row {i}")))
-                for i, r in enumerate(rows)
-            ]
+            examples = convert_rows(rows, locations(rows, source.data_files), _kvr_row, bad)
         else:
-            examples = generate_kvr(kvr or KVRConfig())
+            examples = Loaded(generate_kvr(kvr or KVRConfig()))
     else:
         info = REGISTRY[name]
         if source.data_files:
-            examples = [ex for i, row in enumerate(read_rows(source.data_files)) if (ex := info.convert(row, i)) is not None]
+            rows = read_rows(source.data_files)
+            examples = convert_rows(rows, locations(rows, source.data_files), info.convert, bad)
         else:
             examples = _hub_examples(info, source)
+    if examples.dropped:
+        log.warning("dataset %r: dropped %d bad record(s) (data.on_bad_record=drop); first: %s",
+                    name, len(examples.dropped), examples.dropped[0])
     if not examples:
         raise DataError(f"dataset {name!r}{' (' + source.data_files + ')' if source.data_files else ''} is empty")
     return examples
@@ -262,7 +284,7 @@ def split_examples(examples: list[Example], source: SourceConfig, split: Split =
     picked = held if split == "heldout" else rest
     if len(picked) == 0:
         raise DataError(f"dataset {source.dataset!r}: the {split} split is empty")
-    return [examples[i] for i in picked]
+    return Loaded([examples[i] for i in picked], getattr(examples, "dropped", ()))
 
 
 def load_examples(source: SourceConfig, kvr: KVRConfig | None = None, split: Split = "train") -> list[Example]:

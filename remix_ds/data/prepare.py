@@ -154,7 +154,7 @@ def select_rows(plan: SetPlan, rows: Iterable[dict], tokenizer, max_seq_len: int
         if bar is not None:
             bar.update(1)
         kept_row = sources.project(plan.dataset, row)
-        pending.append((kept_row, info.convert(kept_row, i)))
+        pending.append((kept_row, info.convert(kept_row, i, f"{plan.dataset} (source row {i})")))
         if len(pending) >= chunk and flush():
             done = True
             break

@@ -13,9 +13,9 @@ arithmetic, so a batch of sequences is a handful of vectorized numpy calls.
 Contract: for tokenizers that never merge tokens across a space (sentencepiece with its default
 ``split_by_whitespace``, byte-level BPE with the GPT-2 pre-tokenizer, Llama/Mistral/Qwen/GPT-2
 style tokenizers) the ids of a sequence equal ``tokenizer(" ".join(words),
-add_special_tokens=False)`` exactly, and decoding them gives ``" ".join(words)``. No special tokens
-(BOS/EOS) are added; the consumer adds what its example format needs. :meth:`RandomWords.agreement`
-measures the contract on a given tokenizer.
+add_special_tokens=False, split_special_tokens=True)`` exactly (special-token text is text), and
+decoding them gives ``" ".join(words)``. No special tokens (BOS/EOS) are added; the consumer
+adds what its example format needs. :meth:`RandomWords.agreement` measures the contract on a given tokenizer.
 
 Sampling takes an explicit ``np.random.Generator`` and is deterministic given its state.
 """
@@ -265,15 +265,15 @@ class RandomWords:
         """Fraction of ``n`` sampled sequences whose ids equal tokenizing their joined text."""
         batch = self.sample(rng, n)
         texts = [self.text(batch, i) for i in range(n)]
-        ref = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        ref = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
         return float(np.mean([list(batch[i]) == list(ref[i]) for i in range(n)]))
 
 
 def _pretokenize(tokenizer, words: list[str]) -> tuple[list[list[int]], list[list[int]]]:
     """Initial and continuation token ids of every word, in two batched tokenizer calls."""
-    initial = tokenizer(words, add_special_tokens=False)["input_ids"]
-    anchor = tokenizer(_ANCHOR, add_special_tokens=False)["input_ids"]
-    joined = tokenizer([f"{_ANCHOR} {w}" for w in words], add_special_tokens=False)["input_ids"]
+    initial = tokenizer(words, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    anchor = tokenizer(_ANCHOR, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    joined = tokenizer([f"{_ANCHOR} {w}" for w in words], add_special_tokens=False, split_special_tokens=True)["input_ids"]
     cont = []
     for w, ids in zip(words, joined):
         if ids[: len(anchor)] != anchor:

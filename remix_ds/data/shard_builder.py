@@ -179,11 +179,12 @@ def iter_input_texts(
 
 
 def encode_documents(tokenizer, texts: Sequence[str], eos_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Tokenize ``texts`` (no special tokens) and append EOS to each: (flat int64 ids, lengths)."""
+    """Tokenize ``texts`` (no special tokens; special-token text inside a document is encoded as text)
+    and append the real EOS id to each: (flat int64 ids, lengths)."""
     if not texts:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     # verbose=False: documents longer than the model's context are expected here.
-    ids = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+    ids = tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True, verbose=False)["input_ids"]
     lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
     flat = np.fromiter(
         itertools.chain.from_iterable(itertools.chain(x, (eos_id,)) for x in ids),

@@ -5,7 +5,7 @@ On-disk layout of a shard directory::
     OUT_DIR/manifest.json            tokenizer fingerprint, counts, per-file size and sha256
     OUT_DIR/shard_00000.bin          token ids of every document, concatenated (uint16 or int32)
     OUT_DIR/shard_00000.idx          Megatron MMapIndexedDataset index
-    OUT_DIR/shard_00001.bin ...      (a new shard starts when one passes max_tokens_per_shard)
+    OUT_DIR/shard_00001.bin ...      (a new shard starts at the document that would pass max_tokens_per_shard)
 
 The ``.idx`` layout is Megatron-LM's ``_IndexWriter`` (megatron/core/datasets/indexed_dataset.py),
 all little-endian::
@@ -30,6 +30,13 @@ Writes are atomic per file (temp file in the same directory, then ``os.replace``
 
 :class:`ShardReader` memory-maps every file; reading a document or a window is offset
 arithmetic on the maps, never a read of a whole file.
+
+Token range: the manifest records each shard's ``min_id``/``max_id`` (computed as it is written);
+on open they are checked against the vocabulary (the tokenizer's when given, else the recorded
+one), and a cheap probe (the max over a few evenly spaced blocks of the memmap) checks the file
+against the recorded range. ``verify="full"`` hashes every ``.bin`` against the manifest *and*
+checks the exact range. Manifests without the range (older builds) and bare Megatron prefixes
+get the exact range from one vectorized pass over the memmap.
 """
 
 from __future__ import annotations
@@ -184,6 +191,7 @@ class ShardWriter:
         fd, self._tmp = _mkstemp(self.bin_path)
         self._file = os.fdopen(fd, "wb")
         self._sha = hashlib.sha256()
+        self._min, self._max = None, None
         self._lengths: list[int] = []
         self.num_tokens = 0
         self._done = False
@@ -196,6 +204,10 @@ class ShardWriter:
             raise ValueError(f"lengths sum to {int(lengths.sum())} but {len(flat)} tokens were given")
         if len(flat) and (flat.min() < 0 or flat.max() > np.iinfo(self.dtype).max):
             raise ValueError(f"token id out of range for {self.dtype} in {self.bin_path}")
+        if len(flat):
+            lo, hi = int(flat.min()), int(flat.max())
+            self._min = lo if self._min is None else min(self._min, lo)
+            self._max = hi if self._max is None else max(self._max, hi)
         data = flat.astype(self.dtype.newbyteorder("<"), copy=False).tobytes()
         self._file.write(data)
         self._sha.update(data)
@@ -227,6 +239,8 @@ class ShardWriter:
             "prefix": self.prefix.name,
             "num_tokens": self.num_tokens,
             "num_documents": self.num_documents,
+            "min_id": self._min,
+            "max_id": self._max,
             "bin": {"file": self.bin_path.name, "bytes": self.num_tokens * self.dtype.itemsize,
                     "sha256": self._sha.hexdigest()},
             "idx": {"file": self.idx_path.name, "bytes": len(idx_bytes),
@@ -259,8 +273,9 @@ def write_shard_dir(
 ) -> dict:
     """Write ``(flat_ids, lengths)`` document batches as shards plus ``manifest.json``; return the manifest.
 
-    Documents must already end with EOS. A new shard starts once the current one holds
-    ``max_tokens_per_shard`` tokens (at a document boundary). ``extra`` is merged into the
+    Documents must already end with EOS. A shard holds at most ``max_tokens_per_shard`` tokens: a
+    new shard starts at the document that would pass the limit (a single document longer than the
+    limit gets a shard of its own), whatever the batch boundaries. ``extra`` is merged into the
     manifest (sources, text field, counts of skipped inputs); it is read after the last batch, so
     the producer of ``batches`` may still fill it in. Raises ``ShardError`` when no
     document was written. On any failure nothing is left under a final name that is not a complete
@@ -281,16 +296,28 @@ def write_shard_dir(
     dtype = token_dtype(fingerprint["vocab_size"])
     shards: list[dict] = []
     writer: ShardWriter | None = None
+    if max_tokens_per_shard < 1:
+        raise ShardError(f"max_tokens_per_shard must be >= 1, got {max_tokens_per_shard}")
     try:
         for flat, lengths in batches:
-            if len(lengths) == 0:
-                continue
-            if writer is None:
-                writer = ShardWriter(out_dir / f"shard_{len(shards):05d}", dtype)
-            writer.add_documents(flat, lengths)
-            if writer.num_tokens >= max_tokens_per_shard:
-                shards.append(writer.finalize())
-                writer = None
+            lengths = np.asarray(lengths, dtype=np.int64)
+            ends = np.cumsum(lengths)  # token offset after each document of the batch
+            d, pos = 0, 0  # next document of the batch and its token offset
+            while d < len(lengths):
+                if writer is None:
+                    writer = ShardWriter(out_dir / f"shard_{len(shards):05d}", dtype)
+                room = max_tokens_per_shard - writer.num_tokens
+                # Documents d..k-1 fit in the room left (vectorized over the batch).
+                k = int(np.searchsorted(ends, pos + room, side="right"))
+                if k == d and writer.num_tokens == 0:
+                    k = d + 1  # one document longer than the limit: a shard of its own
+                if k > d:
+                    stop = int(ends[k - 1])
+                    writer.add_documents(flat[pos:stop], lengths[d:k])
+                    d, pos = k, stop
+                if d < len(lengths) or writer.num_tokens >= max_tokens_per_shard:
+                    shards.append(writer.finalize())
+                    writer = None
         if writer is not None:
             shards.append(writer.finalize())
             writer = None
@@ -403,6 +430,20 @@ def _open_shard(prefix: Path) -> _Shard:
     return _Shard(bin_path=bin_path, tokens=tokens, doc_bounds=starts[doc_idx])
 
 
+_PROBE_BLOCKS, _PROBE_TOKENS = 16, 4096
+
+
+def _probe_range(tokens: np.ndarray) -> tuple[int, int]:
+    """(min, max) over ``_PROBE_BLOCKS`` evenly spaced blocks of ``_PROBE_TOKENS`` (first and last
+    included): a cheap check that the file still holds the recorded range, reading <= 64K ids."""
+    n = len(tokens)
+    if n <= _PROBE_BLOCKS * _PROBE_TOKENS:
+        return int(tokens.min()), int(tokens.max())
+    starts = np.linspace(0, n - _PROBE_TOKENS, _PROBE_BLOCKS).astype(np.int64)
+    blocks = [tokens[a : a + _PROBE_TOKENS] for a in starts.tolist()]
+    return min(int(b.min()) for b in blocks), max(int(b.max()) for b in blocks)
+
+
 class ShardReader:
     """Documents and fixed-length windows of a shard directory, memory-mapped.
 
@@ -415,8 +456,10 @@ class ShardReader:
         what the index describes; counts and byte sizes equal the manifest's;
       * ``tokenizer`` given: its vocab hash and EOS id equal the manifest's (shard dirs only);
       * ``verify="index"`` (default): sha256 of every ``.idx`` (small) against the manifest;
-      * ``verify="full"``: also sha256 of every ``.bin`` (reads all tokens once; use for small
-        corpora or after a copy).
+      * ``verify="full"``: also sha256 of every ``.bin`` and the exact id range (reads all tokens
+        once; use for small corpora or after a copy). The default does *not* catch flipped
+        ``.bin`` bytes of unchanged size unless they leave the recorded id range;
+      * token ids within ``[0, vocab)`` (``_check_ids``).
 
     Contents: documents are numbered globally across shards in manifest order; "the stream" is
     every document's tokens (EOS included) concatenated in that order. All returned arrays are
@@ -446,6 +489,7 @@ class ShardReader:
         self._shards = [_open_shard(p) for p in prefixes]
         if self.manifest is not None:
             self._check_manifest(verify)
+        self._check_ids(tokenizer)
         self._build_offsets()
 
     # --- open-time checks
@@ -484,6 +528,32 @@ class ShardReader:
                 if (key == "idx" and verify in ("index", "full")) or (key == "bin" and verify == "full"):
                     if file_sha256(f) != entry[key]["sha256"]:
                         raise ShardError(f"{f}: sha256 does not match {self.manifest_path.name} (corrupt shard)")
+
+    def _check_ids(self, tokenizer) -> None:
+        """Every token id in ``[0, vocab)``: the vocabulary is the tokenizer's (when given), else the
+        manifest's; see the module docstring for what is read (recorded range + probe, or exact)."""
+        vocab = len(tokenizer) if tokenizer is not None else (
+            int(self.manifest["tokenizer"]["vocab_size"]) if self.manifest is not None else None)
+        entries = self.manifest["shards"] if self.manifest is not None else [{}] * len(self._shards)
+        for entry, shard in zip(entries, self._shards):
+            if not len(shard.tokens):
+                continue
+            lo, hi = entry.get("min_id"), entry.get("max_id")
+            if lo is None or hi is None or self.verify == "full":
+                exact_lo, exact_hi = int(shard.tokens.min()), int(shard.tokens.max())
+                if lo is not None and hi is not None and (exact_lo, exact_hi) != (lo, hi):
+                    raise ShardError(f"{shard.bin_path}: token ids span [{exact_lo}, {exact_hi}], the manifest "
+                                     f"recorded [{lo}, {hi}] (corrupt shard)")
+                lo, hi = exact_lo, exact_hi
+            else:
+                p_lo, p_hi = _probe_range(shard.tokens)
+                if p_lo < lo or p_hi > hi:
+                    raise ShardError(f"{shard.bin_path}: holds token id {p_hi if p_hi > hi else p_lo} outside the "
+                                     f"recorded range [{lo}, {hi}] (corrupt shard; verify='full' checks every byte)")
+            if lo < 0 or (vocab is not None and hi >= vocab):
+                bad = lo if lo < 0 else hi
+                raise ShardError(f"{shard.bin_path}: token id {bad} is outside the tokenizer's vocabulary "
+                                 f"[0, {vocab}) (shards built with another tokenizer, or corrupt)")
 
     def _build_offsets(self) -> None:
         docs = [len(s.doc_bounds) - 1 for s in self._shards]

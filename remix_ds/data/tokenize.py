@@ -19,6 +19,16 @@ Loss modes:
 
 Examples longer than `max_len` tokens are dropped and counted, never truncated.
 
+Special-token text inside data is text: with the plain format every segment is encoded with
+``split_special_tokens=True``, so a literal ``</s>``, ``<s>``, ``<unk>`` or ``<|endoftext|>`` in a
+prompt or answer becomes ordinary pieces, never the special id; the real BOS comes from
+``add_special_tokens`` and the real EOS is appended by id. (A chat template's own markers *are*
+special tokens written as text, so `chat_template` segments keep the tokenizer's default.)
+
+`key_spans` exactness: special tokens are taken from the tokenizer's special-tokens mask, not
+from empty offsets, because byte-level BPEs whose post-processor trims offsets give whitespace-only
+tokens an empty offset too; a zero-width token strictly inside a marked span is supervised.
+
 Evaluator API: `encode_prompt_answer(examples, tokenizer, prompt_format)` returns, for each
 example, `prompt_ids` (feed these to generation) and `answer_ids` (the gold answer's tokens + EOS).
 For a single-turn example in `answer` mode, the training sequence is exactly
@@ -98,21 +108,27 @@ def render(example: Example, tokenizer, prompt_format: PromptFormat = "plain") -
     return formats.render_plain(messages)
 
 
-def batch_encode(tokenizer, texts: Sequence[str], add_special_tokens: bool) -> list[list[int]]:
-    """Token ids of many texts through the tokenizer's batched (Rust) path, in chunks."""
+def batch_encode(tokenizer, texts: Sequence[str], add_special_tokens: bool, split_special: bool = True) -> list[list[int]]:
+    """Token ids of many texts through the tokenizer's batched (Rust) path, in chunks.
+
+    ``split_special``: special-token text inside the texts is encoded as text (HF
+    ``split_special_tokens``); ``add_special_tokens`` still adds the real BOS/EOS ids."""
     out: list[list[int]] = []
     for start in range(0, len(texts), _CHUNK):
         chunk = list(texts[start : start + _CHUNK])
-        out.extend(tokenizer(chunk, add_special_tokens=add_special_tokens)["input_ids"])
+        out.extend(tokenizer(chunk, add_special_tokens=add_special_tokens, split_special_tokens=split_special)["input_ids"])
     return out
 
 
 def _segment_ids(segmented: list[list[Segment]], tokenizer, first_special: bool) -> list[list[list[int]]]:
-    """ids[e][s] for segment s of example e, with two batched tokenizer calls in all."""
+    """ids[e][s] for segment s of example e, with two batched tokenizer calls in all.
+
+    ``first_special`` is True exactly for the plain format, whose text is all data (split special
+    text); chat-template segments contain the template's own special markers (keep them)."""
     firsts = [segs[0].text for segs in segmented if segs]
     rest = [s.text for segs in segmented for s in segs[1:]]
-    first_ids = iter(batch_encode(tokenizer, firsts, add_special_tokens=first_special))
-    rest_ids = iter(batch_encode(tokenizer, rest, add_special_tokens=False))
+    first_ids = iter(batch_encode(tokenizer, firsts, add_special_tokens=first_special, split_special=first_special))
+    rest_ids = iter(batch_encode(tokenizer, rest, add_special_tokens=False, split_special=first_special))
     return [[next(first_ids) if j == 0 else next(rest_ids) for j in range(len(segs))] for segs in segmented]
 
 
@@ -159,15 +175,20 @@ def _key_span_ids(segmented, tokenizer, first_special, delimiters, ids_of_exampl
         for start in range(0, len(items), _CHUNK):
             chunk = items[start : start + _CHUNK]
             enc = tokenizer(
-                [t[2] for t in chunk], add_special_tokens=first_special and first, return_offsets_mapping=True
+                [t[2] for t in chunk], add_special_tokens=first_special and first, return_offsets_mapping=True,
+                return_special_tokens_mask=True, split_special_tokens=first_special,
             )
-            for (e, s, _, spans), ids, offs in zip(chunk, enc["input_ids"], enc["offset_mapping"]):
+            for (e, s, _, spans), ids, offs, special in zip(chunk, enc["input_ids"], enc["offset_mapping"],
+                                                            enc["special_tokens_mask"]):
                 mask = np.zeros(len(ids), dtype=bool)
                 if spans:
                     offs = np.asarray(offs, dtype=np.int64).reshape(-1, 2)
-                    real = offs[:, 1] > offs[:, 0]  # special tokens have empty offsets
+                    real = np.asarray(special, dtype=bool) == 0  # NOTE: not `end > start` (trimmed offsets)
+                    zero = offs[:, 1] == offs[:, 0]
                     for a, b in spans:
-                        mask |= real & (offs[:, 0] < b) & (offs[:, 1] > a)
+                        overlap = (offs[:, 0] < b) & (offs[:, 1] > a)
+                        inside = zero & (offs[:, 0] > a) & (offs[:, 0] < b)  # e.g. a trimmed "Ġ" between words
+                        mask |= real & (overlap | inside)
                 result[e][s] = (ids, mask)
     return result
 

@@ -3,11 +3,19 @@
 Under ZeRO-3 every forward of every submodule all-gathers that submodule's parameters (a
 collective, so all ranks must run the same forwards) and frees them again afterwards. For
 generation that is one all-gather per layer *per new token*. ``eval_model`` instead gathers all
-parameters once per evaluation (``deepspeed.zero.GatheredParameters``) and removes DeepSpeed's
-module hooks while it runs, as TRL's ``unwrap_model_for_generation`` does (and
-``deepspeed.runtime.zero.unwrap_model_for_generation``); then each rank holds the whole model, its
-forwards involve no collectives, and ranks may run different amounts of work. The hooks are
-restored on exit, also on error.
+parameters once per evaluation (``deepspeed.zero.GatheredParameters``) and takes *every*
+DeepSpeed forward hook out of the module tree while it runs; then each rank holds the whole model,
+its forwards involve no collectives, and ranks may run different amounts of work. The same hook
+handles are put back on exit (also on error), in their original order.
+
+NOTE: why not TRL's ``remove_hooks``/``add_hooks`` (drop ``offload.forward_hooks`` and call
+``_register_deepspeed_module`` afterwards)? It leaves the root module's ``_start_of_forward_hook``
+in place, which calls the parameter coordinator's ``reset_step()`` on every forward; and the
+re-registration invalidates the coordinator's trace (deepspeed 0.19 parameter_offload.py). With
+the trace not COMPLETE, ``reset_step()`` runs ``assert_ints_same_as_other_ranks`` (a broadcast),
+so ranks with unequal numbers of eval forwards (21 examples on 2 ranks) or a second evaluation
+after a training step deadlock: rank 0 in that broadcast, rank 1 in the rows' all_gather_object.
+Taking the root hook out too and restoring the very same handles never touches the coordinator.
 
 Memory: the gathered model must fit on one device (an 8B model in bf16 is 16 GB). When it does
 not, use ``gather=False``: parameters stay partitioned, hooks stay, and the evaluator runs every
@@ -42,33 +50,13 @@ def is_zero3(module: torch.nn.Module) -> bool:
     return any(hasattr(p, "ds_id") for p in module.parameters())
 
 
-def _engine_offload(engine):
-    """The object holding ZeRO-3's module hooks (``DeepSpeedZeRoOffload``), as TRL finds it."""
-    opt = getattr(engine, "optimizer", None)
-    if opt is None:
-        return None
-    return getattr(opt, "parameter_offload", None) or (opt if hasattr(opt, "forward_hooks") else None)
-
-
-@contextlib.contextmanager
-def _without_engine_hooks(offload) -> Iterator[None]:
-    """TRL's remove_hooks/add_hooks: drop the offload's hook handles, re-register them after."""
-    for hook in [*offload.forward_hooks, *offload.backward_hooks]:
-        hook.remove()
-    offload.forward_hooks, offload.backward_hooks = [], []
-    try:
-        yield
-    finally:
-        offload._register_deepspeed_module(offload.module)
-
-
 def _is_ds_hook(fn) -> bool:
     return (getattr(fn, "__module__", None) or "").startswith(_DS_PACKAGE)
 
 
 @contextlib.contextmanager
 def _without_module_hooks(module: torch.nn.Module) -> Iterator[None]:
-    """For a bare partitioned module (engine not at hand): take DeepSpeed's forward hooks out of
+    """Take DeepSpeed's forward hooks (the root's ``_start_of_forward_hook`` included) out of
     each submodule's hook dicts and put the same handles back afterwards, in their original order
     (nothing is re-registered, so the engine's bookkeeping is untouched)."""
     saved = []
@@ -103,7 +91,7 @@ def eval_model(model, gather: bool = True) -> Iterator[torch.nn.Module]:
 
     Call on all ranks together (gathering is a collective). Restores train/eval mode on exit.
     """
-    module, engine = unwrap(model)
+    module, _ = unwrap(model)
     was_training = module.training
     module.eval()
     try:
@@ -112,10 +100,9 @@ def eval_model(model, gather: bool = True) -> Iterator[torch.nn.Module]:
             return
         import deepspeed
 
-        offload = _engine_offload(engine) if engine is not None else None
+        # Engine or bare module: the same hook removal (see the NOTE in the module docstring).
         with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-            hooks = _without_engine_hooks(offload) if offload is not None else _without_module_hooks(module)
-            with hooks:
+            with _without_module_hooks(module):
                 yield module
     finally:
         module.train(was_training)
