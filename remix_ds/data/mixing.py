@@ -27,6 +27,7 @@ import numpy as np
 from remix_ds.data import formats
 from remix_ds.data.config import DataConfig, ReplayConfig
 from remix_ds.data.datasets import load_examples
+from remix_ds.data.doc_words import WordCounter, fast_batch_decode
 from remix_ds.data.records import DataError, Example
 from remix_ds.data.tokenize import TokenizedExample, from_token_ids, tokenize_examples
 
@@ -121,13 +122,23 @@ def generic_rows(cfg: DataConfig, tokenizer, count: int) -> tuple[list[Tokenized
         windows = reader.sample_windows(rng, count, cfg.mix.raw_tokens)
         return [from_token_ids(w, f"generic-{i}") for i, w in enumerate(windows)], 0
     need = cfg.mix.prompt_words + cfg.mix.answer_words
+    counter = WordCounter(tokenizer)
     kept: list[TokenizedExample] = []
     too_long = 0
     for _ in range(20):  # draw documents in bulk; keep long-enough ones that fit (reference skips short docs)
         want = count - len(kept)
-        docs = reader.sample_documents(rng, 2 * want + 8)
-        rows = [w[:need] for w in (t.split() for t in tokenizer.batch_decode(docs, skip_special_tokens=True)) if len(w) >= need]
-        toks, dropped = _tokenize(completion_examples(rows, cfg, "generic"), cfg, tokenizer, "answer")
+        # NOTE: the same draws as decoding every document (`sample_documents`), but words are
+        # counted from the ids and only documents with enough of them are decoded (issue 14).
+        drawn = [reader.document(int(i)) for i in reader.sample_document_indices(rng, 2 * want + 8)]
+        counts, cut = counter.count_and_cut(drawn, need)
+        # decode each kept document only as far as its first `need` words
+        words = [t.split() for t in fast_batch_decode(tokenizer, [d[:c] for d, n, c in zip(drawn, counts, cut)
+                                                                  if n >= need])]
+        if any(len(w) < need for w in words):  # the table overcounted: decode to count from here on
+            counter.exact = False
+            words = [w for w in (t.split() for t in fast_batch_decode(tokenizer, drawn)) if len(w) >= need]
+        toks, dropped = _tokenize(completion_examples([w[:need] for w in words], cfg, "generic"), cfg, tokenizer,
+                                  "answer")
         too_long += dropped
         kept += toks[:want]
         if len(kept) == count:
