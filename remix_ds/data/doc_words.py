@@ -46,6 +46,7 @@ class WordCounter:
             tokenizer, "clean_up_tokenization_spaces", False)
         anchor = tokenizer.encode("a", add_special_tokens=False)
         self.exact &= len(anchor) == 1
+        self._cache: dict = {}
         if not self.exact:
             return
         head = fast_batch_decode(tokenizer, [np.array(anchor)])[0]
@@ -81,8 +82,44 @@ class WordCounter:
             return np.zeros(0, np.int64), lens
         if not self.exact:
             return np.array([len(t.split()) for t in fast_batch_decode(self.tokenizer, docs)], np.int64), lens
-        ids = np.concatenate(docs).astype(np.int64)
-        doc_of = np.repeat(np.arange(len(docs)), lens)
+        counts, cut, bad = self._count_flat(np.concatenate(docs), lens, words)
+        if len(bad):  # multi-byte characters split over tokens: decode those documents whole
+            texts = fast_batch_decode(self.tokenizer, [docs[i] for i in bad])
+            counts[bad] = [len(t.split()) for t in texts]
+            cut[bad] = lens[bad]
+        return counts, cut
+
+    def corpus_counts(self, reader, words: int, chunk_tokens: int = 1 << 23) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`count_and_cut` for every document of a shard ``reader``, in one vectorized pass
+        over its token stream (``chunk_tokens`` at a time, whole documents); cached per reader."""
+        key = (str(reader.path), reader.num_documents, reader.num_tokens, words, self.exact)
+        if key in self._cache:
+            return self._cache[key]
+        lens = np.asarray(reader.doc_lengths, np.int64)
+        bounds = np.concatenate([[0], np.cumsum(lens)])
+        counts, cut = np.zeros(len(lens), np.int64), lens.copy()
+        if not self.exact:
+            for i in range(len(lens)):
+                counts[i] = len(fast_batch_decode(self.tokenizer, [reader.document(i)])[0].split())
+        else:
+            a = 0
+            while a < len(lens):
+                b = max(a + 1, int(np.searchsorted(bounds, bounds[a] + chunk_tokens, side="right")) - 1)
+                b = min(b, len(lens))
+                c, k, bad = self._count_flat(reader.tokens(int(bounds[a]), int(bounds[b])), lens[a:b], words)
+                for i in bad.tolist():
+                    c[i] = len(fast_batch_decode(self.tokenizer, [reader.document(a + i)])[0].split())
+                    k[i] = lens[a + i]
+                counts[a:b], cut[a:b] = c, k
+                a = b
+        self._cache[key] = counts, cut
+        return counts, cut
+
+    def _count_flat(self, flat: np.ndarray, lens: np.ndarray, words: int | None):
+        """(counts, cut, documents holding an unsafe token) of documents laid end to end in ``flat``."""
+        ndocs = len(lens)
+        ids = np.asarray(flat).astype(np.int64)
+        doc_of = np.repeat(np.arange(ndocs), lens)
         at = np.flatnonzero(~self.empty[ids])  # special tokens and empty pieces are transparent
         ids, doc_of = ids[at], doc_of[at]
         # a word starts at a token's first character if it is a non-space and the previous
@@ -90,20 +127,15 @@ class WordCounter:
         prev_space = np.ones(len(ids), bool)
         prev_space[1:] = self.ends_space[ids[:-1]] | (doc_of[1:] != doc_of[:-1])
         per_token = self.inner[ids] + (self.starts[ids] & prev_space)
-        counts = np.bincount(doc_of, weights=per_token, minlength=len(docs)).astype(np.int64)
-        cut = lens.copy()
+        counts = np.bincount(doc_of, weights=per_token, minlength=ndocs).astype(np.int64)
+        cut = np.asarray(lens, np.int64).copy()
         if words is not None:
             start = np.concatenate([[0], np.cumsum(lens)[:-1]])
             total = np.cumsum(per_token)
-            before = np.concatenate([[0], total])[np.searchsorted(doc_of, np.arange(len(docs)))]
+            before = np.concatenate([[0], total])[np.searchsorted(doc_of, np.arange(ndocs))]
             past = np.flatnonzero(total - before[doc_of] > words)  # tokens at/after word words + 1 starts
-            first = np.full(len(docs), -1)
+            first = np.full(ndocs, -1)
             first[doc_of[past[::-1]]] = past[::-1]  # the earliest such token of each document
             has = first >= 0
             cut[has] = at[first[has]] - start[has] + 1
-        bad = np.unique(doc_of[self.unsafe[ids]])
-        if len(bad):  # multi-byte characters split over tokens: decode those documents whole
-            texts = fast_batch_decode(self.tokenizer, [docs[i] for i in bad])
-            counts[bad] = [len(t.split()) for t in texts]
-            cut[bad] = lens[bad]
-        return counts, cut
+        return counts, cut, np.unique(doc_of[self.unsafe[ids]])

@@ -32,6 +32,11 @@ from remix_ds.data.records import DataError, Example
 from remix_ds.data.tokenize import TokenizedExample, from_token_ids, tokenize_examples
 
 
+# Generic corpora up to this many tokens get their words per document counted in one pass (cached
+# in-process); larger ones only for the documents drawn.
+_WHOLE_CORPUS_TOKENS = 256_000_000
+
+
 def mix_count(ratio: float, n: int) -> int:
     """Mixed rows for `n` dataset rows at `ratio` (floor, as the reference's int(n * ratio))."""
     return int(math.floor(ratio * n + 1e-9))
@@ -123,20 +128,31 @@ def generic_rows(cfg: DataConfig, tokenizer, count: int) -> tuple[list[Tokenized
         return [from_token_ids(w, f"generic-{i}") for i, w in enumerate(windows)], 0
     need = cfg.mix.prompt_words + cfg.mix.answer_words
     counter = WordCounter(tokenizer)
+    bounds = np.concatenate([[0], np.cumsum(reader.doc_lengths)])
+
+    def words_and_cut(drawn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # one pass over a corpus of moderate size (cached); a huge one: only the drawn documents
+        if reader.num_tokens <= _WHOLE_CORPUS_TOKENS:
+            counts, cut = counter.corpus_counts(reader, need)
+            return counts[drawn], cut[drawn]
+        return counter.count_and_cut([reader.document(int(i)) for i in drawn], need)
+
     kept: list[TokenizedExample] = []
     too_long = 0
     for _ in range(20):  # draw documents in bulk; keep long-enough ones that fit (reference skips short docs)
         want = count - len(kept)
         # NOTE: the same draws as decoding every document (`sample_documents`), but words are
-        # counted from the ids and only documents with enough of them are decoded (issue 14).
-        drawn = [reader.document(int(i)) for i in reader.sample_document_indices(rng, 2 * want + 8)]
-        counts, cut = counter.count_and_cut(drawn, need)
-        # decode each kept document only as far as its first `need` words
-        words = [t.split() for t in fast_batch_decode(tokenizer, [d[:c] for d, n, c in zip(drawn, counts, cut)
-                                                                  if n >= need])]
-        if any(len(w) < need for w in words):  # the table overcounted: decode to count from here on
+        # counted from the ids once per corpus, and only the documents with enough of them are
+        # read and decoded, each only as far as its first `need` words (issue 14).
+        drawn = reader.sample_document_indices(rng, 2 * want + 8)
+        n_words, cut = words_and_cut(drawn)
+        ok = n_words >= need
+        words = [t.split() for t in fast_batch_decode(
+            tokenizer, [reader.tokens(int(bounds[i]), int(bounds[i] + c)) for i, c in zip(drawn[ok].tolist(), cut[ok])])]
+        if any(len(w) < need for w in words):  # the table overcounted: decode whole documents from here on
             counter.exact = False
-            words = [w for w in (t.split() for t in fast_batch_decode(tokenizer, drawn)) if len(w) >= need]
+            words = [w for w in (t.split() for t in fast_batch_decode(tokenizer, [reader.document(int(i)) for i in drawn]))
+                     if len(w) >= need]
         toks, dropped = _tokenize(completion_examples([w[:need] for w in words], cfg, "generic"), cfg, tokenizer,
                                   "answer")
         too_long += dropped
