@@ -45,6 +45,14 @@ def test_bench_data_quick(tmp_path, small_corpus):
     # raw generic windows are exactly raw_tokens long (128), so packing them is lossless
     assert formats["generic_raw"]["mean_tokens_per_row"] == 128.0 and formats["generic_raw"]["packing_efficiency"] == 1.0
 
+    pk = res["pack"]  # the packer vs the one before issue 14, the flattening collator and group_by_length
+    assert pk["flattening_collator"]["efficiency"] == 1.0 and pk["flattening_collator"]["rows"] == 1
+    assert pk["remix_ds_pack"]["efficiency"] >= pk["before_issue14_pack"]["efficiency"] - 0.005
+    assert pk["remix_ds_pack"]["efficiency"] > pk["group_by_length"]["efficiency"]
+    assert pk["remix_ds_pack"]["varlen_attention_cells"] == pk["flattening_collator"]["varlen_attention_cells"]
+    assert pk["flattening_collator"]["dense_attention_cells"] == pk["tokens"] ** 2
+    assert rw["numpy_choice_table"]["tokens_per_s"] > 0 and rw["speedup_vs_numpy_choice_table"] > 0
+
     c = res["consumption"]
     assert c["loader_over_train"] == pytest.approx(c["loader_tokens_per_s"] / c["train_tokens_per_s"], rel=0.01)
     assert load_tokenizer("tiny").eos_token_id is not None
@@ -70,3 +78,10 @@ def test_cli_bench_data_parts(tmp_path, capsys):
     res = json.loads(out.read_text())
     assert "random_words" in res and "shard_read" not in res and "mixer" not in res
     assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_bench_stage_rows_identical_before_and_after(small_corpus):
+    from remix_ds.models import load_tokenizer
+
+    st = bench_data.bench_stage(load_tokenizer("tiny"), factoids=60)
+    assert st["rows_identical"] and st["generic_rows"] == 60 and st["before_s"] > 0 and st["after_s"] > 0

@@ -222,3 +222,68 @@ def test_generic_raw_windows_and_random_completion(bpe_tok, shard_corpus):
     assert all(len(x) == 64 and x.num_supervised == 63 for x in l.stream.generic)
     r = l.stream.random[0]
     assert len(bpe_tok.decode(r.input_ids[r.labels != -100][:-1].tolist()).split()) == 4
+
+
+# ----------------------------------------------------------------------------- stage build (issue 14)
+
+
+def reference_generic_rows(cfg, tokenizer, count):
+    """generic_rows before issue 14: decode every drawn document (transformers batch_decode)."""
+    from remix_ds.data.mixing import _tokenize, completion_examples, open_generic_corpus
+    from remix_ds.data.tokenize import TokenizedExample
+
+    reader = open_generic_corpus(cfg, tokenizer)
+    rng = np.random.default_rng([cfg.mix.seed, 0x6E4E])
+    need = cfg.mix.prompt_words + cfg.mix.answer_words
+    kept, too_long = [], 0
+    for _ in range(20):
+        want = count - len(kept)
+        docs = reader.sample_documents(rng, 2 * want + 8)
+        rows = [w[:need] for w in (t.split() for t in tokenizer.batch_decode(docs, skip_special_tokens=True)) if len(w) >= need]
+        toks, dropped = _tokenize(completion_examples(rows, cfg, "generic"), cfg, tokenizer, "answer")
+        too_long += dropped
+        kept += toks[:want]
+        if len(kept) == count:
+            return [TokenizedExample(f"generic-{i}", t.input_ids, t.labels) for i, t in enumerate(kept)], too_long
+    raise AssertionError("reference could not draw")
+
+
+@pytest.mark.parametrize("which", ["tiny", "bpe"])
+def test_generic_rows_identical_to_decoding_every_document(which, tiny_tokenizer, bpe_tok, shard_corpus):
+    from remix_ds.data.config import MixConfig
+    from remix_ds.data.mixing import generic_rows
+
+    tok, corpus = (tiny_tokenizer, "builtin") if which == "tiny" else (bpe_tok, shard_corpus)
+    for words, max_len in [((50, 50), 512), ((20, 10), 512), ((50, 50), 150)]:  # 150: some rows too long
+        mix = MixConfig(generic_ratio=1.0, generic_corpus=corpus, prompt_words=words[0], answer_words=words[1], seed=3)
+        cfg = DataConfig(kvr=KVRConfig(num_pairs=10), max_seq_len=max_len, mix=mix)
+        n = 120 if max_len == 512 else 8
+        try:
+            ref, ref_drop = reference_generic_rows(cfg, tok, n)
+        except AssertionError:
+            continue
+        got, drop = generic_rows(cfg, tok, n)
+        assert drop == ref_drop
+        assert [(x.id, x.input_ids.tolist(), x.labels.tolist()) for x in got] == \
+               [(x.id, x.input_ids.tolist(), x.labels.tolist()) for x in ref]
+
+
+def test_word_counts_from_ids_equal_decoding_on_the_whole_corpus(tiny_tokenizer, sp_tok, bpe_tok):
+    from remix_ds.data import corpus
+    from remix_ds.data.doc_words import WordCounter, fast_batch_decode
+
+    for tok in (tiny_tokenizer, sp_tok, bpe_tok):
+        reader = corpus.generic_corpus(tok, max_bytes=300_000)
+        docs = list(reader.iter_documents())
+        texts = tok.batch_decode([d.tolist() for d in docs], skip_special_tokens=True)
+        assert fast_batch_decode(tok, docs) == texts
+        counter = WordCounter(tok)
+        assert counter.exact
+        exact = np.array([len(t.split()) for t in texts])
+        counts, cut = counter.count_and_cut(docs, 100)
+        assert (counts == exact).all() and exact.max() > 100
+        for d, t, c in zip(docs, texts, cut):  # the cut keeps the first 100 words whole
+            assert tok.decode(d[:c].tolist(), skip_special_tokens=True).split()[:100] == t.split()[:100]
+        # non-ASCII text: byte tokens are unsafe and such documents are decoded
+        ids = tok.encode("naïve café — ünïcode\u00a0words here", add_special_tokens=False)
+        assert counter.count([np.array(ids)])[0] == len(tok.decode(ids, skip_special_tokens=True).split())

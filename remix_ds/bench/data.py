@@ -2,10 +2,16 @@
 
 Measures, on one process:
   random_words   vectorized RandomWords.sample tokens/s vs a naive loop (random.choice words,
-                 join, one tokenizer call per sample), and their ratio;
+                 join, one tokenizer call per sample) and vs the strong baseline (numpy
+                 Generator.choice over a pre-tokenized word table, one concatenate);
   shard_read     ShardReader windows and documents tokens/s on the built-in generic corpus;
   mixer          REMIX stage-stream build (tokenize + mix) tokens/s, loader packed tokens/s, and
                  packing efficiency (non-pad fraction) per row kind vs padding to the longest row;
+  pack           512 REMIX-mixture examples into 2,048-token rows: this packer vs the one before
+                 issue 14, HF DataCollatorWithFlattening (one row, efficiency 1.00 by construction)
+                 and group_by_length-style padded batches; rows, efficiency, attention cells;
+  stage          (only with --parts stage) generic completion rows of a 32k-factoid stage, before
+                 (decode every drawn document) vs after issue 14, same rows asserted;
   consumption    loader packed tokens/s / tokens/s the tiny model consumes in forward+backward.
                  The engine's own benchmark (`remix_ds.bench.train`) is not used yet: consumption is
                  a plain-torch forward+backward (sum CE loss, no optimizer step) on the loader's own
@@ -115,13 +121,18 @@ def bench_random_words(tokenizer, *, n_fast: int = 20_000, n_naive: int = 1_000,
     naive, naive_s = _median_rate(
         lambda: sum(map(len, naive_random_words(tokenizer, gen.words, n_naive, min_words, max_words, seed))), repeats
     )
+    table = ([gen.word_ids(w, initial=True).copy() for w in range(gen.vocab_size)],
+             [gen.word_ids(w).copy() for w in range(gen.vocab_size)])
+    strong, strong_s = _median_rate(lambda: numpy_choice_random_words(gen, table, rng, n_fast), 2 * repeats + 1)
     return {
         "vocab_size": gen.vocab_size,
         "words_per_sequence": [min_words, max_words],
         "setup_s": round(setup_s, 3),
         "vectorized": {"samples": n_fast, "seconds": round(fast_s, 4), "tokens_per_s": round(fast)},
         "naive_loop": {"samples": n_naive, "seconds": round(naive_s, 4), "tokens_per_s": round(naive)},
+        "numpy_choice_table": {"samples": n_fast, "seconds": round(strong_s, 4), "tokens_per_s": round(strong)},
         "speedup": round(fast / naive, 1),
+        "speedup_vs_numpy_choice_table": round(fast / strong, 2),
         "ids_match_tokenizer": gen.agreement(tokenizer, np.random.default_rng(seed + 1), 200),
     }
 
@@ -251,11 +262,193 @@ def bench_consumption(loader, *, steps: int = 6, warmup: int = 2) -> dict:
     }
 
 
+def numpy_choice_random_words(gen: RandomWords, table: tuple[list, list], rng: np.random.Generator, n: int) -> int:
+    """The strong baseline a competent user writes: words pre-tokenized once (``table``: initial and
+    continuation forms, as np arrays), ``Generator.choice`` for lengths and words, one
+    ``np.concatenate`` of the drawn words' ids. Returns the number of tokens."""
+    initial, cont = table
+    lengths = rng.integers(gen.min_words, gen.max_words + 1, size=n)
+    widx = rng.choice(len(cont), size=int(lengths.sum()))
+    parts = [cont[w] for w in widx.tolist()]
+    for s in (np.cumsum(lengths) - lengths).tolist():
+        parts[s] = initial[widx[s]]
+    return len(np.concatenate(parts))
+
+
+# The packer before issue 14 (a quadratic FFD scan and a capacity bisection for every row count):
+# the "before" column of the pack benchmark; tests/test_data_packing.py keeps the same reference.
+def _old_ffd(lengths, capacity):
+    bins, room = [], []
+    for i in sorted(range(len(lengths)), key=lambda k: (-lengths[k], k)):
+        n = lengths[i]
+        for b, free in enumerate(room):
+            if n <= free:
+                bins[b].append(i)
+                room[b] -= n
+                break
+        else:
+            bins.append([i])
+            room.append(capacity - n)
+    return bins
+
+
+def old_balanced_bins(lengths, max_seq_len):
+    total, longest = sum(lengths), max(lengths)
+    best = _old_ffd(lengths, max_seq_len)
+
+    def area(bins):
+        return len(bins) * max(sum(lengths[i] for i in b) for b in bins)
+
+    best_area = area(best)
+    for rows in range(-(-total // max_seq_len), len(lengths) + 1):
+        lo, hi = max(longest, -(-total // rows)), max_seq_len
+        if rows * lo >= best_area:
+            break
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(_old_ffd(lengths, mid)) <= rows:
+                hi = mid
+            else:
+                lo = mid + 1
+        bins = _old_ffd(lengths, lo)
+        if len(bins) <= rows and area(bins) < best_area:
+            best, best_area = bins, area(bins)
+    return best
+
+
+def _layout_stats(row_lens: list[list[int]], cells: int, seconds: float) -> dict:
+    """Rows of sequences -> efficiency, rows, and what attention costs on them: `dense_attention_cells`
+    (sum over rows of T^2: SDPA/eager with a block mask computes every cell) and
+    `varlen_attention_cells` (sum of sequence_length^2: flash-attn varlen computes only these)."""
+    tokens = sum(map(sum, row_lens))
+    width = cells // max(1, len(row_lens))
+    return {"tokens_per_s": round(tokens / seconds), "seconds": round(seconds, 5), "rows": len(row_lens),
+            "efficiency": round(tokens / cells, 4), "dense_attention_cells": len(row_lens) * width * width,
+            "varlen_attention_cells": sum(n * n for r in row_lens for n in r)}
+
+
+def bench_pack(rows, *, n_examples: int = 512, max_seq_len: int = 2048, group_batch: int = 8,
+               repeats: int = 5, old: bool = True) -> dict:
+    """Pack `n_examples` rows of the REMIX mixture into `max_seq_len` rows, side by side (alternating,
+    medians): this packer, the packer before issue 14 (`old`), HF `DataCollatorWithFlattening`
+    (everything in one row: efficiency 1.00 by construction) and `group_by_length`-style batches
+    (sort by length, `group_batch` examples per padded batch)."""
+    from transformers import DataCollatorWithFlattening
+
+    from remix_ds.data import packing
+
+    exs = list(rows)[:n_examples]
+    lengths = [len(x) for x in exs]
+    flat = DataCollatorWithFlattening(return_tensors="pt")
+    feats = [{"input_ids": x.input_ids.tolist(), "labels": x.labels.tolist()} for x in exs]
+
+    def ours():
+        return packing.pack(exs, max_seq_len, 0)
+
+    def before():
+        return old_balanced_bins(lengths, max_seq_len)
+
+    def flattening():
+        return flat(feats)
+
+    def grouped():
+        import torch
+
+        order = sorted(range(len(exs)), key=lambda i: -lengths[i])
+        out = []
+        for s in range(0, len(order), group_batch):
+            g = order[s : s + group_batch]
+            t = max(lengths[i] for i in g)
+            ids = torch.zeros((len(g), t), dtype=torch.long)
+            for r, i in enumerate(g):
+                ids[r, : lengths[i]] = torch.from_numpy(exs[i].input_ids.astype(np.int64))
+            out.append(ids)
+        return out
+
+    fns = {"remix_ds_pack": ours, "flattening_collator": flattening, "group_by_length": grouped}
+    if old:
+        fns["before_issue14_pack"] = before
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats + 1):  # alternate; the first round is a warm-up
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    med = {k: statistics.median(v[1:]) for k, v in times.items()}
+    b = ours()
+    bins = packing.balanced_bins(lengths, max_seq_len)
+    out: dict = {"examples": len(exs), "tokens": sum(lengths), "max_seq_len": max_seq_len, "repeats": repeats}
+    out["remix_ds_pack"] = _layout_stats([[lengths[i] for i in bb] for bb in bins], b["input_ids"].numel(),
+                                         med["remix_ds_pack"])
+    out["remix_ds_pack"]["min_seconds"] = round(min(times["remix_ds_pack"][1:]), 5)
+    out["flattening_collator"] = _layout_stats([lengths], sum(lengths), med["flattening_collator"])
+    groups = [sorted(lengths, reverse=True)[s : s + group_batch] for s in range(0, len(lengths), group_batch)]
+    out["group_by_length"] = {**_layout_stats([[n] for g in groups for n in g], sum(len(g) * max(g) for g in groups),
+                                              med["group_by_length"]), "group_batch": group_batch}
+    out["group_by_length"]["dense_attention_cells"] = sum(len(g) * max(g) ** 2 for g in groups)
+    if old:
+        ob = before()
+        width = max(sum(lengths[i] for i in bb) for bb in ob)
+        out["before_issue14_pack"] = _layout_stats([[lengths[i] for i in bb] for bb in ob], len(ob) * width,
+                                                   med["before_issue14_pack"])
+        out["speedup_vs_before"] = round(med["before_issue14_pack"] / med["remix_ds_pack"], 1)
+    out["speed_vs_flattening_collator"] = round(med["flattening_collator"] / med["remix_ds_pack"], 2)
+    return out
+
+
+def decode_all_generic_rows(cfg, tokenizer, count: int):
+    """`generic_rows` before issue 14 (the "before" column): decode every drawn document with
+    transformers' `batch_decode`, keep those with enough words (same draws, same rows)."""
+    from remix_ds.data.mixing import _tokenize, completion_examples, open_generic_corpus
+    from remix_ds.data.tokenize import TokenizedExample
+
+    reader = open_generic_corpus(cfg, tokenizer)
+    rng = np.random.default_rng([cfg.mix.seed, 0x6E4E])
+    need = cfg.mix.prompt_words + cfg.mix.answer_words
+    kept, too_long = [], 0
+    for _ in range(20):
+        want = count - len(kept)
+        docs = reader.sample_documents(rng, 2 * want + 8)
+        rows = [w[:need] for w in (t.split() for t in tokenizer.batch_decode(docs, skip_special_tokens=True))
+                if len(w) >= need]
+        toks, dropped = _tokenize(completion_examples(rows, cfg, "generic"), cfg, tokenizer, "answer")
+        too_long += dropped
+        kept += toks[:want]
+        if len(kept) == count:
+            return [TokenizedExample(f"generic-{i}", t.input_ids, t.labels) for i, t in enumerate(kept)], too_long
+    raise RuntimeError("could not draw enough generic documents")
+
+
+def bench_stage(tokenizer, *, factoids: int = 32_000, generic_ratio: float = 1.0, repeats: int = 1) -> dict:
+    """Generic completion rows of a REMIX stage (`factoids` x `generic_ratio`), before/after issue 14,
+    alternating; asserts both give the same rows."""
+    from remix_ds.data.mixing import generic_rows
+
+    cfg = _data_cfg(factoids, 2048, generic_ratio=generic_ratio, generic_format="completion")
+    count = int(factoids * generic_ratio)
+    generic_rows(cfg, tokenizer, 8)  # warm: corpus open, tables
+    times: dict[str, list[float]] = {"after": [], "before": []}
+    for _ in range(repeats):
+        for name, fn in (("after", generic_rows), ("before", decode_all_generic_rows)):
+            t = time.perf_counter()
+            rows, _ = fn(cfg, tokenizer, count)
+            times[name].append(time.perf_counter() - t)
+            if name == "after":
+                after_rows = rows
+    same = all(a.input_ids.tolist() == b.input_ids.tolist() and a.labels.tolist() == b.labels.tolist()
+               for a, b in zip(after_rows, rows)) and len(after_rows) == len(rows)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"factoids": factoids, "generic_rows": count, "repeats": repeats,
+            "before_s": round(med["before"], 3), "after_s": round(med["after"], 3),
+            "speedup": round(med["before"] / med["after"], 1), "rows_identical": same}
+
+
 # ----------------------------------------------------------------------------- entry points
 
 
 def run(out: str | Path | None = None, *, tokenizer: str = "tiny", quick: bool = False, seed: int = 0,
-        parts: tuple[str, ...] = ("random_words", "shard_read", "mixer", "consumption")) -> dict:
+        parts: tuple[str, ...] = ("random_words", "shard_read", "mixer", "consumption", "pack"),
+        stage_factoids: int = 32_000) -> dict:
     """Run the data benchmarks; write JSON to ``out`` if given; return the result dict.
 
     ``quick`` shrinks every size (for tests); its numbers are noisy.
@@ -286,6 +479,11 @@ def run(out: str | Path | None = None, *, tokenizer: str = "tiny", quick: bool =
         result["mixer"], loader = bench_mixer(tok, num_pairs=40 if quick else 500, seed=seed)
     if "consumption" in parts:
         result["consumption"] = bench_consumption(loader, steps=1 if quick else 6, warmup=1 if quick else 2)
+    if "pack" in parts:
+        mix = build_stage_stream(_data_cfg(64 if quick else 512, 2048, generic_ratio=1.0, random_ratio=1.0), tok, seed)
+        result["pack"] = bench_pack(mix.epoch_items(0), n_examples=64 if quick else 512, repeats=1 if quick else 7)
+    if "stage" in parts:
+        result["stage"] = bench_stage(tok, factoids=200 if quick else stage_factoids)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=2) + "\n")
@@ -299,19 +497,22 @@ def add_bench_data_command(bsub) -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default="tiny", help="`tiny`, a hub id or a local tokenizer folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test; noisy numbers)")
-    p.add_argument("--parts", default="random_words,shard_read,mixer,consumption",
-                   help="comma-separated subset of random_words,shard_read,mixer,consumption")
+    p.add_argument("--parts", default="random_words,shard_read,mixer,consumption,pack",
+                   help="comma-separated subset of random_words,shard_read,mixer,consumption,pack,stage "
+                        "(stage: generic-row build before/after issue 14; minutes at 32k factoids)")
+    p.add_argument("--stage-factoids", type=int, default=32_000, help="stage part: dataset rows (generic ratio 1)")
     p.set_defaults(func=_run_cli)
     return p
 
 
 def _run_cli(args) -> int:
     parts = tuple(x.strip() for x in args.parts.split(",") if x.strip())
-    unknown = set(parts) - {"random_words", "shard_read", "mixer", "consumption"}
+    unknown = set(parts) - {"random_words", "shard_read", "mixer", "consumption", "pack", "stage"}
     if unknown:
         raise SystemExit(f"--parts: unknown part(s) {', '.join(sorted(unknown))}")
-    res = run(args.out, tokenizer=args.tokenizer, quick=args.quick, seed=args.seed, parts=parts)
-    summary = {k: res[k] for k in ("random_words", "shard_read", "consumption") if k in res}
+    res = run(args.out, tokenizer=args.tokenizer, quick=args.quick, seed=args.seed, parts=parts,
+              stage_factoids=args.stage_factoids)
+    summary = {k: res[k] for k in ("random_words", "shard_read", "consumption", "pack", "stage") if k in res}
     print(json.dumps(summary, indent=2))
     print(f"wrote {args.out}")
     return 0

@@ -137,8 +137,9 @@ def _worker(args) -> None:
     model, tok = _load(args.model, dtype)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
     res = run_setting(engine, tok, args.n, args.batch_size, args.max_batch_tokens, rank, world, naive=True)
-    if rank == 0:
+    if rank == 0:  # the result is safe on disk before any teardown
         Path(args.worker).write_text(json.dumps(res))
+    dist.shutdown(engine)
 
 
 def _build_shape(args) -> str:
@@ -182,8 +183,13 @@ def run(args) -> int:
                "--master_port", str(args.master_port), "--module", "remix_ds.bench.eval", "--worker", str(out),
                "--model", args.model, "--examples", str(args.n), "--batch-size", str(args.batch_size),
                "--max-batch-tokens", str(args.max_batch_tokens)]
-        subprocess.run(cmd, check=True)
+        out.unlink(missing_ok=True)
+        proc = subprocess.run(cmd)
+        if not out.is_file():
+            raise SystemExit(f"bench eval: the ZeRO-3 worker wrote no {out} (launcher exit {proc.returncode})")
         report["zero3"] = json.loads(out.read_text())
+        if proc.returncode:  # rank 0 finished and wrote its JSON; keep it, say how the launcher ended
+            report["zero3"]["launcher_exit_code"] = proc.returncode
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0
@@ -192,7 +198,8 @@ def run(args) -> int:
 def _add_args(p) -> None:
     p.add_argument("--model", default="tiny", help="model folder / hub id / tiny")
     p.add_argument("--examples", dest="n", type=int, default=64, help="number of KVR examples")
-    p.add_argument("--batch-size", type=int, default=16, help="generation prompts per batch")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="generation prompts per batch (64: the gathered-once batched-generate baseline)")
     p.add_argument("--max-batch-tokens", type=int, default=8192, help="fused tokens per forward")
 
 

@@ -27,8 +27,14 @@ import numpy as np
 from remix_ds.data import formats
 from remix_ds.data.config import DataConfig, ReplayConfig
 from remix_ds.data.datasets import load_examples
+from remix_ds.data.doc_words import WordCounter, fast_batch_decode
 from remix_ds.data.records import DataError, Example
 from remix_ds.data.tokenize import TokenizedExample, from_token_ids, tokenize_examples
+
+
+# Generic corpora up to this many tokens get their words per document counted in one pass (cached
+# in-process); larger ones only for the documents drawn.
+_WHOLE_CORPUS_TOKENS = 256_000_000
 
 
 def mix_count(ratio: float, n: int) -> int:
@@ -121,13 +127,34 @@ def generic_rows(cfg: DataConfig, tokenizer, count: int) -> tuple[list[Tokenized
         windows = reader.sample_windows(rng, count, cfg.mix.raw_tokens)
         return [from_token_ids(w, f"generic-{i}") for i, w in enumerate(windows)], 0
     need = cfg.mix.prompt_words + cfg.mix.answer_words
+    counter = WordCounter(tokenizer)
+    bounds = np.concatenate([[0], np.cumsum(reader.doc_lengths)])
+
+    def words_and_cut(drawn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # one pass over a corpus of moderate size (cached); a huge one: only the drawn documents
+        if reader.num_tokens <= _WHOLE_CORPUS_TOKENS:
+            counts, cut = counter.corpus_counts(reader, need)
+            return counts[drawn], cut[drawn]
+        return counter.count_and_cut([reader.document(int(i)) for i in drawn], need)
+
     kept: list[TokenizedExample] = []
     too_long = 0
     for _ in range(20):  # draw documents in bulk; keep long-enough ones that fit (reference skips short docs)
         want = count - len(kept)
-        docs = reader.sample_documents(rng, 2 * want + 8)
-        rows = [w[:need] for w in (t.split() for t in tokenizer.batch_decode(docs, skip_special_tokens=True)) if len(w) >= need]
-        toks, dropped = _tokenize(completion_examples(rows, cfg, "generic"), cfg, tokenizer, "answer")
+        # NOTE: the same draws as decoding every document (`sample_documents`), but words are
+        # counted from the ids once per corpus, and only the documents with enough of them are
+        # read and decoded, each only as far as its first `need` words (issue 14).
+        drawn = reader.sample_document_indices(rng, 2 * want + 8)
+        n_words, cut = words_and_cut(drawn)
+        ok = n_words >= need
+        words = [t.split() for t in fast_batch_decode(
+            tokenizer, [reader.tokens(int(bounds[i]), int(bounds[i] + c)) for i, c in zip(drawn[ok].tolist(), cut[ok])])]
+        if any(len(w) < need for w in words):  # the table overcounted: decode whole documents from here on
+            counter.exact = False
+            words = [w for w in (t.split() for t in fast_batch_decode(tokenizer, [reader.document(int(i)) for i in drawn]))
+                     if len(w) >= need]
+        toks, dropped = _tokenize(completion_examples([w[:need] for w in words], cfg, "generic"), cfg, tokenizer,
+                                  "answer")
         too_long += dropped
         kept += toks[:want]
         if len(kept) == count:

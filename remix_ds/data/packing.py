@@ -2,7 +2,8 @@
 
 Contract (docs/architecture.md, "Packed micro-batch"): examples are placed end to end in rows of
 at most `max_seq_len` tokens by first-fit decreasing (with the row capacity tuned so rows come out
-evenly full, see `balanced_bins`); `position_ids` restart at 0 at every example,
+evenly full, see `balanced_bins`);
+`position_ids` restart at 0 at every example,
 so transformers (with `use_cache=False`) and flash-attn varlen (`cu_seq_lens_*`) both see
 block-diagonal causal attention. The tail of a row is padding that forms ONE extra sequence whose
 position ids count up 0, 1, 2, ... (all-zero pad positions would look like thousands of one-token
@@ -12,12 +13,21 @@ sequences) and whose labels are -100. Rows are as long as the fullest row (round
 
 from __future__ import annotations
 
+import bisect
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from remix_ds.data.tokenize import IGNORE, TokenizedExample
+
+# `balanced_bins` stops after this many row counts in a row without a better layout.
+_STALE_ROWS = 4
+
+
+def _descending(lengths: Sequence[int]) -> list[int]:
+    """Indices by length, longest first, ties in input order."""
+    return np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable").tolist()
 
 
 def first_fit_decreasing(lengths: Sequence[int], capacity: int, oversize: str = "raise") -> list[list[int]]:
@@ -26,57 +36,113 @@ def first_fit_decreasing(lengths: Sequence[int], capacity: int, oversize: str = 
 
     oversize: an example longer than ``capacity`` is an error (``raise``, training: filter
     before packing) or gets a bin of its own (``own_bin``, evaluation never drops or truncates).
+
+    O(n log n): a max segment tree over the bins' free room finds the first bin with room in
+    O(log n) (unopened bins have the full capacity, so "no open bin fits" lands on the next new
+    one). Same bins as the plain scan over open bins (``tests/test_data_packing.py`` keeps it).
     """
     if oversize not in ("raise", "own_bin"):
         raise ValueError(f"oversize={oversize!r}: expected 'raise' or 'own_bin'")
+    n_items = len(lengths)
+    if n_items == 0:
+        return []
+    order = _descending(lengths)
+    if lengths[order[0]] > capacity and oversize == "raise":
+        raise ValueError(f"example of {lengths[order[0]]} tokens does not fit a row of {capacity} (filter before packing)")
+    size = 1 << max(0, (n_items - 1).bit_length())
+    tree = [capacity] * (2 * size)  # tree[size + b] = free room of bin b; inner nodes = max of children
     bins: list[list[int]] = []
-    room: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda k: (-lengths[k], k)):
+    for i in order:
         n = lengths[i]
-        if n > capacity and oversize == "raise":
-            raise ValueError(f"example of {n} tokens does not fit a row of {capacity} (filter before packing)")
-        for b, free in enumerate(room):
-            if n <= free:
-                bins[b].append(i)
-                room[b] -= n
-                break
+        if n > tree[1]:  # oversize (own_bin): a new bin that nothing else joins
+            node = size + len(bins)
         else:
+            node = 1
+            while node < size:
+                node = 2 * node if tree[2 * node] >= n else 2 * node + 1
+        b = node - size
+        if b == len(bins):
             bins.append([i])
-            room.append(capacity - n)
+        else:
+            bins[b].append(i)
+        tree[node] -= n
+        node >>= 1
+        while node:
+            m = max(tree[2 * node], tree[2 * node + 1])
+            if tree[node] == m:
+                break
+            tree[node] = m
+            node >>= 1
     return bins
+
+
+def _ffd_rows(asc: list[int], asc_lens: list[int], capacity: int, max_rows: int) -> list[list[int]] | None:
+    """First-fit decreasing at ``capacity`` (no oversize examples), row by row; None once it needs
+    more than ``max_rows`` rows (the bisection below only asks "does it fit in R rows?").
+
+    FFD filled row by row is the same layout: row k takes, in order, every remaining example that
+    still fits when its turn comes, i.e. repeatedly the largest remaining one <= the room left
+    (ties: the earliest). ``asc`` lists example indices by (length, -index) (``asc_lens``: their
+    lengths), so that example is the last one at or below the room: a bisect, and C-level list
+    pops (a memmove of pointers).
+    """
+    idx, lens = list(asc), list(asc_lens)
+    rows: list[list[int]] = []
+    while idx:
+        if len(rows) == max_rows:
+            return None
+        room, row, hi = capacity, [], len(idx)
+        while hi:
+            pos = bisect.bisect_right(lens, room, 0, hi) - 1
+            if pos < 0:
+                break
+            room -= lens.pop(pos)
+            row.append(idx.pop(pos))
+            hi = pos  # everything above pos is longer than the old room, so than the new one
+        rows.append(row)
+    return rows
 
 
 def balanced_bins(lengths: Sequence[int], max_seq_len: int) -> list[list[int]]:
     """First-fit-decreasing bins minimizing rows x row length (the padded area), rows <= max_seq_len.
 
     Plain FFD into max_seq_len fills every row but the last, and the last row's empty tail is
-    padding because all rows share the fullest row's length. Here, for each feasible row count R,
-    the smallest capacity that still packs into R rows is found by bisection (FFD with a smaller
-    capacity spreads tokens evenly across rows); the layout with the least padding wins.
+    padding because all rows share the fullest row's length. Here, for row counts R from the
+    lower bound up, the smallest capacity that still packs into R rows is found by bisection (FFD
+    with a smaller capacity spreads tokens evenly across rows); the layout with the least padding
+    wins. O(n log n) per FFD; the search stays small: a capacity c only helps if R x c beats the
+    best area so far, so the bisection runs over [max(longest, total / R), best / R), which
+    shrinks to nothing once a near-full layout is found, and the row counts stop after
+    `_STALE_ROWS` without a better layout (the old search tried every row count up to the bound).
     """
-    total, longest = sum(lengths), max(lengths)
-    best = first_fit_decreasing(lengths, max_seq_len)
-
-    def area(bins):
-        return len(bins) * max(sum(lengths[i] for i in b) for b in bins)
-
-    best_area = area(best)
-    r_min = -(-total // max_seq_len)
+    n_items, total, longest = len(lengths), sum(lengths), max(lengths)
+    asc = _descending(lengths)[::-1]
+    asc_lens = [lengths[i] for i in asc]
+    best = _ffd_rows(asc, asc_lens, max_seq_len, n_items)
+    best_area = len(best) * max(sum(lengths[i] for i in b) for b in best)
     # Up to one example per row: with long, similar lengths that beats rows holding two examples
     # next to rows holding one (all rows share the fullest row's length).
-    for rows in range(r_min, len(lengths) + 1):
-        lo, hi = max(longest, -(-total // rows)), max_seq_len
-        if rows * lo >= best_area:  # no capacity can beat the best layout with this many rows
+    if n_items * longest < best_area:
+        best, best_area = [[i] for i in asc[::-1]], n_items * longest
+    stale = 0  # row counts tried since the last improvement
+    for rows in range(-(-total // max_seq_len), n_items + 1):
+        if rows * max(longest, -(-total // rows)) >= best_area or stale > _STALE_ROWS:
             break
+        stale += 1
+        lo, hi = max(longest, -(-total // rows)), min(max_seq_len, (best_area - 1) // rows)
+        bins = _ffd_rows(asc, asc_lens, hi, rows) if lo <= hi else None  # lo > hi: R x c cannot win
+        if bins is None:
+            continue
         while lo < hi:  # smallest capacity whose FFD needs <= rows rows
             mid = (lo + hi) // 2
-            if len(first_fit_decreasing(lengths, mid)) <= rows:
-                hi = mid
-            else:
+            got = _ffd_rows(asc, asc_lens, mid, rows)
+            if got is None:
                 lo = mid + 1
-        bins = first_fit_decreasing(lengths, lo)
-        if len(bins) <= rows and area(bins) < best_area:
-            best, best_area = bins, area(bins)
+            else:
+                hi, bins = mid, got
+        area = len(bins) * max(sum(lengths[i] for i in b) for b in bins)
+        if area < best_area:
+            best, best_area, stale = bins, area, 0
     return best
 
 
@@ -111,22 +177,26 @@ def pack(examples: Sequence[TokenizedExample], max_seq_len: int, pad_id: int, pa
     fill = max(sum(lengths[i] for i in b) for b in bins)
     T = min(-(-fill // pad_to_multiple_of) * pad_to_multiple_of, max(max_seq_len, fill))
     R = len(bins)
+    # Vectorized fill: every example's tokens go, in row order, to one flat run of destinations.
+    flat = [i for b in bins for i in b]
+    lens = np.array([lengths[i] for i in flat], dtype=np.int64)
+    row_fill = np.array([sum(lengths[i] for i in b) for b in bins], dtype=np.int64)
+    row_of = np.repeat(np.arange(R), [len(b) for b in bins])
+    src_start = np.cumsum(lens) - lens  # each example's start in the concatenation
+    col = src_start - (np.cumsum(row_fill) - row_fill)[row_of]  # its start column in its row
+    within = np.arange(int(lens.sum())) - np.repeat(src_start, lens)  # position inside its example
+    dest = np.repeat(row_of * T + col, lens) + within
     ids = np.full((R, T), pad_id, dtype=np.int64)
     labels = np.full((R, T), IGNORE, dtype=np.int64)
-    pos = np.zeros((R, T), dtype=np.int64)
+    pos = np.arange(T)[None, :] - row_fill[:, None]  # the padding tail counts up from 0
+    ids.reshape(-1)[dest] = np.concatenate([examples[i].input_ids for i in flat])
+    labels.reshape(-1)[dest] = np.concatenate([examples[i].labels for i in flat])
+    pos.reshape(-1)[dest] = within
     seg_lens: list[int] = []
-    for r, b in enumerate(bins):
-        col = 0
-        for i in b:
-            ex, n = examples[i], lengths[i]
-            ids[r, col : col + n] = ex.input_ids
-            labels[r, col : col + n] = ex.labels
-            pos[r, col : col + n] = np.arange(n)
-            seg_lens.append(n)
-            col += n
-        if col < T:  # the padding tail: one sequence counting up, no loss
-            pos[r, col:] = np.arange(T - col)
-            seg_lens.append(T - col)
+    for b, fill_r in zip(bins, row_fill.tolist()):
+        seg_lens += [lengths[i] for i in b]
+        if fill_r < T:  # the padding tail: one sequence counting up, no loss
+            seg_lens.append(T - fill_r)
     return _to_batch(ids, pos, labels, seg_lens, len(examples), int(sum(lengths)))
 
 
