@@ -102,6 +102,15 @@ def test_on_bad_record_drop_skips_and_counts(tmp_path):
         DataConfig(on_bad_record="skip")
 
 
+def test_dropped_bad_records_reach_the_stage_stats(tmp_path, tiny_tokenizer):
+    from remix_ds.data.mixing import build_stage_stream
+
+    f = _rows(tmp_path, [GOOD, {"prompt": "q", "answer": " "}, dict(GOOD, id="last")])
+    cfg = DataConfig(dataset=f, subsample_seed=None, on_bad_record="drop")
+    stream = build_stage_stream(cfg, tiny_tokenizer, seed=0)
+    assert stream.dropped["bad_records"] == 1 and len(stream.dataset) == 2
+
+
 # ----------------------------------------------------------------------------- special-token text
 
 

@@ -56,7 +56,8 @@ class StageStream:
     seed: int = 0
     reshuffle: bool = True
     dropped: dict[str, int] = field(default_factory=dict)
-    """Examples dropped for exceeding max_seq_len, by kind (reported, never silently lost)."""
+    """Examples dropped for exceeding max_seq_len, by kind, and `bad_records`: dataset rows dropped
+    under `data.on_bad_record=drop` (reported, never silently lost)."""
 
     def __post_init__(self):
         if not self.dataset:
@@ -214,7 +215,8 @@ def build_stage_stream(cfg: DataConfig, tokenizer, seed: int) -> StageStream:
     return StageStream(
         dataset=dataset, generic=generic, random=random, replay_pools=pools, replay_counts=counts,
         replay_probs=probs, seed=seed, reshuffle=not cfg.reference_compat,
-        dropped={"dataset": dropped, "generic": g_drop, "random": r_drop, "replay": p_drop},
+        dropped={"dataset": dropped, "generic": g_drop, "random": r_drop, "replay": p_drop,
+                 "bad_records": len(getattr(examples, "dropped", ()))},
     )
 
 
