@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from remix_ds.baselines import build_regularizers
 from remix_ds.bench.train import machine_info
 from remix_ds.config import load_config
@@ -84,7 +86,7 @@ def bench(config: str | None, overrides: list[str], variants: list[str], steps: 
             tr.step += 1
             if round_ >= warmup:
                 times[name].append(stats.seconds)
-                extras[name] = stats.extra
+                extras[name] = {k: float(v) if torch.is_tensor(v) else v for k, v in stats.extra.items()}
     base = statistics.median(times["plain"]) if "plain" in times else None
     report = {
         "machine": machine_info(),

@@ -296,7 +296,8 @@ class Trainer:
                 row.update(self._evaluate())
                 self.stopped_early = self._reached_target(row)
             if evaluated or self.step % t.log_every == 0 or self.step == stop:
-                row = {"loss": stats.loss, **row}  # the step's only device -> host sync, at log steps
+                # the step's only device -> host syncs, at log steps: the loss and device-scalar extras
+                row = {"loss": stats.loss, **{k: float(v) if torch.is_tensor(v) else v for k, v in row.items()}}
                 self.metrics.log(self.step, row)
                 logged.append({"step": self.step, **row})
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
