@@ -148,3 +148,15 @@ def test_token_budget_resume_reproduces_uninterrupted_losses(token_run, tmp_path
     for a, b in zip(resumed, reference):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7), (a["step"], a["loss"], b["loss"])
         assert a["supervised_tokens"] == b["supervised_tokens"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.slow
+def test_no_device_sync_in_steady_state_steps_and_eval():
+    """A few non-log steps and a fused evaluation under torch.cuda.set_sync_debug_mode."""
+    from remix_ds.bench.syncdebug import run_sync_debug
+
+    report = run_sync_debug(steps=3)
+    assert report["step_syncs_remix"] == 0, report["step_sites"]
+    assert report["eval_examples"] > 0 and report["eval_syncs_remix"] < report["eval_examples"], report["eval_sites"]
+    assert report["ok"]

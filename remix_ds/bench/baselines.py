@@ -27,8 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from remix_ds.baselines import build_regularizers
 from remix_ds.bench.train import machine_info
 from remix_ds.config import load_config
