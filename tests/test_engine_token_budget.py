@@ -14,12 +14,14 @@ from remix_ds.engine.metrics import read_metrics
 
 CONFIG = str(REPO / "configs" / "tiny.yaml")
 STEPS = 6
-# 32 KVR rows of ~31 tokens, rows of 64 tokens, one row per micro-batch, 5 examples per step over 2
-# ranks: rank 0 gets 2 examples (one micro-batch), rank 1 gets 3 (two) -> rank 0 pads with an empty one.
-GLOBAL, BUDGET, SEQ = 5, 64, 64
+# The engine run: 32 KVR rows of ~35 tiny-tokenizer tokens, rows of 64 tokens, two rows per
+# micro-batch, 5 examples per step over 2 ranks: rank 0 gets 2 examples (one micro-batch), rank 1
+# gets 3 (two) -> rank 0 pads with an empty one.
+GLOBAL, BUDGET, SEQ = 5, 128, 64
 
 
-def loaders(bpe_tok, world=2, n=32, budget=BUDGET, global_batch=GLOBAL, seq=SEQ):
+def loaders(bpe_tok, world=2, n=32, budget=64, global_batch=5, seq=64):
+    """bpe_tok rows are ~31 tokens: with one 64-token row per micro-batch, 2 vs 3 examples -> 1 vs 2 micro-batches."""
     cfg = DataConfig(kvr=KVRConfig(num_pairs=n), max_seq_len=seq)
     return [build_train_loader(cfg, bpe_tok, micro_batch_size=1, rank=r, world_size=world, seed=0,
                                micro_batch_tokens=budget, step_examples=global_batch) for r in range(world)]
@@ -133,7 +135,7 @@ def test_token_budget_metrics_and_loss_falls(token_run):
     assert all(r["examples"] == GLOBAL for r in rows[:5])  # 32 rows: step 7 would be the short one
     assert all(r["micro_batches"] == 2 and 0 < r["micro_batch_fill"] <= 1 for r in rows)
     assert all(0 <= r["loader_wait_frac"] < 1 and r["loader_wait_s"] >= 0 for r in rows)
-    assert "micro-batches of up to 64 tokens (1 rows of 64)" in token_run["stdout"]
+    assert f"micro-batches of up to {BUDGET} tokens (2 rows of {SEQ})" in token_run["stdout"]
 
 
 @pytest.mark.slow
