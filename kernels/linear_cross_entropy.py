@@ -60,10 +60,13 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     """Summed cross-entropy of `hidden @ weight.T`, loss and gradients chunk by chunk (see module docstring)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, target, ignore_index: int, chunk_size: int):
+    def forward(ctx, hidden, weight, target, ignore_index: int, chunk_size: int, supervised_only: bool = False):
         # Forward runs with grad mode off; needs_input_grad says what the caller's graph wants.
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        keep = (target != ignore_index).nonzero().squeeze(1)  # (M,) supervised rows
+        if supervised_only:  # the caller selected the rows: no .nonzero() (a device -> host sync)
+            keep = torch.arange(target.shape[0], device=target.device)
+        else:
+            keep = (target != ignore_index).nonzero().squeeze(1)  # (M,) supervised rows
         h = hidden.index_select(0, keep)  # (M, H)
         t = target.index_select(0, keep)  # (M,)
         grad_h = torch.zeros_like(hidden) if need_h else None
@@ -102,14 +105,14 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             grad_h.mul_(grad_loss.to(grad_h.dtype))
         if grad_w is not None:
             grad_w.mul_(grad_loss.to(grad_w.dtype))
-        return grad_h, grad_w, None, None, None
+        return grad_h, grad_w, None, None, None, None
 
 
 def chunked_linear_cross_entropy(hidden, weight, target, ignore_index: int = IGNORE_INDEX,
-                                 chunk_size: int | None = None) -> torch.Tensor:
+                                 chunk_size: int | None = None, supervised_only: bool = False) -> torch.Tensor:
     """Pure-torch chunked path (any device, any dtype)."""
     chunk = chunk_size or chunk_rows(weight.shape[0])
-    return ChunkedLinearCrossEntropy.apply(hidden, weight, target, ignore_index, chunk)
+    return ChunkedLinearCrossEntropy.apply(hidden, weight, target, ignore_index, chunk, supervised_only)
 
 
 def liger_available() -> bool:
@@ -144,14 +147,21 @@ def choose_backend(device: torch.device | str, requested: str = "auto") -> str:
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
                          ignore_index: int = IGNORE_INDEX, backend: str = "auto",
-                         chunk_size: int | None = None) -> torch.Tensor:
-    """Summed next-token cross-entropy of `hidden @ weight.T` (shapes in the module docstring)."""
+                         chunk_size: int | None = None, supervised_only: bool = False) -> torch.Tensor:
+    """Summed next-token cross-entropy of `hidden @ weight.T` (shapes in the module docstring).
+
+    supervised_only: the caller promises no target equals ignore_index (it gathered the supervised
+    rows itself), so no ignore scan runs: no `.nonzero()` / `.any()` device -> host sync.
+    """
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1] or target.shape != hidden.shape[:1]:
         raise ValueError(f"shapes: hidden {tuple(hidden.shape)} (N, H), weight {tuple(weight.shape)} (V, H), "
                          f"target {tuple(target.shape)} (N,)")
     name = choose_backend(hidden.device, backend)
     if name == "reference":
         return reference_linear_cross_entropy(hidden, weight, target, ignore_index)
-    if name == "liger" and bool((target != ignore_index).any()):  # all-ignored rows: chunked returns 0
+    # all-ignored rows: chunked returns 0 (liger would divide by zero); with supervised_only the
+    # row count is known on the host
+    has_rows = target.shape[0] > 0 if supervised_only else bool((target != ignore_index).any())
+    if name == "liger" and has_rows:
         return liger_linear_cross_entropy(hidden, weight, target, ignore_index)
-    return chunked_linear_cross_entropy(hidden, weight, target, ignore_index, chunk_size)
+    return chunked_linear_cross_entropy(hidden, weight, target, ignore_index, chunk_size, supervised_only)

@@ -111,7 +111,13 @@ class TrainConfig:
     global_batch_size: int = 32
     """Examples per optimizer step across all ranks and micro-batches."""
     micro_batch_size: int = 4
-    """Examples per micro-batch per rank (packed into rows of data.max_seq_len tokens)."""
+    """Examples per micro-batch per rank (packed into rows of data.max_seq_len tokens); unused when micro_batch_tokens > 0."""
+    micro_batch_tokens: int = 0
+    """Token budget of a micro-batch (a multiple of data.max_seq_len: that many packed rows); 0 = off (micro_batch_size
+    examples). The optimizer step stays global_batch_size examples; each rank's share is split into as many
+    micro-batches of whole examples as the budget needs (docs/token_budget.md)."""
+    prefetch_steps: int = 2
+    """Optimizer steps of micro-batches a background thread prepares ahead (pinned memory on CUDA); 0 = synchronous."""
     epochs: float = 1.0
     """Passes over the stage's data stream (ignored when max_steps > 0)."""
     max_steps: int = 0
@@ -147,6 +153,8 @@ class TrainConfig:
         for name in ("global_batch_size", "micro_batch_size", "log_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.micro_batch_tokens < 0 or self.prefetch_steps < 0:
+            raise ConfigError("train.micro_batch_tokens and train.prefetch_steps must be >= 0")
         if min(self.max_steps, self.stop_at_step) < 0 or self.epochs < 0 or self.eval_every < 0 or self.save_every < 0:
             raise ConfigError("train.max_steps, train.stop_at_step, train.epochs, train.eval_every and train.save_every must be >= 0")
         if self.max_steps == 0 and self.epochs == 0:
@@ -183,16 +191,33 @@ class RunConfig:
     """Continual-learning baselines added to the stage loss (EWC, KL to the frozen model)."""
 
     def grad_accum(self, world_size: int) -> int:
+        """Loader units per optimizer step: micro-batches per rank, or 1 with micro_batch_tokens (one planned step)."""
+        if self.train.micro_batch_tokens:
+            return 1
         per_pass = self.train.micro_batch_size * world_size
         return self.train.global_batch_size // per_pass
 
     def validate(self, world_size: int) -> None:
-        """Checks that need the world size; raise before any work starts."""
-        per_pass = self.train.micro_batch_size * world_size
-        if self.train.global_batch_size % per_pass:
+        """Checks that need the world size; raise before any work starts (one line naming the key and a fix)."""
+        t, g = self.train, self.train.global_batch_size
+        if t.micro_batch_tokens:
+            row = self.data.max_seq_len
+            if t.micro_batch_tokens % row:
+                fix = max(row, t.micro_batch_tokens // row * row)
+                raise ConfigError(f"train.micro_batch_tokens={t.micro_batch_tokens} is not a multiple of "
+                                  f"data.max_seq_len={row} (whole packed rows); use train.micro_batch_tokens={fix}")
+            if g < world_size:
+                raise ConfigError(f"train.global_batch_size={g} is smaller than world size {world_size} (a rank would "
+                                  f"get no examples); use train.global_batch_size={world_size} or fewer ranks")
+            return
+        per_pass = t.micro_batch_size * world_size
+        if g % per_pass:
+            works = [m for m in range(min(t.micro_batch_size, g // world_size), 0, -1) if g % (m * world_size) == 0]
+            fix = (f"use train.micro_batch_size={works[0]}" if works else
+                   f"use a train.global_batch_size divisible by world size {world_size}")
             raise ConfigError(
-                f"train.global_batch_size={self.train.global_batch_size} is not divisible by "
-                f"train.micro_batch_size={self.train.micro_batch_size} x world size {world_size} = {per_pass}"
+                f"train.global_batch_size={g} is not divisible by train.micro_batch_size={t.micro_batch_size} x "
+                f"world size {world_size} = {per_pass}; {fix} (or set train.micro_batch_tokens)"
             )
 
     def save(self, path: str | Path) -> None:

@@ -35,7 +35,7 @@ from remix_ds.data.packing import pack
 from remix_ds.data.tokenize import TokenizedExample, tokenize_examples
 from remix_ds.engine import dist
 from remix_ds.engine.hooks import Regularizer
-from remix_ds.engine.loss import model_inputs
+from remix_ds.engine.loss import model_inputs, supervised_rows
 from remix_ds.eval.data import load_eval_set
 
 IGNORE = -100
@@ -136,17 +136,22 @@ class KLRegularizer(Regularizer):
 
     def begin_step(self, micro_batches: list[dict]) -> None:
         self._batches = self._kl_batches(micro_batches)
+        # host batches, host counts: reduced over a CPU group (no device sync)
         local = sum(int(kl_positions(b["labels"]).sum()) for b in self._batches)
-        self._n = int(dist.all_reduce_sum([local], self.trainer.device)[0])
-        self._kl_local = 0.0
+        self._n = int(dist.all_reduce_sum_host([local])[0])
+        self._kl_local = torch.zeros((), dtype=torch.float64, device=self.trainer.device)
 
     def kl_of(self, batch: dict) -> torch.Tensor:
         """Summed KL over the batch's KL positions, differentiable in the current model."""
         inputs = model_inputs(batch, self.trainer.attn)
-        mask = kl_positions(batch["labels"])
+        index, _ = supervised_rows(batch)  # collation-time indices: no boolean-mask sync
+
+        def picked(logits):  # (R, T, V) -> (M, V)
+            return logits.reshape(-1, logits.shape[-1]).index_select(0, index)
+
         with torch.no_grad():
-            ref = self.frozen(**inputs).logits[:, :-1][mask]  # (M, V)
-        cur = self.engine(**inputs).logits[:, :-1][mask]  # (M, V)
+            ref = picked(self.frozen(**inputs).logits)
+        cur = picked(self.engine(**inputs).logits)
         return kl_sum(cur, ref)
 
     def after_backward(self, index: int, batch: dict) -> None:
@@ -154,9 +159,9 @@ class KLRegularizer(Regularizer):
         kl = self.kl_of(kb)
         # this rank's share of beta * KL_sum / N, times world: DeepSpeed averages over ranks
         self.engine.backward(kl * (self.beta * self.trainer.world / max(self._n, 1)), scale_wrt_gas=False)
-        self._kl_local += kl.item()
+        self._kl_local += kl.detach().to(torch.float64)  # on the device: no .item() per micro-batch
 
-    def end_step(self) -> dict[str, float]:
-        total = dist.all_reduce_sum([self._kl_local], self.trainer.device)[0]
-        mean = total / max(self._n, 1)
+    def end_step(self) -> dict:
+        """Device scalars (the trainer converts them at log steps only) and the host token count."""
+        mean = dist.all_reduce_(self._kl_local) / max(self._n, 1)
         return {"reg/kl/kl": mean, "reg/kl/term": self.beta * mean, "reg/kl/tokens": float(self._n)}

@@ -84,7 +84,7 @@ def bench(config: str | None, overrides: list[str], variants: list[str], steps: 
             tr.step += 1
             if round_ >= warmup:
                 times[name].append(stats.seconds)
-                extras[name] = stats.extra
+                extras[name] = {k: float(v) if torch.is_tensor(v) else v for k, v in stats.extra.items()}
     base = statistics.median(times["plain"]) if "plain" in times else None
     report = {
         "machine": machine_info(),

@@ -2,7 +2,9 @@
 
 Runs `--warmup` + `--steps` optimizer steps of the real Trainer (same model, data, DeepSpeed
 config as `remix-ds train`) without checkpoints, and reports tokens/s, supervised tokens/s and,
-on GPU, TFLOP/s, MFU and peak memory. With `--hf-trainer` (default on CPU) the same model, the same
+on GPU, TFLOP/s, MFU and peak memory, plus the loader wait per step (and its fraction of step time)
+and, with token-budget micro-batches, passes per step and fill. `--vs-examples M` alternates with
+example micro-batches of M examples. With `--hf-trainer` (default on CPU) the same model, the same
 packed micro-batches and the same DeepSpeed template also go through Hugging Face `Trainer` in
 the same invocation, and the JSON gives the ratio.
 """
@@ -79,8 +81,10 @@ def bench_remix(cfg, steps: int, warmup: int) -> tuple[dict, list[list[dict]]]:
     all_batches, timed = [], []
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    waits = []
     for i in range(warmup + steps):
         batches = trainer._next_step_batches()
+        wait = trainer.loader_wait_s  # blocked on the (background) loader
         all_batches.append(batches)
         stats = trainer.train_step(batches)
         if i >= warmup:
@@ -88,6 +92,7 @@ def bench_remix(cfg, steps: int, warmup: int) -> tuple[dict, list[list[dict]]]:
             flops = dist.all_reduce_sum([train_flops(trainer.engine.module.config, trainer.num_params, lengths)],
                                         trainer.device)[0]
             timed.append((stats, flops))
+            waits.append(wait)
     seconds = sum(s.seconds for s, _ in timed)
     result = {
         "engine": "remix-ds",
@@ -102,7 +107,19 @@ def bench_remix(cfg, steps: int, warmup: int) -> tuple[dict, list[list[dict]]]:
         "supervised_tokens_per_s": sum(s.supervised_tokens for s, _ in timed) / seconds,
         "tokens_per_s_per_device": sum(s.tokens for s, _ in timed) / seconds / dist.world_size(),
         "final_loss": timed[-1][0].loss,
+        "micro_batch_tokens": cfg.train.micro_batch_tokens,
+        "micro_batch_size": 0 if cfg.train.micro_batch_tokens else cfg.train.micro_batch_size,
+        "micro_batches_per_step": sum(len(b) for b in all_batches[warmup:]) / steps,
+        "step_time_s_median": _median([s.seconds for s, _ in timed]),
+        "loader_wait_s_per_step": sum(waits) / steps,
+        "loader_wait_frac": sum(waits) / (sum(waits) + seconds),
+        "prefetch_steps": cfg.train.prefetch_steps,
     }
+    if cfg.train.micro_batch_tokens:
+        plans = [s.plan for s, _ in timed]
+        result["micro_batch_fill"] = sum(p["fill"] for p in plans) / len(plans)
+        full = [p["fill_full"] for p in plans if p["fill_full"]]
+        result["micro_batch_fill_full"] = sum(full) / len(full) if full else None
     flops_per_s = sum(f for _, f in timed) / seconds
     result["tflops_per_s"] = flops_per_s / 1e12
     if torch.cuda.is_available():
@@ -180,24 +197,40 @@ def bench_hf_trainer(cfg, all_batches: list[list[dict]], warmup: int, out_dir: s
 
 
 def run(config: str | None, overrides: list[str], steps: int = 10, warmup: int = 3, hf_trainer: bool | None = None,
-        repeats: int = 1) -> dict:
+        repeats: int = 1, vs_examples: int = 0) -> dict:
     """Bench the engine (and HF Trainer), alternating them `repeats` times; medians are reported.
 
     Alternating keeps the comparison fair on a machine whose load changes during the run.
+    vs_examples=M (with train.micro_batch_tokens set): also run example micro-batches of M examples
+    (micro_batch_tokens=0), alternating with the token-budget runs; the JSON gives the ratio.
     """
     if hf_trainer is None:
         hf_trainer = not torch.cuda.is_available()
-    runs, hf_runs = [], []
+    runs, hf_runs, ex_runs = [], [], []
     with tempfile.TemporaryDirectory(prefix="remix-bench-") as tmp:
         cfg = _bench_cfg(config, overrides, steps, warmup, tmp)
+        if vs_examples and not cfg.train.micro_batch_tokens:
+            raise ValueError("--vs-examples compares against token-budget micro-batches: set train.micro_batch_tokens")
+        ex_cfg = _bench_cfg(config, [*overrides, "train.micro_batch_tokens=0", f"train.micro_batch_size={vs_examples}"],
+                            steps, warmup, f"{tmp}/examples") if vs_examples else None
         for r in range(repeats):
             remix, batches = bench_remix(cfg, steps, warmup)
             runs.append(remix)
+            if ex_cfg is not None:
+                ex_runs.append(bench_remix(ex_cfg, steps, warmup)[0])
             if hf_trainer:
                 hf_runs.append(bench_hf_trainer(cfg, batches, warmup, f"{tmp}/hf{r}"))
     result = {"machine": machine_info(), "config": config, "overrides": overrides, "repeats": repeats}
     result["remix_ds"] = min(runs, key=lambda x: abs(x["tokens_per_s"] - _median([y["tokens_per_s"] for y in runs])))
     result["remix_ds_tokens_per_s_all"] = [x["tokens_per_s"] for x in runs]
+    result["loader_wait_frac_all"] = [x["loader_wait_frac"] for x in runs]
+    result["loader_wait_frac"] = _median(result["loader_wait_frac_all"])
+    if ex_runs:
+        result["example_micro_batches"] = min(
+            ex_runs, key=lambda x: abs(x["tokens_per_s"] - _median([y["tokens_per_s"] for y in ex_runs])))
+        ratios = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(runs, ex_runs)]
+        result["tokens_per_s_ratio_tokens_over_examples_all"] = ratios
+        result["tokens_per_s_ratio_tokens_over_examples"] = _median(ratios)
     if hf_runs:
         result["hf_trainer_tokens_per_s_all"] = [x["tokens_per_s"] for x in hf_runs]
         result["hf_trainer"] = {"engine": "hf-trainer", "tokens_per_s": _median(result["hf_trainer_tokens_per_s_all"])}
@@ -215,7 +248,8 @@ def _median(values: list[float]) -> float:
 
 def _main(args) -> int:
     result = run(args.config, args.overrides, steps=args.steps, warmup=args.warmup,
-                 hf_trainer={"auto": None, "on": True, "off": False}[args.hf_trainer], repeats=args.repeats)
+                 hf_trainer={"auto": None, "on": True, "off": False}[args.hf_trainer], repeats=args.repeats,
+                 vs_examples=args.vs_examples)
     if dist.is_main():
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2))
@@ -232,4 +266,6 @@ def add_bench_train_command(bsub) -> None:
     p.add_argument("--repeats", type=int, default=3, help="alternate engine / HF Trainer runs this many times")
     p.add_argument("--hf-trainer", choices=["auto", "on", "off"], default="auto",
                    help="also run transformers.Trainer on the same batches (auto: on CPU only)")
+    p.add_argument("--vs-examples", type=int, default=0, metavar="M",
+                   help="with train.micro_batch_tokens: also time example micro-batches of M examples, alternating")
     p.set_defaults(func=_main)

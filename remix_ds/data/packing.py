@@ -150,6 +150,13 @@ def _to_batch(ids, pos, labels, seg_lens: list[int], num_examples: int, num_toke
     cu = np.zeros(len(seg_lens) + 1, dtype=np.int32)
     np.cumsum(seg_lens, out=cu[1:])
     max_len = int(max(seg_lens))
+    # Positions whose logits predict a supervised token, as flat indices into (R * T): position
+    # (r, t) predicts labels[r, t + 1]. Built here, on the host, so the loss gathers rows with
+    # index_select instead of boolean-mask indexing (which syncs the device to learn M).
+    R, T = labels.shape
+    sup = labels[:, 1:] != IGNORE  # (R, T-1)
+    rr, tt = np.nonzero(sup)
+    loss_index = (rr * T + tt).astype(np.int64)
     return {
         "input_ids": torch.from_numpy(ids.astype(np.int64)),
         "position_ids": torch.from_numpy(pos.astype(np.int64)),
@@ -158,6 +165,8 @@ def _to_batch(ids, pos, labels, seg_lens: list[int], num_examples: int, num_toke
         "cu_seq_lens_k": torch.from_numpy(cu.copy()),
         "max_length_q": max_len,
         "max_length_k": max_len,
+        "loss_index": torch.from_numpy(loss_index),
+        "loss_targets": torch.from_numpy(labels[:, 1:][sup].astype(np.int64)),
         "num_supervised": int((labels != IGNORE).sum()),
         "num_tokens": num_tokens,
         "num_examples": num_examples,

@@ -78,6 +78,28 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return all_reduce_(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
 
 
+_HOST_GROUP = None
+
+
+def all_reduce_sum_host(values: list[float]) -> list[float]:
+    """Sum a few host scalars over all ranks without touching the accelerator (no device sync).
+
+    Under nccl this goes through a gloo CPU group created on first use (a collective: every rank
+    makes its first call at the same point); under gloo through the default group.
+    """
+    global _HOST_GROUP
+    t = torch.tensor(values, dtype=torch.float64)
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return t.tolist()
+    if dist.get_backend() == "gloo":
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    else:
+        if _HOST_GROUP is None:
+            _HOST_GROUP = dist.new_group(backend="gloo")
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=_HOST_GROUP)
+    return t.tolist()
+
+
 def all_reduce_(t: torch.Tensor) -> torch.Tensor:
     """In-place sum over all ranks (a no-op in a world of one); returns ``t``."""
     if dist.is_initialized() and dist.get_world_size() > 1:

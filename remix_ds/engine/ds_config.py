@@ -63,9 +63,18 @@ def build_ds_config(cfg: RunConfig, world_size: int, dtype: torch.dtype) -> dict
     src = str(source)
     if "scheduler" in ds:
         raise ConfigError(f"{src}: remove the \"scheduler\" block; the schedule comes from optim.schedule")
-    _fill(ds, ("train_batch_size",), cfg.train.global_batch_size, src)
-    _fill(ds, ("train_micro_batch_size_per_gpu",), cfg.train.micro_batch_size, src)
-    _fill(ds, ("gradient_accumulation_steps",), cfg.grad_accum(world_size), src)
+    if cfg.train.micro_batch_tokens:
+        # NOTE: token-budget micro-batches vary in count per step; the trainer sets the accumulation
+        # boundary itself (engine.set_gradient_accumulation_boundary), so DeepSpeed's batch numbers
+        # are bookkeeping only: one "micro-batch" of the rank's share, no fixed accumulation.
+        share = -(-cfg.train.global_batch_size // world_size)
+        _fill(ds, ("train_batch_size",), share * world_size, src)
+        _fill(ds, ("train_micro_batch_size_per_gpu",), share, src)
+        _fill(ds, ("gradient_accumulation_steps",), 1, src)
+    else:
+        _fill(ds, ("train_batch_size",), cfg.train.global_batch_size, src)
+        _fill(ds, ("train_micro_batch_size_per_gpu",), cfg.train.micro_batch_size, src)
+        _fill(ds, ("gradient_accumulation_steps",), cfg.grad_accum(world_size), src)
     _fill(ds, ("gradient_clipping",), cfg.optim.grad_clip, src)
     _fill(ds, ("bf16", "enabled"), dtype == torch.bfloat16, src)
     _fill(ds, ("fp16", "enabled"), dtype == torch.float16, src)

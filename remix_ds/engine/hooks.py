@@ -21,7 +21,8 @@ loss. The trainer calls, on every rank, in this order:
                                         forward/backward (gradients accumulate into the step)
     before_optimizer_step()             after the last backward, before the optimizer step:
                                         edit the (partitioned) gradients
-    end_step() -> dict                  metrics for the step's row, identical on every rank
+    end_step() -> dict                  metrics for the step's row, identical on every rank (floats, or
+                                        0-d device tensors: read only at log steps, no per-step sync)
     close()                             when the trainer closes (also on error)
 
 Units (NOTE): the main loss of a step is sum(token NLL) / N_global (N: supervised tokens of the

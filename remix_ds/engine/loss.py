@@ -78,11 +78,24 @@ def use_fused_loss(model, fused_loss: str) -> bool:
     return ok
 
 
+def supervised_rows(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index, targets): flat positions into (R * T) whose logits predict a supervised token, and
+    those tokens. Packed batches carry both, built at collation (`loss_index` / `loss_targets`),
+    so gathering needs no device -> host sync; other batches get them from a boolean mask here."""
+    if "loss_index" in batch:
+        return batch["loss_index"], batch["loss_targets"]
+    labels = batch["labels"]
+    R, T = labels.shape
+    supervised = labels[:, 1:] != IGNORE_INDEX  # (R, T-1): position t predicts labels[t + 1]
+    rows, cols = supervised.nonzero(as_tuple=True)
+    return rows * T + cols, labels[:, 1:][supervised]
+
+
 @contextlib.contextmanager
-def _lm_head_computes_loss(head: torch.nn.Linear, labels: torch.Tensor, backend: str):
-    """Swap `head.forward` for: final hidden (R, T, H) -> summed shifted cross-entropy against `labels` (R, T)."""
-    shifted = labels[:, 1:]  # position t predicts labels[t + 1]
-    supervised = shifted != IGNORE_INDEX  # (R, T-1)
+def _lm_head_computes_loss(head: torch.nn.Linear, batch: dict, backend: str):
+    """Swap `head.forward` for: final hidden (R, T, H) -> summed shifted cross-entropy against the batch's labels (R, T)."""
+    labels = batch["labels"]
+    index, targets = supervised_rows(batch)
     produced = {}
 
     def forward(hidden: torch.Tensor) -> torch.Tensor:
@@ -90,9 +103,9 @@ def _lm_head_computes_loss(head: torch.nn.Linear, labels: torch.Tensor, backend:
             raise RuntimeError(f"fused loss: lm_head got {tuple(hidden.shape)}, expected all {tuple(labels.shape)} "
                                "positions; this model does not call lm_head once on the final hidden states "
                                "(use model.fused_loss=off)")
-        h = hidden[:, :-1][supervised]  # (M, H): only rows with a loss reach the vocab matmul
+        h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)  # (M, H): only rows with a loss
         # head.weight is read here, inside the module call: under ZeRO-3 it is gathered right now.
-        loss = linear_cross_entropy(h, head.weight, shifted[supervised], IGNORE_INDEX, backend=backend)
+        loss = linear_cross_entropy(h, head.weight, targets, IGNORE_INDEX, backend=backend, supervised_only=True)
         produced["loss"] = loss
         return loss
 
@@ -110,7 +123,7 @@ def _lm_head_computes_loss(head: torch.nn.Linear, labels: torch.Tensor, backend:
 def fused_token_loss_sum(model, batch: dict, attn_implementation: str, backend: str = "auto") -> torch.Tensor:
     """`token_loss_sum` without logits (see module docstring); `model` may be a DeepSpeed engine."""
     head = _unwrap(model).get_output_embeddings()
-    with _lm_head_computes_loss(head, batch["labels"], backend) as produced:
+    with _lm_head_computes_loss(head, batch, backend) as produced:
         loss = model(**model_inputs(batch, attn_implementation)).logits
     mine = produced.get("loss")
     # DeepSpeed's hooks may hand back a detached-and-rewired view of our tensor (same storage);
@@ -130,6 +143,7 @@ def token_loss_sum(model, batch: dict, attn_implementation: str, fused_loss: str
     if use_fused_loss(model, fused_loss):
         return fused_token_loss_sum(model, batch, attn_implementation)
     logits = model(**model_inputs(batch, attn_implementation)).logits  # (R, T, V)
-    logits = logits[:, :-1].float()
-    targets = batch["labels"][:, 1:]
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction="sum")
+    index, targets = supervised_rows(batch)
+    # Gather the supervised rows first (index_select, no sync), then upcast only those (M, V).
+    picked = logits.reshape(-1, logits.size(-1)).index_select(0, index).float()
+    return F.cross_entropy(picked, targets, reduction="sum")

@@ -16,7 +16,7 @@ import torch
 
 from remix_ds import models
 from remix_ds.config import RunConfig
-from remix_ds.data.loader import build_train_loader
+from remix_ds.data.loader import BackgroundLoader, build_train_loader
 from remix_ds.engine import checkpoint as ckpt_lib
 from remix_ds.engine import dist
 from remix_ds.engine.ds_config import build_ds_config, zero_stage
@@ -29,12 +29,20 @@ from remix_ds.engine.schedule import make_scheduler
 
 @dataclass
 class StepStats:
-    loss: float
+    loss_sum: torch.Tensor
+    """Summed token loss over all ranks, on the device: read through `loss` (a host sync) only when logging."""
     supervised_tokens: int
     tokens: int
     examples: int
     seconds: float
     extra: dict = field(default_factory=dict)
+    plan: dict = field(default_factory=dict)
+    """Token-budget plan of the step (micro_batches, fill, ...; empty in example mode)."""
+
+    @property
+    def loss(self) -> float:
+        """Mean token loss of the step (sum / global supervised tokens); synchronizes with the device."""
+        return float(self.loss_sum) / max(self.supervised_tokens, 1)
 
 
 class Trainer:
@@ -78,14 +86,20 @@ class Trainer:
 
     # ---- building -------------------------------------------------------------------------
     def _build_loader(self):
-        return build_train_loader(
+        t = self.cfg.train
+        loader = build_train_loader(
             self.cfg.data,
             self.tokenizer,
-            micro_batch_size=self.cfg.train.micro_batch_size,
+            micro_batch_size=t.micro_batch_size,
             rank=self.rank,
             world_size=self.world,
-            seed=self.cfg.train.seed,
+            seed=t.seed,
+            micro_batch_tokens=t.micro_batch_tokens,
+            step_examples=t.global_batch_size,
         )
+        if t.prefetch_steps:
+            return BackgroundLoader(loader, depth=t.prefetch_steps, pin_memory=self.device.type == "cuda")
+        return loader
 
     def _total_steps(self) -> int:
         if self.cfg.train.max_steps:
@@ -156,26 +170,39 @@ class Trainer:
         per-micro-batch mean would weight tokens unequally. We divide the summed loss by the
         step's global supervised-token count N instead; DeepSpeed averages gradients over the
         data-parallel ranks, hence the factor world_size (and scale_wrt_gas=False).
+
+        N comes from the loader's host-side plan (`StepBatches.info`: every rank knows every
+        rank's rows), so the step needs no device all-reduce and no `.item()`; a plain list
+        falls back to an all-reduce of the local counts. The number of micro-batches may change
+        from step to step (token budget): the accumulation boundary is set explicitly before
+        every forward, so DeepSpeed's fixed gradient_accumulation_steps plays no part.
         """
         start = time.perf_counter()
-        local = [sum(int(mb[k]) for mb in micro_batches) for k in ("num_supervised", "num_tokens", "num_examples")]
-        n_sup, n_tok, n_ex = (int(x) for x in dist.all_reduce_sum(local, self.device))
+        info = getattr(micro_batches, "info", None) or {}
+        if "num_supervised" in info:
+            n_sup, n_tok, n_ex = (int(info[k]) for k in ("num_supervised", "num_tokens", "num_examples"))
+        else:
+            local = [sum(int(mb[k]) for mb in micro_batches) for k in ("num_supervised", "num_tokens", "num_examples")]
+            n_sup, n_tok, n_ex = (int(x) for x in dist.all_reduce_sum(local, self.device))
         scale = self.world / max(n_sup, 1)
         # Accumulated on the device: a .item() per micro-batch would sync the GPU every time.
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self._regularize("begin_step", micro_batches)
+        last = len(micro_batches) - 1
         for i, mb in enumerate(micro_batches):
             mb = self._to_device(mb)
+            self.engine.set_gradient_accumulation_boundary(i == last)
             loss = token_loss_sum(self.engine, mb, self.attn, self.cfg.model.fused_loss)
             self.engine.backward(loss * scale, scale_wrt_gas=False)
             self._regularize("after_backward", i, mb)
-            if i == len(micro_batches) - 1:
+            if i == last:
                 self._regularize("before_optimizer_step")
             self.engine.step()
             loss_sum += loss.detach().to(torch.float64)
-        total_loss = dist.all_reduce_(loss_sum).item()
+        dist.all_reduce_(loss_sum)  # a device collective: no host sync until `StepStats.loss` is read
         extra = {k: v for r in self.regularizers for k, v in r.end_step().items()}
-        return StepStats(total_loss / max(n_sup, 1), n_sup, n_tok, n_ex, time.perf_counter() - start, extra)
+        plan = {k: info[k] for k in ("micro_batches", "real_micro_batches", "fill", "fill_full") if k in info}
+        return StepStats(loss_sum, n_sup, n_tok, n_ex, time.perf_counter() - start, extra, plan)
 
     # ---- the loop ---------------------------------------------------------------------------
     def _banner(self) -> None:
@@ -185,14 +212,22 @@ class Trainer:
         print(
             f"[remix-ds] world size {self.world} | device {self.device.type} | dtype {str(self.dtype).replace('torch.', '')}"
             f" | attention {self.attn} | ZeRO stage {zero_stage(self.ds_config)} | params {self.num_params:,}\n"
-            f"[remix-ds] {c.train.global_batch_size} examples per optimizer step = micro-batch {c.train.micro_batch_size}"
-            f" x grad accum {self.gas} x {self.world} ranks | {self.loader.batches_per_epoch} micro-batches per rank per epoch"
-            f" | {self.total_steps} optimizer steps",
+            + (f"[remix-ds] {c.train.global_batch_size} examples per optimizer step over {self.world} ranks, in micro-batches"
+               f" of up to {c.train.micro_batch_tokens} tokens ({c.train.micro_batch_tokens // c.data.max_seq_len} rows of"
+               f" {c.data.max_seq_len}) | {self.loader.batches_per_epoch} optimizer steps per epoch"
+               if c.train.micro_batch_tokens else
+               f"[remix-ds] {c.train.global_batch_size} examples per optimizer step = micro-batch {c.train.micro_batch_size}"
+               f" x grad accum {self.gas} x {self.world} ranks | {self.loader.batches_per_epoch} micro-batches per rank per epoch")
+            + f" | {self.total_steps} optimizer steps",
             flush=True,
         )
 
     def _next_step_batches(self) -> list[dict]:
-        return [next(self.loader) for _ in range(self.gas)]
+        """The next optimizer step's micro-batches; `self.loader_wait_s` is the time spent waiting for them."""
+        t0 = time.perf_counter()
+        batches = self.loader.next_step(self.gas)
+        self.loader_wait_s = time.perf_counter() - t0
+        return batches
 
     def _save(self) -> Path:
         def write_hf_files(folder: Path) -> None:
@@ -235,10 +270,11 @@ class Trainer:
         start_step = self.step
         while self.step < stop and not self.stopped_early:
             lr = self.engine.get_lr()[0]  # the rate this step's update uses
+            self.loader_wait_s = 0.0
             stats = self.train_step(self._next_step_batches())
             self.step += 1
+            wait = self.loader_wait_s
             row = {
-                "loss": stats.loss,
                 "lr": lr,
                 "epoch": self.loader.epoch,
                 "tokens": stats.tokens,
@@ -247,6 +283,9 @@ class Trainer:
                 "tokens_per_s": stats.tokens / stats.seconds,
                 "supervised_tokens_per_s": stats.supervised_tokens / stats.seconds,
                 "step_time_s": stats.seconds,
+                "loader_wait_s": wait,
+                "loader_wait_frac": wait / (wait + stats.seconds),
+                **{f"micro_batch_{k}" if k.startswith("fill") else k: v for k, v in stats.plan.items()},
                 **stats.extra,
             }
             if self.step == 1 and dist.is_main():
@@ -257,11 +296,13 @@ class Trainer:
                 row.update(self._evaluate())
                 self.stopped_early = self._reached_target(row)
             if evaluated or self.step % t.log_every == 0 or self.step == stop:
+                # the step's only device -> host syncs, at log steps: the loss and device-scalar extras
+                row = {"loss": stats.loss, **{k: float(v) if torch.is_tensor(v) else v for k, v in row.items()}}
                 self.metrics.log(self.step, row)
                 logged.append({"step": self.step, **row})
+                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
+                                tok_s=f"{row['tokens_per_s']:.0f}", sup_tok_s=f"{row['supervised_tokens_per_s']:.0f}")
             bar.update(1)
-            bar.set_postfix(loss=f"{stats.loss:.4f}", lr=f"{row['lr']:.2e}",
-                            tok_s=f"{row['tokens_per_s']:.0f}", sup_tok_s=f"{row['supervised_tokens_per_s']:.0f}")
             if self.stopped_early:
                 if dist.is_main():
                     print(f"[remix-ds] {t.early_stop_metric} reached {t.early_stop_value} at step {self.step}; "
@@ -285,6 +326,8 @@ class Trainer:
         return logged
 
     def close(self) -> None:
+        if isinstance(getattr(self, "loader", None), BackgroundLoader):
+            self.loader.close()
         for r in getattr(self, "regularizers", []):
             r.close()
         self.metrics.close()

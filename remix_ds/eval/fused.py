@@ -137,36 +137,46 @@ def _model_device(model) -> torch.device:
 def forward_batch(model, batch: PackedBatch) -> list[FusedResult]:
     """Score one packed batch. ``model`` is a plain HF causal LM (already unwrapped/gathered)."""
     device = _model_device(model)
-    ids = batch.input_ids.to(device)
-    pos = batch.position_ids.to(device)
-    # keep[r, t]: position t's logits predict an answer token (or the EOS) of some example.
-    keep = torch.zeros_like(ids, dtype=torch.bool)
-    targets = torch.zeros_like(ids)
+    # keep[r, t]: position t's logits predict an answer token (or the EOS) of some example. Built
+    # on the host with the gold tokens and each example's offset into the kept positions, so the
+    # only device -> host transfer of the batch is the one stacked result below.
+    host_ids = batch.input_ids
+    keep = torch.zeros_like(host_ids, dtype=torch.bool)
+    targets = torch.zeros_like(host_ids)
     for r, start, p_len, a_len in batch.spans:
         keep[r, start + p_len - 1 : start + p_len + a_len - 1] = True
-        targets[r, start + p_len - 1 : start + p_len + a_len - 1] = ids[r, start + p_len : start + p_len + a_len]
+        targets[r, start + p_len - 1 : start + p_len + a_len - 1] = host_ids[r, start + p_len : start + p_len + a_len]
+    flat_start = torch.cumsum(keep.flatten().long(), 0) - 1  # row-major order of `keep`
+    keep_index = keep.flatten().nonzero().squeeze(1)  # host tensor: no sync
+    gold_host = targets.flatten()[keep_index]
+    ids = host_ids.to(device)
+    pos = batch.position_ids.to(device)
     kwargs = {}
     if takes_varlen_kwargs(getattr(model.config, "_attn_implementation", None)):
         kwargs = _varlen_kwargs(batch, device)
     try:
         # Only the kept positions go through the LM head: (N_keep, V) instead of (R, T, V).
-        logits = model(input_ids=ids, position_ids=pos, use_cache=False, logits_to_keep=keep, **kwargs).logits
+        logits = model(input_ids=ids, position_ids=pos, use_cache=False, logits_to_keep=keep.to(device),
+                       **kwargs).logits
         if logits.dim() != 2:
             raise TypeError("model ignored a boolean logits_to_keep")
     except TypeError:
-        logits = model(input_ids=ids, position_ids=pos, use_cache=False, **kwargs).logits[keep]
+        logits = model(input_ids=ids, position_ids=pos, use_cache=False, **kwargs).logits
+        logits = logits.reshape(-1, logits.shape[-1]).index_select(0, keep_index.to(device))
     logits = logits.float()  # (N_keep, V), row-major order of `keep`
-    gold = targets[keep]  # (N_keep,)
+    gold = gold_host.to(device)  # (N_keep,)
     logprobs = torch.log_softmax(logits, dim=-1).gather(-1, gold[:, None])[:, 0]
     argmax = logits.argmax(-1)
     top2 = logits.topk(2, dim=-1).values
     margin = top2[:, 0] - top2[:, 1]
-    # Map each example to its slice of the flattened kept positions (row-major order).
-    flat_start = torch.cumsum(keep.flatten().long(), 0) - 1
-    lp, am, gd, mg = logprobs.cpu(), argmax.cpu(), gold.cpu(), margin.cpu()
+    # One transfer per batch (token ids are exact in float64).
+    stacked = torch.stack([logprobs.double(), argmax.double(), margin.double()]).cpu()
+    lp, am, mg = stacked[0].float(), stacked[1].long(), stacked[2].float()
+    gd = gold_host
+    fs = flat_start.tolist()
     out = []
     for it, (r, start, p_len, a_len) in zip(batch.items, batch.spans):
-        s = int(flat_start[r * ids.shape[1] + start + p_len - 1])
+        s = fs[r * ids.shape[1] + start + p_len - 1]
         sl = slice(s, s + a_len)
         match = (am[sl] == gd[sl]).numpy()
         first_error = -1 if match.all() else int(np.argmin(match))
