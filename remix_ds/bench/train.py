@@ -137,7 +137,10 @@ def bench_hf_trainer(cfg, all_batches: list[list[dict]], warmup: int, out_dir: s
     from transformers import TrainerCallback, TrainingArguments
 
     flat = [b for step in all_batches for b in step]
-    gas = len(all_batches[0])
+    # Token-budget steps hold varying micro-batch counts; HF's accumulation is fixed, so it gets the
+    # same micro-batches (same forward/backward passes) grouped by the mean count per step.
+    gas = max(1, round(len(flat) / len(all_batches)))
+    n_steps = len(flat) // gas
 
     class Batches(torch.utils.data.Dataset):
         def __len__(self):
@@ -166,7 +169,7 @@ def bench_hf_trainer(cfg, all_batches: list[list[dict]], warmup: int, out_dir: s
         output_dir=out_dir,
         per_device_train_batch_size=1,  # one packed micro-batch
         gradient_accumulation_steps=gas,
-        max_steps=len(all_batches),
+        max_steps=n_steps,
         learning_rate=cfg.optim.lr,
         adam_beta1=cfg.optim.betas[0],
         adam_beta2=cfg.optim.betas[1],
@@ -190,7 +193,7 @@ def bench_hf_trainer(cfg, all_batches: list[list[dict]], warmup: int, out_dir: s
     trainer = HFTrainer(model=model, args=args, train_dataset=Batches(), data_collator=collate, callbacks=[Clock()])
     trainer.train()
     timed = step_times[warmup:]
-    tokens = sum(int(b["num_tokens"]) for step in all_batches[warmup:] for b in step)
+    tokens = sum(int(b["num_tokens"]) for b in flat[warmup * gas:n_steps * gas])
     tokens = dist.all_reduce_sum([tokens], dist.device())[0]
     seconds = sum(timed)
     return {"engine": "hf-trainer", "steps_timed": len(timed), "seconds": seconds, "tokens_per_s": tokens / seconds}
