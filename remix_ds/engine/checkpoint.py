@@ -225,7 +225,8 @@ def resume_candidates(run_dir: Path) -> list[Path]:
     return ([first] + [p for p in found if p != first]) if first else found
 
 
-def select_checkpoint(candidates: list[Path], hashes: bool, fallback: bool) -> Path | None:
+def select_checkpoint(candidates: list[Path], hashes: bool, fallback: bool,
+                      refusal: str = "not falling back to an older checkpoint (train.resume_fallback=false)") -> Path | None:
     """The first candidate that passes `verify_checkpoint` on every rank (all ranks must call).
 
     Each rank checks its own files; the verdicts are gathered so every rank picks the same one.
@@ -242,7 +243,7 @@ def select_checkpoint(candidates: list[Path], hashes: bool, fallback: bool) -> P
         if not problems:
             return ckpt
         if not fallback:
-            raise CheckpointError(f"{problems[0]}; not falling back to an older checkpoint (train.resume_fallback=false)")
+            raise CheckpointError(f"{problems[0]}; {refusal}")
         if dist.is_main():
             print(f"[remix-ds] WARNING: {ckpt} is damaged: {'; '.join(problems)}; trying the next older checkpoint",
                   flush=True)

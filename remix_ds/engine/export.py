@@ -20,7 +20,7 @@ from remix_ds.engine.checkpoint import verify_checkpoint
 from remix_ds.errors import CheckpointError
 
 
-def clean_stale_exports(folder: Path, names: tuple[str, ...] = ("final-", "init-")) -> list[Path]:
+def clean_stale_exports(folder: Path, names: tuple[str, ...] = ("final-", "init-", "eval-export-")) -> list[Path]:
     """Remove `.tmp-NAME*` export folders a killed export left in `folder` (call on one rank, at start)."""
     removed = []
     if not Path(folder).is_dir():

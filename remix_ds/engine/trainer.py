@@ -150,7 +150,8 @@ class Trainer:
             ckpt = Path(t.resume)
             if not ckpt_lib.is_complete(ckpt):
                 raise CheckpointError(f"train.resume: {ckpt} is not a complete checkpoint (no {ckpt_lib.COMPLETE})")
-            ckpt_lib.select_checkpoint([ckpt], hashes=t.verify_hashes, fallback=False)
+            ckpt_lib.select_checkpoint([ckpt], hashes=t.verify_hashes, fallback=False,
+                                       refusal="train.resume names this checkpoint, so there is no fallback")
         if ckpt is None:
             return
         self._check_drift(ckpt)
