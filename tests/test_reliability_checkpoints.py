@@ -201,14 +201,14 @@ def test_flipped_optimizer_bytes_fall_back_to_the_intact_checkpoint_with_its_exa
     assert sorted(first) == [1, 2, 3, 4]
     damaged = run_dir / "checkpoint-4" / OPTIM
     _flip(damaged)
-    (run_dir / ".tmp-final-killed").mkdir()  # a kill during an earlier export
-    (run_dir / ".tmp-final-killed" / "model.safetensors").write_bytes(b"x" * 1000)
 
     refused = _train(run_dir, "train.resume_fallback=false", check=False)
     assert refused.returncode == 2
     assert _error_lines(refused) == [f"remix-ds: error: {damaged}: sha256 check failed (same size, different content); "
                                      "not falling back to an older checkpoint (train.resume_fallback=false)"]
     assert "Traceback" not in refused.stderr
+    (run_dir / ".tmp-final-killed").mkdir()  # a kill during an earlier export
+    (run_dir / ".tmp-final-killed" / "model.safetensors").write_bytes(b"x" * 1000)
 
     resumed = _train(run_dir)
     assert f"WARNING: {run_dir / 'checkpoint-4'} is damaged: {damaged}: sha256 check failed" in resumed.stdout
