@@ -61,8 +61,9 @@ def _info(args) -> int:
         from remix_ds.config import load_config
 
         cfg = load_config(args.config, args.overrides)
+        cfg.validate(1)  # a ConfigError (one line), not `grad_accum: null`
         info["config"] = args.config
-        info["grad_accum(world=1)"] = cfg.grad_accum(1) if cfg.train.global_batch_size % cfg.train.micro_batch_size == 0 else None
+        info["grad_accum(world=1)"] = cfg.grad_accum(1)
     print(json.dumps(info, indent=2))
     return 0
 

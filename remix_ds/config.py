@@ -148,6 +148,12 @@ class TrainConfig:
     """Also write metrics to TensorBoard (rank 0 only)."""
     progress_bar: bool = True
     """Show a tqdm bar on rank 0."""
+    resume_fallback: bool = True
+    """A damaged newest checkpoint: warn and resume from the newest intact one (false: refuse)."""
+    allow_config_change: bool = False
+    """Resume even if trajectory keys changed since the checkpoint; the change goes to RUN_DIR/config_changes.jsonl."""
+    verify_hashes: bool = True
+    """Check every checkpoint file's sha256 on resume (sizes are always checked); see docs/reliability.md."""
 
     def __post_init__(self):
         for name in ("global_batch_size", "micro_batch_size", "log_every", "keep_last"):
@@ -169,6 +175,14 @@ class DeepSpeedConfig:
     """Template: `zero3`, `zero3_offload`, `zero2` (from ds_configs/) or a path to a JSON file."""
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     """torch.distributed backend; `auto` is nccl with CUDA, gloo on CPU."""
+
+
+RESUME_NEUTRAL_KEYS = (
+    "train.output_dir", "train.stop_at_step", "train.progress_bar", "train.tensorboard", "train.log_every",
+    "train.save_every", "train.keep_last", "train.save_final", "train.export_final", "train.resume",
+    "train.resume_fallback", "train.allow_config_change", "train.verify_hashes", "train.prefetch_steps",
+)
+"""Keys that do not change the training trajectory: changing them between a save and a resume is not drift."""
 
 
 @dataclass
@@ -222,6 +236,13 @@ class RunConfig:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(configtools.to_dict(self), indent=2) + "\n")
+
+
+def config_drift(saved: dict, current: dict) -> dict[str, tuple]:
+    """{dotted key: (saved, current)} for trajectory keys that differ between two `to_dict` configs
+    (the one a checkpoint was written with, this run's), RESUME_NEUTRAL_KEYS excluded."""
+    changes = configtools.diff(saved, current)
+    return {k: v for k, v in changes.items() if k not in RESUME_NEUTRAL_KEYS}
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:

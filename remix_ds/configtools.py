@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -97,10 +98,16 @@ def _coerce(value: Any, tp: Any, key: str, source: str | None) -> Any:
             # YAML 1.1 reads "1e-5" as a string; accept numeric strings.
             if isinstance(value, str):
                 try:
-                    return float(value)
+                    number = float(value)
                 except ValueError:
                     pass
+                else:
+                    if math.isfinite(number):
+                        return number
+                    raise ConfigError(f"{key}: expected a finite number, got {value!r}{_where(source)}")
             raise ConfigError(f"{key}: expected a number, got {value!r}{_where(source)}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}{_where(source)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -132,6 +139,19 @@ def from_dict(cls: type, data: dict, prefix: str = "", source: str | None = None
         if source and source not in str(e):
             raise ConfigError(f"{e}{_where(source)}") from None
         raise
+
+
+def diff(old: dict, new: dict, prefix: str = "") -> dict[str, tuple]:
+    """{dotted key: (old, new)} for every leaf that differs between two nested dicts (missing: None)."""
+    out = {}
+    for k in sorted(set(old) | set(new), key=str):
+        key = f"{prefix}.{k}" if prefix else str(k)
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.update(diff(a, b, key))
+        elif a != b:
+            out[key] = (a, b)
+    return out
 
 
 def to_dict(cfg) -> dict:
@@ -168,14 +188,51 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last)."""
+
+    source = None
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(
+                    f"duplicate key {key!r} at {self.source}:{key_node.start_mark.line + 1} "
+                    f"(first at line {seen[key]}); remove one of them"
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def _json_pairs(source: Path):
+    def hook(pairs):
+        keys = [k for k, _ in pairs]
+        dup = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
+        if dup is not None:
+            raise ConfigError(f"duplicate key {dup!r} in {source}; remove one of them")
+        return dict(pairs)
+    return hook
+
+
+def _load_yaml(text: str, path: Path):
+    loader = _UniqueKeyLoader(text)
+    loader.source = str(path)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def read_config_file(path: str | Path) -> dict:
-    """Read a YAML or JSON mapping; errors name the file."""
+    """Read a YAML or JSON mapping; errors name the file. Duplicate keys are refused."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     text = path.read_text()
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        data = json.loads(text, object_pairs_hook=_json_pairs(path)) if path.suffix == ".json" else _load_yaml(text, path)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
         raise ConfigError(f"cannot parse config {path}: {e}") from None
     if data is None:

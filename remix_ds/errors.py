@@ -16,3 +16,7 @@ class RemixError(ValueError):
 
 def debug_enabled() -> bool:
     return os.environ.get("REMIX_DS_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+class CheckpointError(RemixError):
+    """A checkpoint folder is incomplete, damaged or does not fit this run; names the file and the check."""

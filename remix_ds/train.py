@@ -7,11 +7,14 @@ Same arguments as `remix-ds train`.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from remix_ds.baselines import build_regularizers
 from remix_ds.config import load_config
+from remix_ds.configtools import ConfigError
 from remix_ds.engine.trainer import Trainer
+from remix_ds.errors import RemixError, debug_enabled
 from remix_ds.eval.hook import build_eval_hooks
 
 
@@ -31,7 +34,17 @@ def main(argv: list[str] | None = None) -> None:
     argv = [a for a in argv if not a.startswith("--local_rank")]
     config_path = argv[0] if argv and "=" not in argv[0] else None
     overrides = argv[1:] if config_path else argv
-    run(config_path, overrides)
+    try:
+        run(config_path, overrides)
+    except RemixError as e:
+        if debug_enabled():
+            raise
+        # Input errors are found identically on every rank (checkpoint checks are gathered first),
+        # so rank 0 alone prints the one line; every rank exits 2.
+        if os.environ.get("RANK", "0") == "0":
+            kind = "config error" if isinstance(e, ConfigError) else "error"
+            print(f"remix-ds: {kind}: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,18 @@ A save goes to RUN_DIR/.tmp-checkpoint-N and is renamed when every rank has fini
 `latest` is replaced atomically after that. A crash at any point leaves the previous checkpoint
 and `latest` untouched (the partial temp folder is ignored and removed by the next save).
 NOTE: the rename assumes RUN_DIR is on a filesystem all ranks share (the usual cluster setup).
+
+Integrity: every rank hashes the files it wrote (its ZeRO shards and rank_state_R.pt), rank 0
+collects those records (`dist.all_gather_objects`) and hashes the shared files (HF config,
+tokenizer, run_config.json); complete.json lists every file with its size and sha256. A resume
+(and `remix-ds export`) checks sizes and, unless `train.verify_hashes=false`, hashes before
+anything is unpickled, so a damaged file is refused naming the file and the failed check instead
+of surfacing as a torch error (or an out-of-memory kill on a corrupt pickle). See docs/reliability.md.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -27,6 +35,7 @@ import numpy as np
 import torch
 
 from remix_ds.engine import dist
+from remix_ds.errors import CheckpointError
 
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE = "complete.json"
@@ -34,6 +43,70 @@ COMPLETE = "complete.json"
 
 def checkpoint_name(step: int) -> str:
     return f"checkpoint-{step}"
+
+
+HASH = "sha256"  # hashlib (OpenSSL, SHA-NI): ~0.4 GB/s per core here; docs/reliability.md has the 8B estimate
+_CHUNK = 8 << 20
+
+
+def hash_file(path: Path) -> str:
+    """The sha256 hex digest of a file, read in 8 MiB chunks (constant memory)."""
+    h = hashlib.new(HASH)
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_record(path: Path, rank: int | None) -> dict:
+    """{"size", "sha256", "rank"} of one checkpoint file (rank None: shared, checked by rank 0)."""
+    return {"size": path.stat().st_size, HASH: hash_file(path), "rank": rank}
+
+
+def _rank_files(folder: Path, rank: int) -> list[Path]:
+    """The files rank `rank` writes: its DeepSpeed ZeRO shards and its rank_state file."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and (
+        p.name.startswith(f"zero_pp_rank_{rank}_") or p.name.startswith(f"bf16_zero_pp_rank_{rank}_")
+        or p.name == f"rank_state_{rank}.pt"))
+
+
+def read_manifest(ckpt: Path) -> dict:
+    """complete.json of a checkpoint; CheckpointError naming the file when it is unreadable."""
+    path = ckpt / COMPLETE
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing (the checkpoint is incomplete)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int) or not isinstance(meta.get("world_size"), int):
+        raise CheckpointError(f"{path}: not a remix-ds complete.json (needs integer step and world_size)")
+    return meta
+
+
+def verify_checkpoint(ckpt: Path, rank: int | None = None, hashes: bool = True) -> None:
+    """Check the files complete.json records: present, same size, same sha256 (if `hashes`).
+
+    rank None checks every file (export, offline checks); rank R checks the files rank R wrote,
+    plus the shared ones on rank 0. Raises CheckpointError naming the file and the failed check.
+    Checkpoints from before file records (no "files" key) pass with nothing to check.
+    """
+    ckpt = Path(ckpt)
+    files = read_manifest(ckpt).get("files")
+    if files is None:
+        return
+    for name, rec in sorted(files.items()):
+        owner = rec.get("rank")
+        if rank is not None and owner != rank and not (owner is None and rank == 0):
+            continue
+        path = ckpt / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing (recorded in {COMPLETE})")
+        size = path.stat().st_size
+        if size != rec["size"]:
+            raise CheckpointError(f"{path}: size check failed ({size} bytes, {COMPLETE} records {rec['size']})")
+        if hashes and hash_file(path) != rec[HASH]:
+            raise CheckpointError(f"{path}: {HASH} check failed (same size, different content)")
 
 
 def is_complete(path: Path) -> bool:
@@ -99,10 +172,17 @@ def save_checkpoint(engine, run_dir: Path, step: int, rank_state: dict, hf_files
     dist.barrier()
     engine.save_checkpoint(str(run_dir), tag=tmp_name, client_state={"step": step}, save_latest=False)
     torch.save({"step": step, "rng": rng_state(), **rank_state}, tmp / f"rank_state_{dist.rank()}.pt")
-    dist.barrier()
+    # Each rank hashes what it wrote (in parallel, while its files are in the page cache).
+    mine = {p.name: file_record(p, dist.rank()) for p in _rank_files(tmp, dist.rank())}
+    gathered = dist.all_gather_objects(mine)
     if dist.is_main():
         hf_files_writer(tmp)
-        (tmp / COMPLETE).write_text(json.dumps({"step": step, "world_size": dist.world_size()}) + "\n")
+        files = {name: rec for part in gathered for name, rec in part.items()}
+        for p in sorted(tmp.iterdir()):  # shared files (HF config, tokenizer, any other DeepSpeed file)
+            if p.is_file() and p.name not in files and p.name != COMPLETE:
+                files[p.name] = file_record(p, None)
+        meta = {"step": step, "world_size": dist.world_size(), "hash": HASH, "files": files}
+        (tmp / COMPLETE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
         if final.exists():  # re-saving the same step (e.g. after a resume)
             shutil.rmtree(final)
         os.rename(tmp, final)
@@ -114,10 +194,13 @@ def save_checkpoint(engine, run_dir: Path, step: int, rank_state: dict, hf_files
 
 
 def load_checkpoint(engine, ckpt: Path) -> dict:
-    """Restore engine (model, optimizer, scheduler) and RNG; return this rank's saved state."""
-    meta = json.loads((ckpt / COMPLETE).read_text())
+    """Restore engine (model, optimizer, scheduler) and RNG; return this rank's saved state.
+
+    Call `verify_checkpoint` first (the Trainer does, on every rank): this only loads.
+    """
+    meta = read_manifest(ckpt)
     if meta["world_size"] != dist.world_size():
-        raise RuntimeError(
+        raise CheckpointError(
             f"{ckpt} was written by {meta['world_size']} ranks but this run has {dist.world_size()}; "
             "exact resume needs the same world size (export it and start a new run with model.init_from)"
         )
@@ -125,7 +208,46 @@ def load_checkpoint(engine, ckpt: Path) -> dict:
         str(ckpt.parent), tag=ckpt.name, load_optimizer_states=True, load_lr_scheduler_states=True
     )
     if load_path is None:
-        raise RuntimeError(f"DeepSpeed could not load the checkpoint {ckpt}")
-    state = torch.load(ckpt / f"rank_state_{dist.rank()}.pt", weights_only=False)
+        raise CheckpointError(f"{ckpt}: DeepSpeed could not load the checkpoint")
+    path = ckpt / f"rank_state_{dist.rank()}.pt"
+    try:
+        state = torch.load(path, weights_only=False)
+    except Exception as e:  # a damaged file that got past size-only checks
+        raise CheckpointError(f"{path}: cannot be loaded ({type(e).__name__}: {e})") from None
     set_rng_state(state["rng"])
     return state
+
+
+def resume_candidates(run_dir: Path) -> list[Path]:
+    """Complete checkpoints to resume from, preferred first: the one `latest` names, then newest first."""
+    found = list_checkpoints(run_dir)[::-1]
+    first = latest_checkpoint(run_dir)
+    return ([first] + [p for p in found if p != first]) if first else found
+
+
+def select_checkpoint(candidates: list[Path], hashes: bool, fallback: bool,
+                      refusal: str = "not falling back to an older checkpoint (train.resume_fallback=false)") -> Path | None:
+    """The first candidate that passes `verify_checkpoint` on every rank (all ranks must call).
+
+    Each rank checks its own files; the verdicts are gathered so every rank picks the same one.
+    A damaged candidate is reported (rank 0, with the file and the failed check) and skipped when
+    `fallback`, else raised as CheckpointError. None when there are no candidates.
+    """
+    for ckpt in candidates:
+        try:
+            verify_checkpoint(ckpt, rank=dist.rank(), hashes=hashes)
+            problem = None
+        except CheckpointError as e:
+            problem = str(e)
+        problems = [p for p in dist.all_gather_objects(problem) if p]
+        if not problems:
+            return ckpt
+        if not fallback:
+            raise CheckpointError(f"{problems[0]}; {refusal}")
+        if dist.is_main():
+            print(f"[remix-ds] WARNING: {ckpt} is damaged: {'; '.join(problems)}; trying the next older checkpoint",
+                  flush=True)
+    if candidates:
+        raise CheckpointError(f"{candidates[0].parent}: every checkpoint is damaged ({', '.join(p.name for p in candidates)}); "
+                              "set train.resume=none to start over")
+    return None

@@ -1,7 +1,9 @@
 """Hugging Face model folders out of DeepSpeed checkpoints or a live engine.
 
-Both paths write to a temp folder and rename it into place, so an interrupted export never
-leaves a folder that looks finished.
+Both paths write to a temp folder (`.tmp-NAME-XXXX` beside the target) and rename it into place,
+so an interrupted export never leaves a folder that looks finished; a kill leaves the temp folder,
+which `clean_stale_exports` removes on the next start. `export_checkpoint` verifies the
+checkpoint's sizes and hashes (complete.json) before reading it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,20 @@ from pathlib import Path
 import torch
 
 from remix_ds.engine import dist
+from remix_ds.engine.checkpoint import verify_checkpoint
+from remix_ds.errors import CheckpointError
+
+
+def clean_stale_exports(folder: Path, names: tuple[str, ...] = ("final-", "init-", "eval-export-")) -> list[Path]:
+    """Remove `.tmp-NAME*` export folders a killed export left in `folder` (call on one rank, at start)."""
+    removed = []
+    if not Path(folder).is_dir():
+        return removed
+    for child in Path(folder).iterdir():
+        if child.is_dir() and any(child.name.startswith(f".tmp-{n}") for n in names):
+            shutil.rmtree(child, ignore_errors=True)
+            removed.append(child)
+    return removed
 
 
 DATA_CONFIG_FILE = "remix_ds_data.json"
@@ -88,7 +104,8 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: torch.dtype | No
 
     ckpt = Path(ckpt)
     if not (ckpt / "config.json").is_file():
-        raise FileNotFoundError(f"{ckpt} is not a remix-ds checkpoint folder (no config.json)")
+        raise CheckpointError(f"{ckpt} is not a remix-ds checkpoint folder (no config.json)")
+    verify_checkpoint(ckpt, rank=None, hashes=True)
     state_dict = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
     config = AutoConfig.from_pretrained(ckpt)
     return _save_folder(config, state_dict, Path(out), tokenizer_src=ckpt, dtype=dtype,

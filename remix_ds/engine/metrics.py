@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -15,8 +16,9 @@ class MetricsWriter:
         if not enabled:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
-        # Append: a resumed run continues the same file.
-        self._file = open(out_dir / "metrics.jsonl", "a", buffering=1)
+        self.path = out_dir / "metrics.jsonl"
+        # Append: a resumed run continues the same file (after drop_after(resumed step)).
+        self._file = open(self.path, "a", buffering=1)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -30,6 +32,33 @@ class MetricsWriter:
             for key, value in values.items():
                 if isinstance(value, (int, float)):
                     self._tb.add_scalar(key, value, step)
+
+    def drop_after(self, step: int) -> int:
+        """Remove rows with step > `step` (a resume re-runs those steps), atomically; returns how many.
+
+        The file is rewritten to a temp file and `os.replace`d, so a crash leaves the old or the new
+        file, never half of one. A torn last line (a kill mid-write) is dropped too.
+        """
+        if not self.enabled:
+            return 0
+        self._file.close()
+        kept, dropped = [], 0
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                dropped += 1
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > step:
+                dropped += 1
+            else:
+                kept.append(line + "\n")
+        if dropped:
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, self.path)
+        self._file = open(self.path, "a", buffering=1)
+        return dropped
 
     def close(self) -> None:
         if self._file is not None:

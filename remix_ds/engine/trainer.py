@@ -7,6 +7,7 @@ optimizer step's micro-batches); *when* logging, evaluation and checkpointing ha
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -14,17 +15,21 @@ from pathlib import Path
 
 import torch
 
-from remix_ds import models
-from remix_ds.config import RunConfig
+from remix_ds import configtools, models
+from remix_ds.config import RunConfig, config_drift
+from remix_ds.configtools import ConfigError
 from remix_ds.data.loader import BackgroundLoader, build_train_loader
 from remix_ds.engine import checkpoint as ckpt_lib
 from remix_ds.engine import dist
 from remix_ds.engine.ds_config import build_ds_config, zero_stage
-from remix_ds.engine.export import export_checkpoint, export_engine
+from remix_ds.engine.export import clean_stale_exports, export_checkpoint, export_engine
 from remix_ds.engine.hooks import EvalHook, Regularizer
 from remix_ds.engine.loss import token_loss_sum
 from remix_ds.engine.metrics import MetricsWriter
 from remix_ds.engine.schedule import make_scheduler
+from remix_ds.errors import CheckpointError
+
+RUN_CONFIG = "run_config.json"  # the resolved RunConfig a checkpoint was written with (drift check)
 
 
 @dataclass
@@ -55,6 +60,8 @@ class Trainer:
     def __init__(self, cfg: RunConfig, eval_hooks: list[EvalHook] | None = None,
                  regularizers: list[Regularizer] | None = None):
         self.cfg = cfg
+        # As given (before _init_source rewrites model.init_from): config.json, checkpoints' run_config.json
+        self._cfg_text = json.dumps(configtools.to_dict(cfg), indent=2) + "\n"
         dist.init_distributed(cfg.deepspeed.backend)
         self.rank, self.world = dist.rank(), dist.world_size()
         cfg.validate(self.world)
@@ -66,7 +73,8 @@ class Trainer:
         self.ds_config = build_ds_config(cfg, self.world, self.dtype)
         if dist.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
-            cfg.save(self.out / "config.json")
+            for stale in clean_stale_exports(self.out):  # a kill during an earlier export
+                print(f"[remix-ds] removed {stale.name}, left by an interrupted export", flush=True)
         self.tokenizer = models.load_tokenizer(
             cfg.model.tokenizer or models.model_source(cfg.model), cfg.model.tiny, cfg.model.trust_remote_code
         )
@@ -83,6 +91,8 @@ class Trainer:
         self.stopped_early = False
         self._saved_step = -1
         self._resume()
+        if dist.is_main():  # after the drift check, which reads the previous one
+            (self.out / "config.json").write_text(self._cfg_text)
 
     # ---- building -------------------------------------------------------------------------
     def _build_loader(self):
@@ -144,20 +154,55 @@ class Trainer:
             getattr(r, event)(*args)
 
     def _resume(self) -> None:
-        resume = self.cfg.train.resume
-        if resume == "none":
+        t = self.cfg.train
+        if t.resume == "none":
             return
-        ckpt = ckpt_lib.latest_checkpoint(self.out) if resume == "auto" else Path(resume)
+        if t.resume == "auto":
+            ckpt = ckpt_lib.select_checkpoint(ckpt_lib.resume_candidates(self.out), hashes=t.verify_hashes,
+                                              fallback=t.resume_fallback)
+        else:  # a checkpoint named explicitly: that one or an error, never another
+            ckpt = Path(t.resume)
+            if not ckpt_lib.is_complete(ckpt):
+                raise CheckpointError(f"train.resume: {ckpt} is not a complete checkpoint (no {ckpt_lib.COMPLETE})")
+            ckpt_lib.select_checkpoint([ckpt], hashes=t.verify_hashes, fallback=False,
+                                       refusal="train.resume names this checkpoint, so there is no fallback")
         if ckpt is None:
             return
-        if not ckpt_lib.is_complete(ckpt):
-            raise RuntimeError(f"train.resume: {ckpt} is not a complete checkpoint")
+        self._check_drift(ckpt)
         state = ckpt_lib.load_checkpoint(self.engine, ckpt)
         self.loader.load_state_dict(state["loader"])
         self.step = self._saved_step = state["step"]
         self.stopped_early = state.get("stopped_early", False)
+        dropped = self.metrics.drop_after(self.step)  # those steps run again: one row per step
         if dist.is_main():
-            print(f"[remix-ds] resumed from {ckpt} at step {self.step}", flush=True)
+            print(f"[remix-ds] resumed from {ckpt} at step {self.step}"
+                  + (f" (dropped {dropped} metrics rows after it)" if dropped else ""), flush=True)
+
+    def _check_drift(self, ckpt: Path) -> None:
+        """Refuse a resume whose trajectory keys changed since the checkpoint (RESUME_NEUTRAL_KEYS aside),
+        unless train.allow_config_change, which records the change in RUN_DIR/config_changes.jsonl."""
+        saved_path = ckpt / RUN_CONFIG
+        if not saved_path.is_file():  # checkpoints from before run_config.json: the run's config.json
+            saved_path = self.out / "config.json"
+        if not saved_path.is_file():
+            return
+        try:
+            saved = json.loads(saved_path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{saved_path}: unreadable ({e})") from None
+        changes = config_drift(saved, json.loads(self._cfg_text))
+        if not changes:
+            return
+        listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+        if not self.cfg.train.allow_config_change:
+            raise ConfigError(f"the config changed since {ckpt} ({listed}); resuming would mix two runs. "
+                              "Use a new train.output_dir, or set train.allow_config_change=true to resume anyway")
+        if dist.is_main():
+            print(f"[remix-ds] WARNING: resuming {ckpt} with a changed config: {listed}", flush=True)
+            row = {"time": time.time(), "checkpoint": str(ckpt), "step": ckpt_lib.read_manifest(ckpt)["step"],
+                   "changes": {k: [a, b] for k, (a, b) in changes.items()}}
+            with open(self.out / "config_changes.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
 
     # ---- one optimizer step -----------------------------------------------------------------
     def _to_device(self, batch: dict) -> dict:
@@ -233,6 +278,7 @@ class Trainer:
         def write_hf_files(folder: Path) -> None:
             self.engine.module.config.save_pretrained(folder)
             self.tokenizer.save_pretrained(folder)
+            (folder / RUN_CONFIG).write_text(self._cfg_text)
 
         path = ckpt_lib.save_checkpoint(
             self.engine, self.out, self.step, {"loader": self.loader.state_dict(), "stopped_early": self.stopped_early},
