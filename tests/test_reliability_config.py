@@ -100,5 +100,5 @@ def test_indivisible_global_batch_under_the_launcher_is_one_line(tmp_path):
     out = proc.stdout + proc.stderr
     lines = [x for x in out.splitlines() if "remix-ds: " in x and "error" in x]
     assert lines == ["remix-ds: config error: train.global_batch_size=6 is not divisible by train.micro_batch_size=2 "
-                     "x world size 2 = 4"], out[-3000:]
+                     "x world size 2 = 4; use train.micro_batch_size=1 (or set train.micro_batch_tokens)"], out[-3000:]
     assert "Traceback" not in out
