@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from remix_ds.bench.data import old_balanced_bins, old_first_fit_decreasing
+
 from remix_ds.data.packing import efficiency, empty_batch, first_fit_decreasing, pack, pad_reference, padded_efficiency
 from remix_ds.data.tokenize import IGNORE, TokenizedExample
 
@@ -159,45 +161,9 @@ def test_first_fit_decreasing_oversize_examples():
 # bins exactly, and pad no more than the reference did.
 
 
-def reference_first_fit_decreasing(lengths, capacity, oversize="raise"):
-    bins, room = [], []
-    for i in sorted(range(len(lengths)), key=lambda k: (-lengths[k], k)):
-        n = lengths[i]
-        if n > capacity and oversize == "raise":
-            raise ValueError("does not fit")
-        for b, free in enumerate(room):
-            if n <= free:
-                bins[b].append(i)
-                room[b] -= n
-                break
-        else:
-            bins.append([i])
-            room.append(capacity - n)
-    return bins
-
-
-def reference_balanced_bins(lengths, max_seq_len):
-    total, longest = sum(lengths), max(lengths)
-    best = reference_first_fit_decreasing(lengths, max_seq_len)
-
-    def area(bins):
-        return len(bins) * max(sum(lengths[i] for i in b) for b in bins)
-
-    best_area = area(best)
-    for rows in range(-(-total // max_seq_len), len(lengths) + 1):
-        lo, hi = max(longest, -(-total // rows)), max_seq_len
-        if rows * lo >= best_area:
-            break
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if len(reference_first_fit_decreasing(lengths, mid)) <= rows:
-                hi = mid
-            else:
-                lo = mid + 1
-        bins = reference_first_fit_decreasing(lengths, lo)
-        if len(bins) <= rows and area(bins) < best_area:
-            best, best_area = bins, area(bins)
-    return best
+# The packer before issue 14, kept in bench/data.py as the benchmark's "before" column.
+reference_first_fit_decreasing = old_first_fit_decreasing
+reference_balanced_bins = old_balanced_bins
 
 
 def length_distributions(seed: int = 0):

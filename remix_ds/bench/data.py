@@ -276,11 +276,14 @@ def numpy_choice_random_words(gen: RandomWords, table: tuple[list, list], rng: n
 
 
 # The packer before issue 14 (a quadratic FFD scan and a capacity bisection for every row count):
-# the "before" column of the pack benchmark; tests/test_data_packing.py keeps the same reference.
-def _old_ffd(lengths, capacity):
+# the "before" column of the pack benchmark, and the reference tests/test_data_packing.py checks
+# the new packer against.
+def old_first_fit_decreasing(lengths, capacity, oversize="raise"):
     bins, room = [], []
     for i in sorted(range(len(lengths)), key=lambda k: (-lengths[k], k)):
         n = lengths[i]
+        if n > capacity and oversize == "raise":
+            raise ValueError("does not fit")
         for b, free in enumerate(room):
             if n <= free:
                 bins[b].append(i)
@@ -294,7 +297,7 @@ def _old_ffd(lengths, capacity):
 
 def old_balanced_bins(lengths, max_seq_len):
     total, longest = sum(lengths), max(lengths)
-    best = _old_ffd(lengths, max_seq_len)
+    best = old_first_fit_decreasing(lengths, max_seq_len)
 
     def area(bins):
         return len(bins) * max(sum(lengths[i] for i in b) for b in bins)
@@ -306,11 +309,11 @@ def old_balanced_bins(lengths, max_seq_len):
             break
         while lo < hi:
             mid = (lo + hi) // 2
-            if len(_old_ffd(lengths, mid)) <= rows:
+            if len(old_first_fit_decreasing(lengths, mid)) <= rows:
                 hi = mid
             else:
                 lo = mid + 1
-        bins = _old_ffd(lengths, lo)
+        bins = old_first_fit_decreasing(lengths, lo)
         if len(bins) <= rows and area(bins) < best_area:
             best, best_area = bins, area(bins)
     return best
