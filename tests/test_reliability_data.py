@@ -2,7 +2,7 @@
 
 Each test injects one fault and asserts the exact behaviour: the one-line error names the file
 and its *file* line (blank lines counted) and the cause, or the documented fallback happens.
-docs/reliability_data.md is the fault matrix that points here.
+docs/reliability.md (second half) is the fault matrix that points here.
 """
 
 from __future__ import annotations
