@@ -332,8 +332,8 @@ def build_train_loader(data_cfg: DataConfig, tokenizer, *, micro_batch_size: int
     """
     stream = build_stage_stream(data_cfg, tokenizer, seed)
     if any(stream.dropped.values()):
-        log.warning("dropped examples longer than data.max_seq_len=%d (never truncated): %s",
-                    data_cfg.max_seq_len, stream.dropped)
+        log.warning("dropped examples (by kind: longer than data.max_seq_len=%d, never truncated; "
+                    "bad_records: data.on_bad_record=drop): %s", data_cfg.max_seq_len, stream.dropped)
     eos = eos_id(tokenizer)
     pad = pad_id(tokenizer)
     return TrainLoader(
