@@ -156,11 +156,21 @@ class MixConfig:
     instruction: str = "Complete the following partial passage:"
     """Instruction line above the prompt words of a completion row."""
     seed: int = 0
-    """Seed of which generic windows / random words are drawn (fixed across epochs, like a dataset)."""
+    """Seed of which generic windows / random words are drawn (fixed across epochs with redraw=stage, like a dataset)."""
+    schedule: Literal["pooled", "stratified"] = "pooled"
+    """`pooled`: all rows of the epoch in one pool, permuted (the reference); `stratified`: every optimizer step
+    holds each kind (dataset, generic, random, each replay) in the epoch's proportions, floor or ceil."""
+    redraw: Literal["stage", "epoch", "step"] = "stage"
+    """`stage`: mixing rows drawn once per stage (the reference); `epoch` / `step`: fresh generic windows (without
+    replacement over the shards) and random words every epoch, drawn a whole epoch or one step at a time."""
 
     def validate(self, prefix: str) -> None:
         if self.generic_ratio < 0 or self.random_ratio < 0:
             raise ConfigError(f"{prefix}.generic_ratio and {prefix}.random_ratio must be >= 0")
+        if self.schedule not in ("pooled", "stratified"):
+            raise ConfigError(f"{prefix}.schedule must be 'pooled' or 'stratified', got {self.schedule!r}")
+        if self.redraw not in ("stage", "epoch", "step"):
+            raise ConfigError(f"{prefix}.redraw must be 'stage', 'epoch' or 'step', got {self.redraw!r}")
         for name in ("prompt_words", "answer_words", "raw_words", "raw_tokens", "random_vocab_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{prefix}.{name} must be >= 1, got {getattr(self, name)}")
@@ -204,6 +214,9 @@ class DataConfig(SourceConfig):
             raise ConfigError("data.key_span_delimiters must be two different non-empty strings")
         self.kvr.validate("data.kvr")
         self.mix.validate("data.mix")
+        if self.reference_compat and self.mix.redraw != "stage":
+            raise ConfigError(f"data.mix.redraw={self.mix.redraw} needs data.reference_compat=false "
+                              "(the reference draws its mixing rows once per stage)")
         if self.require_filtered:
             check_filtered(self.dataset, "data.dataset")
         for i, r in enumerate(self.replay):

@@ -41,6 +41,7 @@ import torch
 from remix_ds.data.config import DataConfig
 from remix_ds.data.mixing import StageStream, build_stage_stream
 from remix_ds.data.packing import empty_batch, first_fit_decreasing, pack, pad_reference
+from remix_ds.data.redraw import attach_drawer
 from remix_ds.data.tokenize import IGNORE, TokenizedExample, eos_id, pad_id
 
 STATE_VERSION = 1
@@ -95,6 +96,8 @@ class TrainLoader:
         self.rows_per_micro_batch = micro_batch_tokens // max_seq_len
         self.per_step = step_examples if micro_batch_tokens else micro_batch_size * world_size
         self.batches_per_epoch = -(-self.rows_per_epoch // self.per_step)
+        self.step_rows = step_examples or self.per_step
+        """Rows of one optimizer step (data.mix.schedule=stratified steps, redraw=step draws)."""
         """Loader units per epoch (the same on every rank): micro-batches, or optimizer steps in token-budget mode."""
         self.epoch = 0
         """Completed epochs: the next micro-batch belongs to this epoch."""
@@ -120,13 +123,15 @@ class TrainLoader:
 
     def rows_for(self, epoch: int, step: int, rank: int | None = None) -> list[TokenizedExample]:
         """`rank`'s (default: this rank's) rows of loader unit `step` of `epoch` (possibly empty in the last step)."""
-        if self._order_epoch != epoch:
-            self._order, self._order_epoch = self.stream.epoch_items(epoch), epoch
         rank = self.rank if rank is None else rank
         start = step * self.per_step
         n = min(self.per_step, self.rows_per_epoch - start)
         lo = start + (rank * n) // self.world_size  # even split of a (possibly short) step
         hi = start + ((rank + 1) * n) // self.world_size
+        if self.stream.lazy:  # stratified steps / fresh mixing rows, drawn here (in the loader's thread)
+            return self.stream.rows(epoch, lo, hi, self.step_rows)
+        if self._order_epoch != epoch:
+            self._order, self._order_epoch = self.stream.epoch_items(epoch), epoch
         return self._order[lo:hi]
 
     def _collate(self, rows: list[TokenizedExample]) -> dict:
@@ -331,6 +336,7 @@ def build_train_loader(data_cfg: DataConfig, tokenizer, *, micro_batch_size: int
     Loads and validates all data before returning, so bad input fails before training starts.
     """
     stream = build_stage_stream(data_cfg, tokenizer, seed)
+    attach_drawer(stream, data_cfg, tokenizer)
     if any(stream.dropped.values()):
         log.warning("dropped examples (by kind: longer than data.max_seq_len=%d, never truncated; "
                     "bad_records: data.on_bad_record=drop): %s", data_cfg.max_seq_len, stream.dropped)

@@ -9,10 +9,18 @@ its rows i.i.d. with probability softmax(score / temperature) over the pool (pre
 replay, `remix_ds.forgetting`); a replay `dataset` ending in `.npz` is a pool of raw token windows
 (`ids`, `tokens`), e.g. pretraining windows, trained on every token but the first.
 
-Order: each epoch is a global permutation of all the epoch's rows from
-`np.random.default_rng(seed + epoch)` (`reference_compat`: the same permutation and replay draw in
-every epoch, as the reference does). `StageStream.epoch_items(epoch)` is that ordered list; the
-loader slices it across ranks.
+Order (`data.mix.schedule`): `pooled` (the reference's): each epoch is a global permutation of all
+the epoch's rows from `np.random.default_rng(seed + epoch)` (`reference_compat`: the same
+permutation and replay draw in every epoch, as the reference does). `StageStream.epoch_items(epoch)`
+is that ordered list; the loader slices it across ranks. `stratified`: the epoch is cut into
+optimizer steps of G rows and every step holds each kind (dataset, generic, random, each replay
+pool) in the epoch's proportions, floor or ceil of G * count / rows (`stratified_plan`; the
+remainders are spread deterministically), each kind's rows in a per-epoch permutation, each step's
+rows shuffled; still one pass over every row per epoch.
+
+Mixing rows (`data.mix.redraw`): `stage` draws them once (above); `epoch` / `step` leave the
+stream's generic/random lists empty and a `remix_ds.data.redraw.MixDrawer` draws fresh rows per
+epoch, a whole epoch or one step at a time (`StageStream.rows`), in the loader's preparation.
 """
 
 from __future__ import annotations
@@ -37,6 +45,38 @@ from remix_ds.data.tokenize import TokenizedExample, from_token_ids, tokenize_ex
 _WHOLE_CORPUS_TOKENS = 256_000_000
 
 
+KINDS = ("dataset", "generic", "random")
+"""Row kinds of an epoch's layout, in order; kind 3 + k is replay pool k."""
+
+
+def stratified_plan(counts: list[int], block: int) -> np.ndarray:
+    """Rows of each kind in each step of `block` rows: (steps, kinds) int64, rows summing to the
+    step sizes (the last may be short) and columns to `counts`.
+
+    Every entry is floor or ceil of the step's exact share (step rows * count / total): each step
+    takes the floors, and the steps' leftover rows go to the kinds furthest behind their exact
+    cumulative share (ties: lower kind index), so the running totals never drift by a whole row.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    steps = -(-total // block) if total else 0
+    plan = np.zeros((steps, len(counts)), dtype=np.int64)
+    err = np.zeros(len(counts), dtype=np.int64)  # (taken - exact share) * total, per kind
+    for b in range(steps):
+        g = min(block, total - b * block)
+        share = g * counts  # exact share * total
+        x, frac = share // total, share % total
+        extra = g - int(x.sum())
+        if extra:
+            behind = [k for k in np.lexsort((np.arange(len(counts)), err - frac)).tolist() if frac[k]]
+            x[behind[:extra]] += 1
+        plan[b] = x
+        err += x * total - share
+    if steps and (plan.sum(axis=0) != counts).any():  # cannot happen (running error stays within one row)
+        raise AssertionError(f"stratified_plan: columns {plan.sum(axis=0).tolist()} != counts {counts.tolist()}")
+    return plan
+
+
 def mix_count(ratio: float, n: int) -> int:
     """Mixed rows for `n` dataset rows at `ratio` (floor, as the reference's int(n * ratio))."""
     return int(math.floor(ratio * n + 1e-9))
@@ -58,8 +98,24 @@ class StageStream:
     dropped: dict[str, int] = field(default_factory=dict)
     """Examples dropped for exceeding max_seq_len, by kind, and `bad_records`: dataset rows dropped
     under `data.on_bad_record=drop` (reported, never silently lost)."""
+    schedule: str = "pooled"
+    """data.mix.schedule: `pooled` or `stratified` (module docstring)."""
+    redraw: str = "stage"
+    """data.mix.redraw: `stage` (generic/random lists fixed), `epoch` or `step` (rows from `drawer`)."""
+    generic_count: int = -1
+    """Generic rows per epoch (-1: len(generic); set when redraw != stage leaves the list empty)."""
+    random_count: int = -1
+    """Random-word rows per epoch (-1: len(random))."""
+    drawer: object = None
+    """The `remix_ds.data.redraw.MixDrawer` of redraw=epoch|step (attached by the loader)."""
 
     def __post_init__(self):
+        if self.generic_count < 0:
+            self.generic_count = len(self.generic)
+        if self.random_count < 0:
+            self.random_count = len(self.random)
+        self._layouts: dict = {}
+        self._blocks: dict = {}
         if not self.dataset:
             raise DataError("the stage dataset has no example that fits data.max_seq_len")
         for i, (pool, count) in enumerate(zip(self.replay_pools, self.replay_counts)):
@@ -71,11 +127,16 @@ class StageStream:
                 raise DataError(f"data.replay[{i}]: {len(p)} sampling probabilities for a pool of {len(pool)} rows")
 
     def __len__(self) -> int:
-        return len(self.dataset) + len(self.generic) + len(self.random) + sum(self.replay_counts)
+        return len(self.dataset) + self.generic_count + self.random_count + sum(self.replay_counts)
 
     def counts(self) -> dict[str, int]:
-        return {"dataset": len(self.dataset), "generic": len(self.generic), "random": len(self.random),
+        return {"dataset": len(self.dataset), "generic": self.generic_count, "random": self.random_count,
                 "replay": sum(self.replay_counts)}
+
+    @property
+    def lazy(self) -> bool:
+        """True unless pooled + redraw=stage (whose order is `epoch_items`, unchanged since the reference)."""
+        return self.schedule != "pooled" or self.redraw != "stage"
 
     def _key(self, epoch: int) -> int:
         return 0 if not self.reshuffle else epoch
@@ -98,6 +159,86 @@ class StageStream:
                 items = items + [pool[i] for i in self.replay_draw(epoch, k)]
         perm = np.random.default_rng(self.seed + self._key(epoch)).permutation(len(items))
         return [items[i] for i in perm]
+
+    # ---- stratified schedule / fresh mixing rows ---------------------------------------------
+    def layout(self, epoch: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+        """(kind, index within the kind) of every row of `epoch` in training order: (rows,) int64 each.
+
+        `block` is the optimizer step in rows (stratified steps). Pooled: the `epoch_items` order.
+        """
+        key = (epoch if self.reshuffle else 0, block)
+        if key in self._layouts:
+            return self._layouts[key]
+        counts = [len(self.dataset), self.generic_count, self.random_count, *self.replay_counts]
+        idx_of = [np.arange(c, dtype=np.int64) for c in counts[:3]]
+        idx_of += [self.replay_draw(epoch, k).astype(np.int64) if c else np.zeros(0, np.int64)
+                   for k, c in enumerate(self.replay_counts)]
+        kinds = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+        idx = np.concatenate(idx_of)
+        if self.schedule == "pooled":
+            perm = np.random.default_rng(self.seed + self._key(epoch)).permutation(len(idx))
+            out = kinds[perm], idx[perm]
+        else:
+            rng = np.random.default_rng([self.seed, self._key(epoch), 0x57A7])
+            idx_of = [rng.permutation(a) if k < 3 else a for k, a in enumerate(idx_of)]  # replay draws are random already
+            plan = stratified_plan(counts, block)
+            out = np.empty(len(idx), np.int64), np.empty(len(idx), np.int64)
+            taken, pos = np.zeros(len(counts), np.int64), 0
+            for row in plan:
+                k_b = np.repeat(np.arange(len(counts), dtype=np.int64), row)
+                i_b = np.concatenate([idx_of[k][taken[k]:taken[k] + n] for k, n in enumerate(row)])
+                p = rng.permutation(len(k_b))  # mix the kinds within the step (ranks take contiguous slices)
+                out[0][pos:pos + len(p)], out[1][pos:pos + len(p)] = k_b[p], i_b[p]
+                taken += row
+                pos += len(p)
+        if len(self._layouts) > 2:
+            self._layouts.clear()
+        self._layouts[key] = out
+        return out
+
+    def rows(self, epoch: int, lo: int, hi: int, block: int) -> list[TokenizedExample]:
+        """Rows `[lo, hi)` of `epoch` in training order (steps of `block` rows), materialized a step
+        at a time (redraw=step) or an epoch at a time (redraw=epoch, at its first access)."""
+        if hi <= lo:
+            return []
+        first, last = lo // block, (hi - 1) // block
+        if self.redraw == "epoch" and (epoch, first) not in self._blocks:
+            self._blocks.clear()
+            for b in range(-(-len(self) // block)):
+                self._blocks[(epoch, b)] = self._block_rows(epoch, b, block)
+        out: list[TokenizedExample] = []
+        for b in range(first, last + 1):
+            if (epoch, b) not in self._blocks:
+                if len(self._blocks) > 8:
+                    self._blocks.pop(next(iter(self._blocks)))
+                self._blocks[(epoch, b)] = self._block_rows(epoch, b, block)
+            start = b * block
+            out += self._blocks[(epoch, b)][max(lo, start) - start:min(hi, start + block) - start]
+        return out
+
+    def _block_rows(self, epoch: int, b: int, block: int) -> list[TokenizedExample]:
+        kinds, idx = self.layout(epoch, block)
+        kinds, idx = kinds[b * block:(b + 1) * block], idx[b * block:(b + 1) * block]
+        fresh = self.redraw != "stage"
+        if fresh and self.drawer is None:
+            raise DataError(f"data.mix.redraw={self.redraw}: the stage stream has no MixDrawer "
+                            "(build it with remix_ds.data.loader.build_train_loader)")
+        generic = self.drawer.generic(epoch, idx[kinds == 1]) if fresh and (kinds == 1).any() else None
+        random = self.drawer.random(epoch, b, int((kinds == 2).sum())) if fresh else None
+        g = r = 0
+        out = []
+        for k, i in zip(kinds.tolist(), idx.tolist()):
+            if k == 0:
+                out.append(self.dataset[i])
+            elif k == 1:
+                out.append(generic[g] if fresh else self.generic[i])
+                g += 1
+            elif k == 2:
+                out.append(random[r] if fresh else self.random[i])
+                r += 1
+            else:
+                out.append(self.replay_pools[k - 3][i])
+        return out
 
 
 def _tokenize(examples: list[Example], cfg: DataConfig, tokenizer, mode) -> tuple[list[TokenizedExample], int]:
@@ -200,8 +341,13 @@ def build_stage_stream(cfg: DataConfig, tokenizer, seed: int) -> StageStream:
     examples = load_examples(cfg.source(), cfg.kvr, "train")
     dataset, dropped = _tokenize(examples, cfg, tokenizer, cfg.loss_mode)
     n = len(examples)
-    generic, g_drop = generic_rows(cfg, tokenizer, mix_count(cfg.mix.generic_ratio, n))
-    random, r_drop = random_rows(cfg, tokenizer, mix_count(cfg.mix.random_ratio, n))
+    n_generic, n_random = mix_count(cfg.mix.generic_ratio, n), mix_count(cfg.mix.random_ratio, n)
+    if cfg.mix.redraw == "stage":
+        generic, g_drop = generic_rows(cfg, tokenizer, n_generic)
+        random, r_drop = random_rows(cfg, tokenizer, n_random)
+        n_generic, n_random = len(generic), len(random)
+    else:  # drawn per epoch / step by the loader's MixDrawer (remix_ds.data.redraw)
+        generic, random, g_drop, r_drop = [], [], 0, 0
     pools, counts, probs, p_drop = [], [], [], 0
     for rcfg in cfg.replay:
         if Path(rcfg.dataset).suffix.lower() == ".npz":
@@ -215,6 +361,7 @@ def build_stage_stream(cfg: DataConfig, tokenizer, seed: int) -> StageStream:
     return StageStream(
         dataset=dataset, generic=generic, random=random, replay_pools=pools, replay_counts=counts,
         replay_probs=probs, seed=seed, reshuffle=not cfg.reference_compat,
+        schedule=cfg.mix.schedule, redraw=cfg.mix.redraw, generic_count=n_generic, random_count=n_random,
         dropped={"dataset": dropped, "generic": g_drop, "random": r_drop, "replay": p_drop,
                  "bad_records": len(getattr(examples, "dropped", ()))},
     )
