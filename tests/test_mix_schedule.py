@@ -231,3 +231,53 @@ def test_bad_schedule_and_redraw_values_are_config_errors():
         DataConfig(mix=MixConfig(redraw="always"))
     with pytest.raises(ConfigError, match="reference_compat"):
         DataConfig(mix=MixConfig(redraw="epoch"), reference_compat=True)
+
+
+# ------------------------------------------------------------------------------------------ grid
+
+
+@pytest.mark.parametrize("spec,schedule,redraw,tag", [
+    ("generic@12", None, None, "generic2"),
+    ("generic@12+schedule=stratified", "stratified", None, "generic2+stratified"),
+    ("random@1+redraw=step+schedule=pooled", "pooled", "step", "random2+pooled+redraw-step"),
+    ("redraw=epoch", None, "epoch", "redraw-epoch"),
+])
+def test_strategy_terms_set_the_mixing_modes(spec, schedule, redraw, tag):
+    from remix_ds.experiments.config import parse_strategy
+
+    s = parse_strategy(spec, 2.0)
+    assert (s.schedule, s.redraw, s.stage1_tag()) == (schedule, redraw, tag)
+
+
+@pytest.mark.parametrize("spec", ["schedule=blocked", "redraw=always", "redraw=step+redraw=epoch"])
+def test_bad_mixing_terms(spec):
+    from remix_ds.experiments.config import parse_strategy
+
+    with pytest.raises(ConfigError):
+        parse_strategy(spec)
+
+
+def test_grid_stages_and_results_table_carry_the_mixing_modes(tmp_path):
+    from remix_ds.experiments.config import load_experiment
+    from remix_ds.experiments.grid import Grid
+    from remix_ds.experiments.report import COLUMNS, main_table
+
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.jsonl").write_text('{"prompt": "p", "answer": "x"}\n' * 4)
+    cfg = load_experiment(None, [f"output_dir={tmp_path / 'grid'}",
+                                 "strategies=[generic@12, generic@12+schedule=stratified+redraw=epoch]",
+                                 f"data_a=[{{name: a, dataset: {tmp_path / 'a.jsonl'}}}]",
+                                 f"data_b=[{{name: b, dataset: {tmp_path / 'b.jsonl'}}}]"])
+    grid = Grid(cfg)
+    grid.paths = {"a": tmp_path / "a.jsonl", "b": tmp_path / "b.jsonl"}
+    plain, fresh = grid.cells()
+    assert plain.stage1_key != fresh.stage1_key  # stage 1 mixes differently: not shared
+    for stage in (grid.stage1_config, grid.stage2_config):
+        assert (stage(plain).data.mix.schedule, stage(plain).data.mix.redraw) == ("pooled", "stage")
+        assert (stage(fresh).data.mix.schedule, stage(fresh).data.mix.redraw) == ("stratified", "epoch")
+    assert grid.mix_columns(fresh) == {"mix_schedule": "stratified", "mix_redraw": "epoch"}
+    assert {"mix_schedule", "mix_redraw"} <= set(COLUMNS)
+    rows = [{"d_a": "a", "d_b": "b", "strategy": c.strategy.spec, **grid.mix_columns(c)} for c in (plain, fresh)]
+    header = main_table(rows).splitlines()[0]
+    assert "mix_schedule" in header and "mix_redraw" in header
+    assert "mix_schedule" not in main_table(rows[:1]).splitlines()[0]  # shown only when the grid varies it

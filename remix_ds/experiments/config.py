@@ -14,6 +14,8 @@ Strategies are short specs, joined by `+`:
   at `mix_ratio` rows per dataset row (`random@1=0.5` sets the ratio);
 - `generic@1`, `generic@2`, `generic@12`: generic pretraining text, likewise;
 - `replay=0.1`: 10% of D_A replayed into stage 2 (rows per D_B row per epoch);
+- `schedule=pooled|stratified`, `redraw=stage|epoch|step`: how both stages mix (data.mix.schedule /
+  data.mix.redraw; default: run.data.mix's), e.g. `generic@12+schedule=stratified+redraw=epoch`;
 - `ewc=LAMBDA`: EWC in stage 2 with the diagonal Fisher of the stage-1 model on D_A;
 - `kl=BETA`, `kl:DATA=BETA`: KL to the frozen stage-1 model in stage 2, over the stage-2 batch or
   DATA (`generic` or a dataset) (remix_ds/baselines).
@@ -206,12 +208,23 @@ class Strategy:
     replay: float = 0.0
     regularize: dict = field(default_factory=dict, hash=False)
     """Stage-2 baselines, e.g. {"ewc": {"lam": 1000.0}} (remix_ds.baselines.strategies)."""
+    schedule: str | None = None
+    """data.mix.schedule of both stages (None: run.data.mix.schedule)."""
+    redraw: str | None = None
+    """data.mix.redraw of both stages (None: run.data.mix.redraw)."""
 
     def stage1_tag(self) -> str:
         """Names the stage-1 configuration (cells with equal tags share one stage-1 run)."""
         parts = [f"random{self.random[0]:g}"] if self.random[0] else []
         parts += [f"generic{self.generic[0]:g}"] if self.generic[0] else []
+        parts += [self.schedule] if self.schedule else []
+        parts += [f"redraw-{self.redraw}"] if self.redraw else []
         return "+".join(parts) or "plain"
+
+    def mix_patch(self) -> dict:
+        """The dotted data.mix keys this strategy sets in both stages."""
+        patch = {"data.mix.schedule": self.schedule} if self.schedule else {}
+        return patch | ({"data.mix.redraw": self.redraw} if self.redraw else {})
 
     @property
     def slug(self) -> str:
@@ -219,20 +232,30 @@ class Strategy:
 
 
 _TERM = re.compile(r"^(random|generic)@(1|2|12)(?:=([0-9.eE+-]+))?$|^replay=([0-9.eE+-]+)$|^none$")
+_MIX_TERM = re.compile(r"^(schedule)=(pooled|stratified)$|^(redraw)=(stage|epoch|step)$")
 
 
 def parse_strategy(spec: str, mix_ratio: float = 2.0) -> Strategy:
     """`random@1+generic@2` -> Strategy(random=(r, 0), generic=(0, r)); see the module docstring."""
     random, generic, replay, regularize = [0.0, 0.0], [0.0, 0.0], 0.0, {}
+    mix: dict[str, str] = {}
     for term in spec.split("+"):
         baseline = parse_term(term)
         if baseline is not None:
             regularize.update(baseline)
             continue
+        mm = _MIX_TERM.match(term.strip())
+        if mm:
+            name, value = (mm.group(1), mm.group(2)) if mm.group(1) else (mm.group(3), mm.group(4))
+            if name in mix:
+                raise ConfigError(f"strategies: {spec!r} sets {name} twice")
+            mix[name] = value
+            continue
         m = _TERM.match(term.strip())
         if not m:
             raise ConfigError(f"strategies: cannot parse {spec!r} (term {term!r}); use none, random@1|2|12[=R], "
-                              "generic@1|2|12[=R], replay=R, ewc=LAMBDA, kl[:DATA]=BETA joined by '+'")
+                              "generic@1|2|12[=R], replay=R, ewc=LAMBDA, kl[:DATA]=BETA, schedule=pooled|stratified, "
+                              "redraw=stage|epoch|step joined by '+'")
         if term.strip() == "none":
             continue
         if m.group(4) is not None:
@@ -244,7 +267,7 @@ def parse_strategy(spec: str, mix_ratio: float = 2.0) -> Strategy:
             target[int(stage) - 1] = ratio
     if min(*random, *generic, replay) < 0:
         raise ConfigError(f"strategies: negative ratio in {spec!r}")
-    return Strategy(spec, tuple(random), tuple(generic), replay, regularize)
+    return Strategy(spec, tuple(random), tuple(generic), replay, regularize, mix.get("schedule"), mix.get("redraw"))
 
 
 def launcher_argv(launcher: str) -> list[str] | None:

@@ -156,6 +156,7 @@ class Grid:
             "data.replay": [],
             "eval.datasets": [str(self.paths[a])],
             "eval.write_rows": True,
+            **s.mix_patch(),
         }
         if cell.loss_mode:
             patch["data.loss_mode"] = cell.loss_mode
@@ -178,6 +179,7 @@ class Grid:
             "data.replay": replay,
             "eval.datasets": [str(self.paths[a])] + ([str(self.paths[b])] if self.cfg.stage2.eval_b == "every_eval" else []),
             "eval.write_rows": True,
+            **s.mix_patch(),
         }
         if s.regularize:
             # Cells sharing a stage-1 model share one Fisher/anchor estimate (the first computes it).
@@ -304,7 +306,7 @@ class Grid:
         em1, em2 = em_of(rows1), em_of(rows2)
         row = {
             "d_a": a, "d_b": b, "strategy": cell.strategy.spec, "loss_mode": cell.loss_mode or self.cfg.run.data.loss_mode,
-            "status": "done",
+            "status": "done", **self.mix_columns(cell),
             "em_a_stage1": em1, "em_a_stage2": em2, "em_b_stage2": em_of(rows_b), "forgetting": em1 - em2,
             "stage1_reached_threshold": em1 >= self.cfg.stage1.em_threshold,
             "stage1_steps": st1["steps"], "stage1_epochs": round(st1["epochs"], 3), "stage2_steps": st2["steps"],
@@ -321,6 +323,11 @@ class Grid:
         row["cell_wall_s"] = round(time.perf_counter() - t0, 2)
         _write_json(self.cell_dir(cell) / "done.json", {"row": row, "curve_a": curve})
         return row
+
+    def mix_columns(self, cell: Cell) -> dict:
+        """How the cell's stages mixed (results-table columns `mix_schedule`, `mix_redraw`)."""
+        m = self.cfg.run.data.mix
+        return {"mix_schedule": cell.strategy.schedule or m.schedule, "mix_redraw": cell.strategy.redraw or m.redraw}
 
     # ---- the grid ----------------------------------------------------------------------------
     def run(self) -> list[dict]:
@@ -347,7 +354,8 @@ class Grid:
                 err.unlink(missing_ok=True)
             except Exception as e:  # record, keep going: one broken cell must not lose the grid
                 row = {"d_a": cell.d_a.name, "d_b": cell.d_b.name, "strategy": cell.strategy.spec,
-                       "loss_mode": cell.loss_mode or self.cfg.run.data.loss_mode, "status": "error",
+                       "loss_mode": cell.loss_mode or self.cfg.run.data.loss_mode, **self.mix_columns(cell),
+                       "status": "error",
                        "error": f"{type(e).__name__}: {str(e)[:500]}"}
                 _write_json(err, {"row": row, "traceback": traceback.format_exc()})
                 self.log(f"[experiment] cell {cell.key} FAILED: {row['error']}")

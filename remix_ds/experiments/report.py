@@ -17,7 +17,7 @@ from typing import Callable
 from remix_ds.experiments.config import Stage1Config, Stage2Config
 from remix_ds.experiments.layout import GridLayout
 
-COLUMNS = ["d_a", "d_b", "strategy", "loss_mode", "status", "em_a_stage1", "em_a_stage2", "em_b_stage2", "forgetting",
+COLUMNS = ["d_a", "d_b", "strategy", "loss_mode", "mix_schedule", "mix_redraw", "status", "em_a_stage1", "em_a_stage2", "em_b_stage2", "forgetting",
            "stage1_reached_threshold", "stage1_steps", "stage1_epochs", "stage2_steps"]
 
 
@@ -36,8 +36,9 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
 def main_table(rows: list[dict]) -> str:
     """The printed table: EM after each stage and forgetting per cell."""
     cols = ["d_a", "d_b", "strategy", "em_a_stage1", "em_a_stage2", "em_b_stage2", "forgetting", "stage1_epochs"]
-    if len({r.get("loss_mode") for r in rows}) > 1:
-        cols.insert(3, "loss_mode")
+    for col in ("mix_redraw", "mix_schedule", "loss_mode"):  # shown when the grid varies them
+        if len({r.get(col) for r in rows}) > 1:
+            cols.insert(3, col)
     return markdown_table(rows, cols)
 
 
