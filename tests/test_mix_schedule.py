@@ -139,6 +139,12 @@ def test_every_factoid_once_per_epoch(bpe_tok, shard_corpus, old_facts, schedule
         assert Counter(kind(r.id) for r in rows) == {"kvr": 20, "generic": 40, "random": 20, "old": 5}
 
 
+def test_epoch_items_of_a_lazy_stream_is_the_training_order(bpe_tok, shard_corpus):
+    l = loaders(mixed_cfg(shard_corpus, schedule="stratified", redraw="step"), bpe_tok, 1, 16)[0]
+    order = [r.id for s in range(l.batches_per_epoch) for r in l.rows_for(1, s)]
+    assert [r.id for r in l.stream.epoch_items(1, 16)] == order and len(order) == 85
+
+
 def test_stratified_batches_are_the_same_through_the_background_loader(bpe_tok, shard_corpus):
     cfg = mixed_cfg(shard_corpus, schedule="stratified", redraw="step")
     sync, bg = loaders(cfg, bpe_tok, 1, 4, 1024)[0], BackgroundLoader(loaders(cfg, bpe_tok, 1, 4, 1024)[0], depth=2)

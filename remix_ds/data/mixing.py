@@ -151,8 +151,11 @@ class StageStream:
         reps = -(-count // pool)
         return np.concatenate([rng.permutation(pool) for _ in range(reps)])[:count]
 
-    def epoch_items(self, epoch: int) -> list[TokenizedExample]:
-        """All rows of `epoch` in the global training order (same on every rank)."""
+    def epoch_items(self, epoch: int, block: int = 0) -> list[TokenizedExample]:
+        """All rows of `epoch` in the global training order (same on every rank); with a stratified
+        schedule or fresh mixing rows, the order of `rows` with steps of `block` rows (0: one step)."""
+        if self.lazy:
+            return self.rows(epoch, 0, len(self), block or len(self))
         items = self.dataset + self.generic + self.random
         for k, pool in enumerate(self.replay_pools):
             if self.replay_counts[k]:
