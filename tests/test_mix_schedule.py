@@ -287,3 +287,14 @@ def test_grid_stages_and_results_table_carry_the_mixing_modes(tmp_path):
     header = main_table(rows).splitlines()[0]
     assert "mix_schedule" in header and "mix_redraw" in header
     assert "mix_schedule" not in main_table(rows[:1]).splitlines()[0]  # shown only when the grid varies it
+
+
+@pytest.mark.slow
+def test_bench_mix_quick_writes_json(tmp_path):
+    from remix_ds.bench.mix import run
+
+    out = tmp_path / "mix.json"
+    res = run(out, quick=True)
+    assert json.loads(out.read_text())["benchmark"] == "mix"
+    assert set(res["stage_start"]["generic_completion"]["seconds_median"]) == {"stage", "epoch", "step"}
+    assert all(v > 0 for v in res["loader"]["loader_tokens_per_s"].values()) and res["loader"]["train_tokens_per_s"] > 0
