@@ -150,8 +150,8 @@ def generic_rows(cfg: DataConfig, tokenizer, count: int) -> tuple[list[Tokenized
         drawn = reader.sample_document_indices(rng, 2 * want + 8)
         n_words, cut = words_and_cut(drawn)
         ok = n_words >= need
-        words = [t.split() for t in fast_batch_decode(
-            tokenizer, [reader.tokens(int(bounds[i]), int(bounds[i] + c)) for i, c in zip(drawn[ok].tolist(), cut[ok])])]
+        words = counter.words([reader.tokens(int(bounds[i]), int(bounds[i] + c))
+                               for i, c in zip(drawn[ok].tolist(), cut[ok])])
         if any(len(w) < need for w in words):  # the table overcounted: decode whole documents from here on
             counter.exact = False
             words = [w for w in (t.split() for t in fast_batch_decode(tokenizer, [reader.document(int(i)) for i in drawn]))
