@@ -16,8 +16,9 @@ whether it is empty (special tokens: transparent). Tokens whose piece is not a w
 byte of a multi-byte UTF-8 character decodes to U+FFFD alone) are *unsafe*: documents holding one
 are counted by decoding them. Tokenizers that post-process decoded text
 (``clean_up_tokenization_spaces``) or have no fast backend get ``exact = False`` and callers use
-the decode path. ``tests/test_data_mixing.py`` checks table == decode on every document of the
-built-in corpus for three tokenizers.
+the decode path. The same pieces give the words themselves (:meth:`WordCounter.words`: join and
+split, no decoder call), with unsafe documents decoded. ``tests/test_data_mixing.py`` checks
+table == decode (counts and words) on every document of the built-in corpus for three tokenizers.
 """
 
 from __future__ import annotations
