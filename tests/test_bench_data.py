@@ -85,3 +85,5 @@ def test_bench_stage_rows_identical_before_and_after(small_corpus):
 
     st = bench_data.bench_stage(load_tokenizer("tiny"), factoids=60)
     assert st["rows_identical"] and st["generic_rows"] == 60 and st["before_s"] > 0 and st["after_s"] > 0
+    tr = st["tokenize_rows"]  # the tokenizing step alone: per-word units == whole rows
+    assert tr["rows_identical"] and tr["rows"] == 60 and tr["fast_path"] == "exact" and tr["units_s"] > 0

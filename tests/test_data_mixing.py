@@ -287,3 +287,9 @@ def test_word_counts_from_ids_equal_decoding_on_the_whole_corpus(tiny_tokenizer,
         # non-ASCII text: byte tokens are unsafe and such documents are decoded
         ids = tok.encode("naïve café — ünïcode\u00a0words here", add_special_tokens=False)
         assert counter.count([np.array(ids)])[0] == len(tok.decode(ids, skip_special_tokens=True).split())
+        # words from the per-token pieces == split() of the decoded text (cut documents too)
+        assert counter.words(docs) == [t.split() for t in texts]
+        assert counter.words([d[:c] for d, c in zip(docs, cut)]) == \
+               [t.split() for t in tok.batch_decode([d[:c].tolist() for d, c in zip(docs, cut)], skip_special_tokens=True)]
+        odd = [np.array(ids), np.array(tok.encode("a</s>b <s> x\n\ny\t z", add_special_tokens=True)), np.array(ids[:3])]
+        assert counter.words(odd) == [tok.decode(d.tolist(), skip_special_tokens=True).split() for d in odd]

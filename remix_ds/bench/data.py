@@ -441,9 +441,41 @@ def bench_stage(tokenizer, *, factoids: int = 32_000, generic_ratio: float = 1.0
     same = all(a.input_ids.tolist() == b.input_ids.tolist() and a.labels.tolist() == b.labels.tolist()
                for a, b in zip(after_rows, rows)) and len(after_rows) == len(rows)
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"factoids": factoids, "generic_rows": count, "repeats": repeats,
-            "before_s": round(med["before"], 3), "after_s": round(med["after"], 3),
-            "speedup": round(med["before"] / med["after"], 1), "rows_identical": same}
+    out = {"factoids": factoids, "generic_rows": count, "repeats": repeats,
+           "before_s": round(med["before"], 3), "after_s": round(med["after"], 3),
+           "speedup": round(med["before"] / med["after"], 1), "rows_identical": same}
+    out["tokenize_rows"] = bench_completion_tokenize(cfg, tokenizer, min(count, 8000), repeats)
+    return out
+
+
+def bench_completion_tokenize(cfg, tokenizer, count: int, repeats: int = 1) -> dict:
+    """The tokenizing step alone, on the same generic word rows, alternating: per-word units
+    (`CompletionRows`, a fresh cache each time) vs the formatted rows through the batched Rust
+    tokenizer (`tokenize_examples`, what the stage build did before, the strongest plain rival)."""
+    from remix_ds.data.mixing import _tokenize, completion_examples, open_generic_corpus
+    from remix_ds.data.word_cache import CompletionRows
+
+    reader = open_generic_corpus(cfg, tokenizer)
+    need = cfg.mix.prompt_words + cfg.mix.answer_words
+    docs = reader.sample_documents(np.random.default_rng([cfg.mix.seed, 1]), 6 * count)
+    rows = [w[:need] for w in (t.split() for t in tokenizer.batch_decode(docs, skip_special_tokens=True))
+            if len(w) >= need][:count]
+    p, a = cfg.mix.prompt_words, cfg.mix.answer_words
+    fns = {"units": lambda: CompletionRows(tokenizer, cfg.mix.instruction).rows(rows, p, a, "generic", cfg.max_seq_len),
+           "whole_rows": lambda: _tokenize(completion_examples(rows, cfg, "generic"), cfg, tokenizer, "answer")}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    got = {}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            got[k] = fn()[0]
+            times[k].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    same = [(x.input_ids.tolist(), x.labels.tolist()) for x in got["units"]] == \
+           [(x.input_ids.tolist(), x.labels.tolist()) for x in got["whole_rows"]]
+    return {"rows": len(rows), "units_s": round(med["units"], 3), "whole_rows_s": round(med["whole_rows"], 3),
+            "speedup": round(med["whole_rows"] / med["units"], 1), "rows_identical": same,
+            "fast_path": CompletionRows(tokenizer, cfg.mix.instruction).reason or "exact"}
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -451,7 +483,7 @@ def bench_stage(tokenizer, *, factoids: int = 32_000, generic_ratio: float = 1.0
 
 def run(out: str | Path | None = None, *, tokenizer: str = "tiny", quick: bool = False, seed: int = 0,
         parts: tuple[str, ...] = ("random_words", "shard_read", "mixer", "consumption", "pack"),
-        stage_factoids: int = 32_000) -> dict:
+        stage_factoids: int = 32_000, stage_repeats: int = 1) -> dict:
     """Run the data benchmarks; write JSON to ``out`` if given; return the result dict.
 
     ``quick`` shrinks every size (for tests); its numbers are noisy.
@@ -486,7 +518,7 @@ def run(out: str | Path | None = None, *, tokenizer: str = "tiny", quick: bool =
         mix = build_stage_stream(_data_cfg(64 if quick else 512, 2048, generic_ratio=1.0, random_ratio=1.0), tok, seed)
         result["pack"] = bench_pack(mix.epoch_items(0), n_examples=64 if quick else 512, repeats=1 if quick else 7)
     if "stage" in parts:
-        result["stage"] = bench_stage(tok, factoids=200 if quick else stage_factoids)
+        result["stage"] = bench_stage(tok, factoids=200 if quick else stage_factoids, repeats=stage_repeats)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=2) + "\n")
@@ -504,6 +536,7 @@ def add_bench_data_command(bsub) -> argparse.ArgumentParser:
                    help="comma-separated subset of random_words,shard_read,mixer,consumption,pack,stage "
                         "(stage: generic-row build before/after issue 14; minutes at 32k factoids)")
     p.add_argument("--stage-factoids", type=int, default=32_000, help="stage part: dataset rows (generic ratio 1)")
+    p.add_argument("--stage-repeats", type=int, default=1, help="stage part: alternating before/after rounds (medians)")
     p.set_defaults(func=_run_cli)
     return p
 
@@ -514,7 +547,7 @@ def _run_cli(args) -> int:
     if unknown:
         raise SystemExit(f"--parts: unknown part(s) {', '.join(sorted(unknown))}")
     res = run(args.out, tokenizer=args.tokenizer, quick=args.quick, seed=args.seed, parts=parts,
-              stage_factoids=args.stage_factoids)
+              stage_factoids=args.stage_factoids, stage_repeats=args.stage_repeats)
     summary = {k: res[k] for k in ("random_words", "shard_read", "consumption", "pack", "stage") if k in res}
     print(json.dumps(summary, indent=2))
     print(f"wrote {args.out}")

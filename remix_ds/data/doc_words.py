@@ -16,8 +16,9 @@ whether it is empty (special tokens: transparent). Tokens whose piece is not a w
 byte of a multi-byte UTF-8 character decodes to U+FFFD alone) are *unsafe*: documents holding one
 are counted by decoding them. Tokenizers that post-process decoded text
 (``clean_up_tokenization_spaces``) or have no fast backend get ``exact = False`` and callers use
-the decode path. ``tests/test_data_mixing.py`` checks table == decode on every document of the
-built-in corpus for three tokenizers.
+the decode path. The same pieces give the words themselves (:meth:`WordCounter.words`: join and
+split, no decoder call), with unsafe documents decoded. ``tests/test_data_mixing.py`` checks
+table == decode (counts and words) on every document of the built-in corpus for three tokenizers.
 """
 
 from __future__ import annotations
@@ -56,11 +57,12 @@ class WordCounter:
         self.ends_space = np.zeros(vocab, bool)  # piece ends with a space
         self.empty = np.zeros(vocab, bool)
         self.unsafe = np.zeros(vocab, bool)
+        self.pieces = [""] * vocab  # each token's text after another token (unsafe ones: unused)
         for t, text in enumerate(pairs):
             if not text.startswith(head) or "\ufffd" in text:
                 self.unsafe[t] = True
                 continue
-            piece = text[len(head):]
+            piece = self.pieces[t] = text[len(head):]
             if not piece:
                 self.empty[t] = True
                 continue
@@ -68,6 +70,26 @@ class WordCounter:
             self.starts[t] = not space[0]
             self.ends_space[t] = space[-1]
             self.inner[t] = sum(1 for k in range(1, len(piece)) if space[k - 1] and not space[k])
+
+    def words(self, docs: Sequence[np.ndarray]) -> list[list[str]]:
+        """``decode(doc, skip_special_tokens=True).split()`` per document: the concatenated pieces
+        (same text up to leading whitespace, module docstring); documents holding an unsafe token,
+        or all of them when not ``exact``, go through the Rust batch decoder."""
+        if not docs:
+            return []
+        if not self.exact:
+            return [t.split() for t in fast_batch_decode(self.tokenizer, docs)]
+        lens = np.array([len(d) for d in docs], np.int64)
+        flat = np.concatenate(docs).astype(np.int64)
+        bad = np.bincount(np.repeat(np.arange(len(docs)), lens), weights=self.unsafe[flat], minlength=len(docs)) > 0
+        pieces, ids = self.pieces, flat.tolist()
+        ends = np.cumsum(lens).tolist()
+        out = [("".join(map(pieces.__getitem__, ids[e - n:e]))).split() for e, n in zip(ends, lens.tolist())]
+        if bad.any():
+            at = np.flatnonzero(bad)
+            for i, text in zip(at.tolist(), fast_batch_decode(self.tokenizer, [docs[i] for i in at])):
+                out[i] = text.split()
+        return out
 
     def count(self, docs: Sequence[np.ndarray]) -> np.ndarray:
         """Words per document: (len(docs),) int64 (decodes the documents when not ``exact``)."""

@@ -38,6 +38,7 @@ from remix_ds.data.datasets import load_examples
 from remix_ds.data.doc_words import WordCounter, fast_batch_decode
 from remix_ds.data.records import DataError, Example
 from remix_ds.data.tokenize import TokenizedExample, from_token_ids, tokenize_examples
+from remix_ds.data.word_cache import CompletionRows
 
 
 # Generic corpora up to this many tokens get their words per document counted in one pass (cached
@@ -273,6 +274,7 @@ def generic_rows(cfg: DataConfig, tokenizer, count: int) -> tuple[list[Tokenized
         return [from_token_ids(w, f"generic-{i}") for i, w in enumerate(windows)], 0
     need = cfg.mix.prompt_words + cfg.mix.answer_words
     counter = WordCounter(tokenizer)
+    completion = CompletionRows(tokenizer, cfg.mix.instruction, cfg.prompt_format)
     bounds = np.concatenate([[0], np.cumsum(reader.doc_lengths)])
 
     def words_and_cut(drawn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -292,14 +294,15 @@ def generic_rows(cfg: DataConfig, tokenizer, count: int) -> tuple[list[Tokenized
         drawn = reader.sample_document_indices(rng, 2 * want + 8)
         n_words, cut = words_and_cut(drawn)
         ok = n_words >= need
-        words = [t.split() for t in fast_batch_decode(
-            tokenizer, [reader.tokens(int(bounds[i]), int(bounds[i] + c)) for i, c in zip(drawn[ok].tolist(), cut[ok])])]
+        words = counter.words([reader.tokens(int(bounds[i]), int(bounds[i] + c))
+                               for i, c in zip(drawn[ok].tolist(), cut[ok])])
         if any(len(w) < need for w in words):  # the table overcounted: decode whole documents from here on
             counter.exact = False
             words = [w for w in (t.split() for t in fast_batch_decode(tokenizer, [reader.document(int(i)) for i in drawn]))
                      if len(w) >= need]
-        toks, dropped = _tokenize(completion_examples([w[:need] for w in words], cfg, "generic"), cfg, tokenizer,
-                                  "answer")
+        # NOTE: rows from per-word ids, identical to tokenizing each formatted row (word_cache.py)
+        toks, dropped = completion.rows([w[:need] for w in words], cfg.mix.prompt_words, cfg.mix.answer_words,
+                                        "generic", cfg.max_seq_len)
         too_long += dropped
         kept += toks[:want]
         if len(kept) == count:
@@ -336,7 +339,8 @@ def random_rows(cfg: DataConfig, tokenizer, count: int) -> tuple[list[TokenizedE
         kept = [from_token_ids(x, f"random-{i}") for i, x in enumerate(batch.split()) if 2 <= len(x) <= cfg.max_seq_len]
         return kept, count - len(kept)
     words = [gen.text(batch, i).split() for i in range(count)]
-    return _tokenize(completion_examples(words, cfg, "random"), cfg, tokenizer, "answer")
+    return CompletionRows(tokenizer, m.instruction, cfg.prompt_format).rows(words, m.prompt_words, m.answer_words,
+                                                                            "random", cfg.max_seq_len)
 
 
 def build_stage_stream(cfg: DataConfig, tokenizer, seed: int) -> StageStream:
