@@ -151,7 +151,7 @@ class ExperimentConfig:
     strategies: list[str] = field(default_factory=lambda: ["none"])
     """Strategy specs (see the module docstring), e.g. none, random@1, generic@12, replay=0.1, random@1+generic@2."""
     loss_modes: list[LossMode] = field(default_factory=list)
-    """Loss modes to cross with the grid (empty: just run.data.loss_mode). key_spans marks each answer as a span."""
+    """Loss modes to cross with the grid (empty: just run.data.loss_mode). key_spans: a set's own [[...]] marks; a set without marks has each whole answer marked (answer without EOS, logged)."""
     mix_ratio: float = 2.0
     """Default rows mixed per dataset row for random@/generic@ specs (the reference's mix_ratio)."""
     stage0: Stage0Config = field(default_factory=Stage0Config)

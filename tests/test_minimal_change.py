@@ -1,0 +1,118 @@
+"""Issue 16, item 1: marked data end to end (markers stripped; the span metric)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+
+from eval_tiny import kvr_examples  # noqa: E402
+
+from remix_ds.data.records import DataError, Example  # noqa: E402
+from remix_ds.data.tokenize import encode_prompt_answer, strip_markers, tokenize_examples  # noqa: E402
+from remix_ds.eval.config import EvalConfig  # noqa: E402
+from remix_ds.eval.items import make_items  # noqa: E402
+from remix_ds.eval.runner import evaluate  # noqa: E402
+
+
+def _marked(ex: Example, i: int) -> Example:
+    """Mark the answer's tail (from its 2nd character) or the whole answer, and a prompt word."""
+    a = ex.answer
+    answer = f"{a[0]}[[{a[1:]}]]" if i % 2 else f"[[{a}]]"
+    return replace(ex, prompt=ex.prompt.replace("key ", "key [[", 1).replace(" is?", "]] is?"), answer=answer)
+
+
+def test_strip_markers():
+    assert strip_markers("founded by [[Alra Finch]].") == "founded by Alra Finch."
+    assert strip_markers("no markers") == "no markers"
+    with pytest.raises(DataError, match="never closed"):
+        strip_markers("a [[b", where="x.jsonl:3")
+
+
+def test_marked_ids_equal_key_spans_training_ids(tiny_tokenizer):
+    exs = [_marked(e, i) for i, e in enumerate(kvr_examples()[:6])]
+    for ex, pa, t in zip(exs, encode_prompt_answer(exs, tiny_tokenizer, key_span_delimiters=("[[", "]]")),
+                         tokenize_examples(exs, tiny_tokenizer, mode="key_spans").examples):
+        assert (list(pa.prompt_ids) + list(pa.answer_ids)) == list(t.input_ids)
+        supervised = [j - len(pa.prompt_ids) for j in range(len(t.labels)) if t.labels[j] != -100]
+        assert min(supervised) < 0  # the marked prompt word is trained too, but is not an answer span
+        supervised = [j for j in supervised if j >= 0]
+        assert supervised == [j for a, b in pa.spans for j in range(a, b)]
+        assert pa.spans and pa.spans[-1][1] == len(pa.answer_ids) - 1  # the span ends before EOS
+
+
+@pytest.mark.parametrize("mode", ["fused", "generate"])
+def test_marked_gold_is_scored_without_markers(trained_tiny, mode):
+    model, tok, _ = trained_tiny
+    plain = kvr_examples()[:16]
+    marked = [_marked(e, i) for i, e in enumerate(plain)]
+    cfg = EvalConfig(mode=mode, max_new_tokens=8)
+    a, b = evaluate(model, tok, plain, cfg), evaluate(model, tok, marked, cfg)
+    assert [r["gold"] for r in b.rows] == [e.answer for e in plain]
+    assert [r["prompt"] for r in b.rows] == [e.prompt for e in plain]
+    assert [r["correct"] for r in b.rows] == [r["correct"] for r in a.rows]
+    assert [r["prediction"] for r in b.rows] == [r["prediction"] for r in a.rows]
+    assert 0 < a.metrics["em"] < 1  # the set has both verdicts, so equality above means something
+    assert b.metrics["em"] == a.metrics["em"]
+    assert "span_acc" not in a.metrics and b.metrics["n_spans"] == 16
+
+
+def test_span_metric_equals_generation(trained_tiny):
+    model, tok, _ = trained_tiny
+    marked = [_marked(e, i) for i, e in enumerate(kvr_examples())]
+    res = evaluate(model, tok, marked, EvalConfig(mode="fused"))
+    items = make_items(marked, tok, key_span_delimiters=("[[", "]]"))
+    verdicts, nlls = [], []
+    for it, row in zip(items, res.rows):
+        assert len(row["span_correct"]) == len(it.spans) == 1
+        for (a, b), got in zip(it.spans, row["span_correct"]):
+            ctx = torch.tensor([list(it.prompt_ids) + list(it.answer_ids[:a])])
+            with torch.no_grad():
+                out = model.generate(ctx, attention_mask=torch.ones_like(ctx), max_new_tokens=b - a, do_sample=False,
+                                     min_new_tokens=b - a, pad_token_id=tok.eos_token_id)
+                logp = torch.log_softmax(model(torch.cat([ctx, torch.tensor([list(it.answer_ids[a:b])])], 1)).logits[0], -1)
+            want = out[0, ctx.shape[1]:].tolist() == list(it.answer_ids[a:b])
+            assert got == want, (it.id, a, b)
+            verdicts.append(want)
+            pos = range(ctx.shape[1] - 1, ctx.shape[1] - 1 + b - a)
+            nll = -sum(float(logp[p, int(it.answer_ids[a + k])]) for k, p in enumerate(pos)) / (b - a)
+            assert row["span_nll"][0] == pytest.approx(nll, abs=1e-4)
+            nlls.append(nll)
+    assert 0 < sum(verdicts) < len(verdicts)
+    assert res.metrics["span_acc"] == pytest.approx(sum(verdicts) / len(verdicts))
+    assert res.metrics["span_nll"] == pytest.approx(sum(nlls) / len(nlls), abs=1e-4)
+
+
+def test_grid_materialize_keeps_marked_data(tmp_path):
+    import json
+
+    from remix_ds.data.config import DataConfig
+    from remix_ds.experiments import datasets
+    from remix_ds.experiments.config import DatasetSpec
+
+    src = tmp_path / "facts.jsonl"
+    rows = [{"id": "a", "prompt": "Who founded [[Orv]]?", "answer": "It was founded by [[Alra Finch]]."},
+            {"id": "b", "prompt": "Capital?", "answer": "[[Tolm]] is the capital."}]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(json.dumps({"id": "c", "prompt": "Q?", "answer": "A."}) + "\n")
+    specs = [(0, DatasetSpec(name="facts", dataset=str(src), subsample_seed=None)),
+             (1, DatasetSpec(name="plain", dataset=str(plain), subsample_seed=None))]
+    paths = datasets.materialize(specs, DataConfig(), None, tmp_path / "data")
+
+    def read(p):
+        return [json.loads(line) for line in p.read_text().splitlines()]
+
+    d = tmp_path / "data"
+    spans = read(d / "facts.spans.jsonl")
+    assert [r["answer"] for r in spans] == [r["answer"] for r in rows]  # never wrapped again
+    assert [r["answer"] for r in read(d / "facts.clean.jsonl")] == ["It was founded by Alra Finch.", "Tolm is the capital."]
+    assert [r["prompt"] for r in read(d / "facts.clean.jsonl")] == ["Who founded Orv?", "Capital?"]
+    assert [r["answer"] for r in read(paths["facts"])] == [r["answer"] for r in rows]  # eval strips and scores spans
+    assert read(d / "plain.spans.jsonl")[0]["answer"] == "[[A.]]"  # unmarked: the whole answer (no EOS)
+    assert not (d / "plain.clean.jsonl").exists()
