@@ -116,3 +116,91 @@ def test_grid_materialize_keeps_marked_data(tmp_path):
     assert [r["answer"] for r in read(paths["facts"])] == [r["answer"] for r in rows]  # eval strips and scores spans
     assert read(d / "plain.spans.jsonl")[0]["answer"] == "[[A.]]"  # unmarked: the whole answer (no EOS)
     assert not (d / "plain.clean.jsonl").exists()
+
+
+# ----------------------------------------------------------------------------- preserve (item 2)
+def _preserve(tmp_path, base, tuned, bench, *extra):
+    import argparse
+
+    from remix_ds.experiments.preserve_cli import add_preserve_command
+
+    p = argparse.ArgumentParser()
+    add_preserve_command(p.add_subparsers())
+    out = tmp_path / "preserve-out"
+    args = p.parse_args(["preserve", str(base), str(tuned), "--bench", str(bench), "--out", str(out),
+                         "--dtype", "fp32", "--attn", "sdpa", "--max-new-tokens", "8", *extra])
+    assert args.func(args) == 0
+    import json
+
+    return json.loads((out / "preserve.json").read_text()), (out / "preserve.md").read_text()
+
+
+def _bench_file(tmp_path):
+    import json
+
+    path = tmp_path / "kvrbench.jsonl"
+    path.write_text("".join(json.dumps({"id": e.id, "prompt": e.prompt, "answer": e.answer}) + "\n" for e in kvr_examples()))
+    return path
+
+
+def test_preserve_of_a_model_against_itself(trained_tiny, tmp_path):
+    _, _, folder = trained_tiny
+    report, md = _preserve(tmp_path, folder, folder, _bench_file(tmp_path))
+    r = report["sets"]["kvrbench"]
+    assert r["n"] == 40 and r["identical_frac"] == 1.0 and r["n_changed"] == 0
+    assert r["em_base"] == r["em_tuned"] and 0 < r["em_base"] < 1
+    assert r["mcnemar_p"] == 1.0 and r["nll_drift"] == 0.0
+    assert r["data_fingerprint"]["count"] == 40
+    assert "| kvrbench | 40 | 100.0% |" in md and "No greedy answer changed." in md
+
+
+def _fine_tune_copy(folder, examples, out, steps=30, lr=3e-3):
+    """A copy of the model at `folder` trained on `examples` (answer mode, plain torch loop)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from remix_ds.data.tokenize import tokenize_examples
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    data = tokenize_examples(examples, tok, mode="answer").examples
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        for t in data:
+            ids = torch.from_numpy(t.input_ids.astype("int64"))[None]
+            loss = model(input_ids=ids, labels=torch.from_numpy(t.labels.astype("int64"))[None]).loss
+            loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval().save_pretrained(out)
+    tok.save_pretrained(out)
+    return model.eval(), tok
+
+
+def _greedy_texts(model, tok, examples, max_new_tokens=8):
+    texts = []
+    for it in make_items(examples, tok):
+        ctx = torch.tensor([it.prompt_ids.tolist()])
+        with torch.no_grad():
+            out = model.generate(ctx, attention_mask=torch.ones_like(ctx), max_new_tokens=max_new_tokens,
+                                 do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
+        texts.append(tok.decode(out[0, ctx.shape[1]:], skip_special_tokens=True))
+    return texts
+
+
+def test_preserve_finds_exactly_the_changed_answers(trained_tiny, tmp_path):
+    base, tok, folder = trained_tiny
+    facts = [Example(id=f"new-{i}", source="kvr", prompt=f"The value of key {k} is?", answer=v)
+             for i, (k, v) in enumerate([("ZZ9Q", "QX7"), ("K0K0", "J4J")])]
+    tuned, _ = _fine_tune_copy(folder, facts, tmp_path / "tuned", steps=3, lr=3e-4)
+    bench = kvr_examples()
+    want = {e.id for e, a, b in zip(bench, _greedy_texts(base, tok, bench), _greedy_texts(tuned, tok, bench)) if a != b}
+    report, md = _preserve(tmp_path, folder, tmp_path / "tuned", _bench_file(tmp_path))
+    r = report["sets"]["kvrbench"]
+    assert 0 < len(want) < 40  # the fine-tune changed some answers, not all
+    assert {c["id"] for c in r["changed"]} == want
+    assert r["identical_frac"] == pytest.approx(1 - len(want) / 40)
+    assert r["nll_drift"] != 0.0
+    for c in r["changed"]:
+        assert f"| {c['id']} |" in md
