@@ -16,6 +16,8 @@ Loss modes:
 - `key_spans`: only the character spans the user marked with delimiters (e.g. ``[[Paris]]``); the
   markers are removed before tokenization, each segment is tokenized whole with offsets, and a
   token is supervised when its characters overlap a marked span. EOS carries no loss.
+- `surprise`: tokenized as `answer`; the stage stream then keeps only the answer tokens the base
+  model does not already predict (`remix_ds.data.surprise`, mask computed once before training).
 
 Examples longer than `max_len` tokens are dropped and counted, never truncated.
 
@@ -47,7 +49,7 @@ from remix_ds.data.formats import Segment
 from remix_ds.data.records import DataError, Example
 
 IGNORE = -100
-LossMode = Literal["answer", "all", "key_spans"]
+LossMode = Literal["answer", "all", "key_spans", "surprise"]
 PromptFormat = Literal["plain", "chat_template"]
 _CHUNK = 8192  # texts per tokenizer call: bounded memory on 100k-row datasets
 
