@@ -329,3 +329,34 @@ def test_surprise_training_leaves_predicted_tokens_closer_to_base(trained_tiny, 
     print(f"at already-predicted tokens: |dlogp| answer {l1_a:.4f} surprise {l1_s:.4f}; KL answer {kl_a:.4f} surprise {kl_s:.4f}")
     assert l1_s < 0.6 * l1_a
     assert kl_s < 0.75 * kl_a
+
+
+# ----------------------------------------------------------------------------- the grid's loss-mode axis (item 4)
+def test_grid_loss_mode_axis_routes_marked_data(tmp_path):
+    import json
+
+    from remix_ds.data.config import DataConfig
+    from remix_ds.experiments import datasets
+    from remix_ds.experiments.config import DatasetSpec, load_experiment
+    from remix_ds.experiments.grid import Grid
+
+    src = tmp_path / "facts.jsonl"
+    src.write_text(json.dumps({"id": "a", "prompt": "Who founded Orv?", "answer": "It was [[Alra Finch]]."}) + "\n")
+    other = tmp_path / "b.jsonl"
+    other.write_text(json.dumps({"id": "b", "prompt": "Q?", "answer": "A."}) + "\n")
+    data = tmp_path / "grid" / "data"
+    paths = datasets.materialize([(0, DatasetSpec(name="a", dataset=str(src), subsample_seed=None)),
+                                  (1, DatasetSpec(name="b", dataset=str(other), subsample_seed=None))], DataConfig(), None, data)
+    cfg = load_experiment(None, [f"output_dir={tmp_path / 'grid'}", "loss_modes=[answer, all, key_spans, surprise]",
+                                 "analysis.preserve_bench=[popqa:heldout]",
+                                 f"data_a=[{{name: a, dataset: {src}}}]", f"data_b=[{{name: b, dataset: {other}}}]"])
+    grid = Grid(cfg)
+    grid.paths = paths
+    by_mode = {c.loss_mode: c for c in grid.cells()}
+    assert set(by_mode) == {"answer", "all", "key_spans", "surprise"}
+    for mode, train_file in (("answer", "a.clean.jsonl"), ("all", "a.clean.jsonl"), ("surprise", "a.clean.jsonl"),
+                             ("key_spans", "a.spans.jsonl")):
+        s1 = grid.stage1_config(by_mode[mode])
+        assert (s1.data.loss_mode, Path(s1.data.dataset).name) == (mode, train_file)
+        assert [Path(p).name for p in s1.eval.datasets] == ["a.jsonl"]  # marked: eval strips and scores the spans
+    assert Path(grid.stage2_config(by_mode["surprise"]).data.dataset).name == "b.jsonl"  # unmarked D_B as is
