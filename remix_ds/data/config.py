@@ -14,7 +14,7 @@ from remix_ds.configtools import ConfigError
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 """File endings read as local datasets (anything else is a hub id or a registry name)."""
 
-LossMode = Literal["answer", "all", "key_spans"]
+LossMode = Literal["answer", "all", "key_spans", "surprise"]
 GENERATED_DATASETS = ("kvr", "generic")
 """Datasets generated from a seed (no base model can know them): a grid's require_filtered does not apply."""
 
@@ -185,9 +185,15 @@ class DataConfig(SourceConfig):
     max_seq_len: int = 512
     """Token budget of one packed row; longer examples are dropped and counted, never truncated."""
     loss_mode: LossMode = "answer"
-    """`answer`: answer tokens + EOS of every assistant turn; `all`: every token; `key_spans`: marked spans only."""
+    """`answer`: answer tokens + EOS of every assistant turn; `all`: every token; `key_spans`: marked spans only; `surprise`: the answer tokens the base model does not already predict."""
     key_span_delimiters: tuple[str, str] = ("[[", "]]")
     """Opening and closing markers of supervised spans in `key_spans` mode."""
+    surprise_threshold: float = 0.5
+    """`surprise` mode: an answer token is supervised when the frozen base model's argmax is not the gold token or p(gold) is below this (0: greedy-wrong tokens only)."""
+    surprise_eos: bool = True
+    """`surprise` mode: always supervise each answer's EOS (false: only when it is surprising too)."""
+    surprise_mask: str | None = None
+    """`surprise` mode: the mask file (set by the entry point, which computes it once with the base model; see remix_ds.data.surprise)."""
     prompt_format: Literal["plain", "chat_template"] = "plain"
     """`plain`: `<|user|>\\n{prompt}\\n<|assistant|>\\n{answer}<eos>` text; `chat_template`: the tokenizer's template."""
     kvr: KVRConfig = field(default_factory=KVRConfig)
@@ -212,6 +218,8 @@ class DataConfig(SourceConfig):
         open_, close = self.key_span_delimiters
         if not open_ or not close or open_ == close:
             raise ConfigError("data.key_span_delimiters must be two different non-empty strings")
+        if not 0.0 <= self.surprise_threshold <= 1.0:
+            raise ConfigError(f"data.surprise_threshold must be in [0, 1], got {self.surprise_threshold}")
         self.kvr.validate("data.kvr")
         self.mix.validate("data.mix")
         if self.reference_compat and self.mix.redraw != "stage":

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from remix_ds.data import formats
+from remix_ds.data import formats, surprise
 from remix_ds.data.config import DataConfig, ReplayConfig
 from remix_ds.data.datasets import load_examples
 from remix_ds.data.doc_words import WordCounter, fast_batch_decode
@@ -347,6 +347,10 @@ def build_stage_stream(cfg: DataConfig, tokenizer, seed: int) -> StageStream:
     """Load, tokenize and mix everything the stage trains on (deterministic in cfg and seed)."""
     examples = load_examples(cfg.source(), cfg.kvr, "train")
     dataset, dropped = _tokenize(examples, cfg, tokenizer, cfg.loss_mode)
+    if cfg.loss_mode == "surprise":
+        if not cfg.surprise_mask:
+            raise DataError("data.loss_mode=surprise needs data.surprise_mask (the entry point computes it before training)")
+        dataset = surprise.apply_mask(dataset, cfg.surprise_mask)
     n = len(examples)
     n_generic, n_random = mix_count(cfg.mix.generic_ratio, n), mix_count(cfg.mix.random_ratio, n)
     if cfg.mix.redraw == "stage":

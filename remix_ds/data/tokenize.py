@@ -16,6 +16,8 @@ Loss modes:
 - `key_spans`: only the character spans the user marked with delimiters (e.g. ``[[Paris]]``); the
   markers are removed before tokenization, each segment is tokenized whole with offsets, and a
   token is supervised when its characters overlap a marked span. EOS carries no loss.
+- `surprise`: tokenized as `answer`; the stage stream then keeps only the answer tokens the base
+  model does not already predict (`remix_ds.data.surprise`, mask computed once before training).
 
 Examples longer than `max_len` tokens are dropped and counted, never truncated.
 
@@ -47,7 +49,7 @@ from remix_ds.data.formats import Segment
 from remix_ds.data.records import DataError, Example
 
 IGNORE = -100
-LossMode = Literal["answer", "all", "key_spans"]
+LossMode = Literal["answer", "all", "key_spans", "surprise"]
 PromptFormat = Literal["plain", "chat_template"]
 _CHUNK = 8192  # texts per tokenizer call: bounded memory on 100k-row datasets
 
@@ -87,6 +89,8 @@ class PromptAnswer:
     id: str
     prompt_ids: np.ndarray  # (P,) int32
     answer_ids: np.ndarray  # (A,) int32
+    spans: tuple[tuple[int, int], ...] = ()
+    """Marked key spans of the answer as token ranges [a, b) into `answer_ids` (key-span data only)."""
 
 
 def eos_id(tokenizer) -> int:
@@ -161,8 +165,16 @@ def _split_spans(text: str, open_: str, close: str, where: str) -> tuple[str, li
     return "".join(out), spans
 
 
+def strip_markers(text: str, delimiters: tuple[str, str] = ("[[", "]]"), where: str = "text") -> str:
+    """``text`` without its key-span markers (``founded by [[Alra Finch]].`` -> ``founded by Alra Finch.``)."""
+    return _split_spans(text, *delimiters, where)[0] if delimiters[0] in text or delimiters[1] in text else text
+
+
 def _key_span_ids(segmented, tokenizer, first_special, delimiters, ids_of_examples):
-    """(ids, supervised-mask) per segment using offsets over each whole segment."""
+    """(ids, supervised-mask, per-span token ranges) per segment using offsets over each whole segment.
+
+    The ids are the clean (marker-free) segment's ids with the same special-token settings as
+    `_segment_ids`, so they equal `_segment_ids` of the stripped text."""
     open_, close = delimiters
     flat: list[tuple[int, int, str, list[tuple[int, int]]]] = []
     for e, segs in enumerate(segmented):
@@ -181,6 +193,7 @@ def _key_span_ids(segmented, tokenizer, first_special, delimiters, ids_of_exampl
             for (e, s, _, spans), ids, offs, special in zip(chunk, enc["input_ids"], enc["offset_mapping"],
                                                             enc["special_tokens_mask"]):
                 mask = np.zeros(len(ids), dtype=bool)
+                ranges = []
                 if spans:
                     offs = np.asarray(offs, dtype=np.int64).reshape(-1, 2)
                     real = np.asarray(special, dtype=bool) == 0  # NOTE: not `end > start` (trimmed offsets)
@@ -188,8 +201,12 @@ def _key_span_ids(segmented, tokenizer, first_special, delimiters, ids_of_exampl
                     for a, b in spans:
                         overlap = (offs[:, 0] < b) & (offs[:, 1] > a)
                         inside = zero & (offs[:, 0] > a) & (offs[:, 0] < b)  # e.g. a trimmed "Ġ" between words
-                        mask |= real & (overlap | inside)
-                result[e][s] = (ids, mask)
+                        hit = real & (overlap | inside)
+                        mask |= hit
+                        if hit.any():
+                            where = np.flatnonzero(hit)
+                            ranges.append((int(where[0]), int(where[-1]) + 1))
+                result[e][s] = (ids, mask, ranges)
     return result
 
 
@@ -216,7 +233,7 @@ def tokenize_examples(
         ids_parts, lab_parts = [], []
         for s, seg in enumerate(segs):
             if mode == "key_spans":
-                ids, mask = per_seg[e][s]
+                ids, mask, _ = per_seg[e][s]
                 ids = np.asarray(ids, dtype=np.int32)
                 labels = np.where(mask, ids, IGNORE).astype(np.int32)
                 if seg.eos:
@@ -245,19 +262,32 @@ def from_token_ids(ids: np.ndarray, example_id: str) -> TokenizedExample:
     return TokenizedExample(example_id, ids, labels)
 
 
-def encode_prompt_answer(examples: Sequence[Example], tokenizer, prompt_format: PromptFormat = "plain") -> list[PromptAnswer]:
+def encode_prompt_answer(examples: Sequence[Example], tokenizer, prompt_format: PromptFormat = "plain",
+                         key_span_delimiters: tuple[str, str] | None = None) -> list[PromptAnswer]:
     """Prompt ids (everything before the last assistant answer) and answer ids (that answer + EOS).
 
     Uses exactly the segment tokenization of `tokenize_examples`, so for a single-turn example
     ``concat(prompt_ids, answer_ids)`` equals its `answer`-mode `input_ids`.
+
+    key_span_delimiters: when given and some segment contains the opening marker, the markers are
+    stripped (the ids are those `key_spans` mode trains on) and each answer's marked spans are
+    returned as token ranges (`PromptAnswer.spans`); data without markers is unaffected.
     """
     eos = eos_id(tokenizer)
     segmented = [render(ex, tokenizer, prompt_format) for ex in examples]
-    seg_ids = _segment_ids(segmented, tokenizer, first_special=prompt_format == "plain")
+    first_special = prompt_format == "plain"
+    marked = key_span_delimiters is not None and any(
+        key_span_delimiters[0] in s.text for segs in segmented for s in segs)
+    if marked:
+        per_seg = _key_span_ids(segmented, tokenizer, first_special, key_span_delimiters, [ex.id for ex in examples])
+        seg_ids = [[list(ids) for ids, _, _ in segs] for segs in per_seg]
+    else:
+        seg_ids = _segment_ids(segmented, tokenizer, first_special=first_special)
     out = []
-    for ex, segs, ids in zip(examples, segmented, seg_ids):
+    for e, (ex, segs, ids) in enumerate(zip(examples, segmented, seg_ids)):
         last = max(i for i, s in enumerate(segs) if s.supervised)
         prompt = [t for j in range(last) for t in ids[j] + ([eos] if segs[j].eos else [])]
         answer = ids[last] + ([eos] if segs[last].eos else [])
-        out.append(PromptAnswer(ex.id, np.asarray(prompt, np.int32), np.asarray(answer, np.int32)))
+        spans = tuple(per_seg[e][last][2]) if marked else ()
+        out.append(PromptAnswer(ex.id, np.asarray(prompt, np.int32), np.asarray(answer, np.int32), spans))
     return out

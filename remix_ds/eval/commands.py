@@ -143,7 +143,10 @@ def run_eval(args) -> int:
         if rank == 0:
             path = write_results(result, out, s.name, fingerprint=s.fingerprint,
                                  extra={"model": args.model, "data": spec, "mode": cfg.mode, "data_settings": origin})
-            print(f"{s.name}: em={result.metrics['em']:.4f} answer_nll={result.metrics['answer_nll']:.4f} "
+            m = result.metrics
+            spans = (f"span_acc={m['span_acc']:.4f} span_nll={m['span_nll']:.4f} n_spans={int(m['n_spans'])} "
+                     if "span_acc" in m else "")
+            print(f"{s.name}: em={result.metrics['em']:.4f} answer_nll={result.metrics['answer_nll']:.4f} {spans}"
                   f"n={int(result.metrics['n'])} data={short(s.fingerprint)} -> {path}")
     if rank == 0:
         (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")

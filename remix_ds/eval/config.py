@@ -42,6 +42,8 @@ class EvalConfig:
     """Generation path: also stop at (and cut before) any of these strings."""
     gather_params: bool = True
     """ZeRO-3: gather the full model on every rank once per evaluation (fast); false keeps it partitioned and runs ranks in lockstep."""
+    key_span_delimiters: tuple[str, str] = ("[[", "]]")
+    """Key-span markers (as data.key_span_delimiters): stripped from prompts and golds before scoring, and each marked answer span is scored (span_acc, span_nll); sets without them are unaffected."""
     write_rows: bool = True
     """Eval hook: write per-example JSONL and metrics JSON under RUN_DIR/eval/step-N/."""
 
@@ -55,5 +57,8 @@ class EvalConfig:
             raise ConfigError(f"eval.max_batch_tokens ({self.max_batch_tokens}) must be >= eval.max_seq_len ({self.max_seq_len})")
         if len(set(self.datasets)) != len(self.datasets):
             raise ConfigError(f"eval.datasets has duplicates: {self.datasets}")
+        open_, close = self.key_span_delimiters
+        if not open_ or not close or open_ == close:
+            raise ConfigError("eval.key_span_delimiters must be two different non-empty strings")
         for i, s in enumerate(self.sources):
             s.validate(f"eval.sources[{i}]")

@@ -34,7 +34,7 @@ Per-example answer log-prob (sum over answer tokens + EOS) and mean NLL come fro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -63,6 +63,12 @@ class FusedResult:
     first mismatching argmax (all answer tokens + EOS when correct)."""
     min_margin: float
     """Smallest top-1 minus top-2 logit gap over the answer positions (near 0: fragile verdict)."""
+    span_correct: list[bool] = field(default_factory=list)
+    """Per marked key span (``EvalItem.spans``): teacher-forced up to the span's start, does greedy
+    decoding emit exactly the span's tokens? (argmax == gold at each span position; same induction
+    as the answer verdict)."""
+    span_nll: list[float] = field(default_factory=list)
+    """Per marked key span: mean NLL of its tokens."""
 
 
 @dataclass
@@ -189,6 +195,8 @@ def forward_batch(model, batch: PackedBatch) -> list[FusedResult]:
             first_error=first_error,
             greedy_prefix=prefix,
             min_margin=float(mg[sl].min()),
+            span_correct=[bool(match[a:b].all()) for a, b in it.spans],
+            span_nll=[float(-lp[sl][a:b].mean()) for a, b in it.spans],
         ))
     return out
 

@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from remix_ds.data.records import Example
+from remix_ds.data.tokenize import encode_prompt_answer, strip_markers
 
 
 @dataclass
@@ -32,6 +33,8 @@ class EvalItem:
     aliases: tuple[str, ...]
     prompt_ids: np.ndarray  # (P,) int64, what generation is fed (BOS + formatted prompt)
     answer_ids: np.ndarray  # (A,) int64, gold answer tokens then EOS
+    spans: tuple[tuple[int, int], ...] = ()
+    """Marked key spans of the gold as token ranges [a, b) into ``answer_ids`` (key-span data only)."""
 
     @property
     def length(self) -> int:
@@ -44,29 +47,40 @@ def dummy_item(token_id: int) -> EvalItem:
     return EvalItem(index=-1, id="", source="", prompt="", gold="", aliases=(), prompt_ids=one, answer_ids=one)
 
 
-def prompt_and_gold(example: Example) -> tuple[str, str]:
-    """The prompt text and gold answer: a pair as is; a chat's last assistant turn is the gold."""
+def prompt_and_gold(example: Example, key_span_delimiters: tuple[str, str] | None = None) -> tuple[str, str]:
+    """The prompt text and gold answer: a pair as is; a chat's last assistant turn is the gold.
+    With ``key_span_delimiters``, key-span markers are removed from both (what is shown and matched)."""
     if example.messages is None:
-        return example.prompt, example.answer
-    last = max(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
-    prompt = "\n".join(m["content"] for m in example.messages[:last] if m["role"] != "system")
-    return prompt, example.messages[last]["content"]
+        prompt, gold = example.prompt, example.answer
+    else:
+        last = max(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
+        prompt = "\n".join(m["content"] for m in example.messages[:last] if m["role"] != "system")
+        gold = example.messages[last]["content"]
+    if key_span_delimiters is not None:
+        where = f"example {example.id!r}"
+        prompt, gold = (strip_markers(prompt, key_span_delimiters, where),
+                        strip_markers(gold, key_span_delimiters, where))
+    return prompt, gold
 
 
 def make_items(examples: Sequence[Example], tokenizer, prompt_format: str = "plain",
-               start_index: int = 0) -> list[EvalItem]:
+               start_index: int = 0, key_span_delimiters: tuple[str, str] | None = None) -> list[EvalItem]:
     """Tokenize examples for evaluation with the data pipeline's segment tokenization, so prompts
     are formatted and tokenized exactly as in training (``prompt_ids + answer_ids`` is the
-    answer-mode training sequence of a single-turn example)."""
-    from remix_ds.data.tokenize import encode_prompt_answer
+    answer-mode training sequence of a single-turn example).
 
-    encoded = encode_prompt_answer(examples, tokenizer, prompt_format)
+    key_span_delimiters: strip key-span markers from prompts, golds and aliases (the ids are the
+    ones `key_spans` mode trains on) and record the gold's marked spans (``EvalItem.spans``)."""
+    encoded = encode_prompt_answer(examples, tokenizer, prompt_format, key_span_delimiters)
     items = []
     for i, (ex, enc) in enumerate(zip(examples, encoded)):
-        prompt, gold = prompt_and_gold(ex)
+        prompt, gold = prompt_and_gold(ex, key_span_delimiters)
+        aliases = tuple(ex.aliases)
+        if key_span_delimiters is not None:
+            aliases = tuple(strip_markers(a, key_span_delimiters, f"example {ex.id!r}") for a in aliases)
         items.append(EvalItem(index=start_index + i, id=ex.id, source=ex.source, prompt=prompt, gold=gold,
-                              aliases=tuple(ex.aliases), prompt_ids=enc.prompt_ids.astype(np.int64),
-                              answer_ids=enc.answer_ids.astype(np.int64)))
+                              aliases=aliases, prompt_ids=enc.prompt_ids.astype(np.int64),
+                              answer_ids=enc.answer_ids.astype(np.int64), spans=enc.spans))
     return items
 
 

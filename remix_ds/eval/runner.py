@@ -13,7 +13,10 @@ Row fields (one per example, also the JSONL schema): ``id``, ``source``, ``promp
 ``prediction``, ``correct``, ``answer_nll`` (mean NLL per answer token incl. EOS),
 ``answer_logprob`` (sum), ``n_answer_tokens``, ``verdict`` (`fused` or `generate`: which path
 decided ``correct``), ``matcher``, ``fused_correct``, ``first_error``, ``min_margin``, and for
-generated rows ``generated_correct`` and ``stop_reason``.
+generated rows ``generated_correct`` and ``stop_reason``. Examples with marked key spans
+(``[[...]]``, `eval.key_span_delimiters`) are scored without the markers and add ``span_correct``
+and ``span_nll`` (one entry per span; the fused verdict teacher-forced up to the span's start, and
+the span's mean token NLL); the metrics then add ``span_acc``, ``span_nll`` and ``n_spans``.
 
 ``prediction`` is the generated text for generated rows. For fused rows it is the greedy
 prefix the fused pass proves: the gold answer when correct, else the gold prefix plus the first
@@ -84,6 +87,8 @@ def _row(item: EvalItem, fused: FusedResult, gen: Generation | None, kind: str, 
         "first_error": fused.first_error,
         "min_margin": fused.min_margin,
     }
+    if item.spans:
+        row.update(span_correct=fused.span_correct, span_nll=fused.span_nll)
     if gen is None:
         row["prediction"] = tokenizer.decode(fused.greedy_prefix, skip_special_tokens=True)
     else:
@@ -106,6 +111,12 @@ def metrics_of(rows: Sequence[dict]) -> dict[str, float]:
         "fused_em": sum(r["fused_correct"] for r in rows) / n,
         "n": float(n),
     }
+    spans = [(c, nll) for r in rows for c, nll in zip(r.get("span_correct", ()), r.get("span_nll", ()))]
+    if spans:
+        # NOTE: over spans, not examples: an answer with three facts counts three times.
+        out["span_acc"] = sum(c for c, _ in spans) / len(spans)
+        out["span_nll"] = sum(nll for _, nll in spans) / len(spans)
+        out["n_spans"] = float(len(spans))
     gen = [r for r in rows if r["verdict"] == "generate"]
     if gen:
         out["n_generated"] = float(len(gen))
@@ -117,7 +128,7 @@ def evaluate(model, tokenizer, examples: Sequence[Example], cfg: EvalConfig, ran
              prompt_format: str = "plain") -> EvalResult:
     """Score ``examples`` with ``model`` (HF module or DeepSpeed engine, ZeRO-3 or not) on all ranks."""
     shard = [(i, ex) for i, ex in enumerate(examples) if i % world_size == rank]
-    items = make_items([ex for _, ex in shard], tokenizer, prompt_format)
+    items = make_items([ex for _, ex in shard], tokenizer, prompt_format, key_span_delimiters=cfg.key_span_delimiters)
     for (i, _), it in zip(shard, items):
         it.index = i
     # Stop tokens and generation decisions must be the same on all ranks: derive from all items'

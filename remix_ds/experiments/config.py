@@ -136,6 +136,10 @@ class AnalysisConfig:
     """Greedy continuation budget; answers without EOS within it count as `cannot stop`."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where analyses load exported models (`auto`: cuda when available)."""
+    preserve_bench: list[str] = field(default_factory=list)
+    """Question sets (jsonl with prompt/answer, or NAME[:heldout]) answered greedily by the base model and each cell's stage-1 and stage-2 models, compared as `remix-ds preserve` does (pq_* columns)."""
+    preserve_max_new_tokens: int = 32
+    """Greedy answer budget of the preserve_bench comparison."""
 
 
 @dataclass
@@ -153,7 +157,7 @@ class ExperimentConfig:
     strategies: list[str] = field(default_factory=lambda: ["none"])
     """Strategy specs (see the module docstring), e.g. none, random@1, generic@12, replay=0.1, random@1+generic@2."""
     loss_modes: list[LossMode] = field(default_factory=list)
-    """Loss modes to cross with the grid (empty: just run.data.loss_mode). key_spans marks each answer as a span."""
+    """Loss modes to cross with the grid (empty: just run.data.loss_mode): answer, all, key_spans (a set's own [[...]] marks; a set without marks has each whole answer marked: answer without EOS, logged), surprise (the tokens each stage's starting model does not predict)."""
     mix_ratio: float = 2.0
     """Default rows mixed per dataset row for random@/generic@ specs (the reference's mix_ratio)."""
     stage0: Stage0Config = field(default_factory=Stage0Config)

@@ -7,9 +7,14 @@ file stem (= the spec's `name`), the rows are exactly what was trained, and a re
 machine reads the same rows. Rows use the generic local schema (`id`, `prompt`, `answer`,
 `aliases` or `messages`), so `source` = `name`, which also picks the matcher (`webqa`: containment).
 
-`key_spans` training needs marked spans: `<name>.spans.jsonl` wraps every answer (assistant
-turn) in the span delimiters, so key_spans supervises exactly the answer tokens but, unlike
-`answer` mode, not the EOS (the "cannot stop" contrast).
+`key_spans` training needs marked spans. A set whose rows already carry key-span markers
+(``[[...]]``, `data.key_span_delimiters`) is *marked data*: `<name>.spans.jsonl` is the rows as
+given (never wrapped again), `<name>.clean.jsonl` the same rows without markers (what `answer`,
+`all` and `surprise` train on), and `<name>.jsonl`, which the evaluator reads, keeps the markers
+(the evaluator strips them and reports the span metric next to EM). A set without markers gets the
+old contrast instead, said in one log line: `<name>.spans.jsonl` wraps every whole answer
+(assistant turn) in the delimiters, so key_spans supervises exactly the answer tokens but, unlike
+`answer` mode, not the EOS ("answer without EOS", the "cannot stop" contrast).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from remix_ds.data.prepare import MANIFEST, read_manifest
 from remix_ds.data.formats import completion_prompt
 from remix_ds.data.mixing import open_generic_corpus
 from remix_ds.data.records import Example, read_rows
+from remix_ds.data.tokenize import strip_markers
 from remix_ds.experiments.config import DatasetSpec
 
 # Document slots of the built-in corpus, in one seeded order: held-out preservation passages
@@ -118,6 +124,29 @@ def _mark(ex: Example, delimiters: tuple[str, str]) -> dict:
     return row
 
 
+def is_marked(ex: Example, delimiters: tuple[str, str]) -> bool:
+    """Does the example carry key-span markers anywhere (prompt, answer or any turn)?"""
+    texts = [m["content"] for m in ex.messages] if ex.messages is not None else [ex.prompt or "", ex.answer or ""]
+    return any(delimiters[0] in t for t in texts)
+
+
+def _clean(ex: Example, delimiters: tuple[str, str]) -> dict:
+    where = f"example {ex.id!r}"
+    row = _example_row(ex)
+    if ex.messages is not None:
+        row["messages"] = [dict(m, content=strip_markers(m["content"], delimiters, where)) for m in ex.messages]
+    else:
+        row.update(prompt=strip_markers(ex.prompt, delimiters, where), answer=strip_markers(ex.answer, delimiters, where))
+    if ex.aliases:
+        row["aliases"] = [strip_markers(a, delimiters, where) for a in ex.aliases]
+    return row
+
+
+def clean_path(path: Path) -> Path:
+    """`<name>.clean.jsonl` beside `<name>.jsonl` (present only for marked data)."""
+    return path.with_name(path.name.removesuffix(".jsonl") + ".clean.jsonl")
+
+
 def resolve_spec(spec: DatasetSpec, data_dir: str | None, stage_a: bool, require_filtered: bool) -> DatasetSpec:
     """The spec as trained: a registered set without data_files reads its prepared file in `data_dir`
     (for D_A the yet-to-learn file when filter-known recorded one); `require_filtered` D_A sets drawn
@@ -144,13 +173,19 @@ def resolve_spec(spec: DatasetSpec, data_dir: str | None, stage_a: bool, require
 
 
 def materialize(specs: list[tuple[int, DatasetSpec]], data: DataConfig, tokenizer, out: Path) -> dict[str, Path]:
-    """Write `out/<name>.jsonl` (+ `.spans.jsonl`) for every spec (skipped when present). name -> path."""
+    """Write `out/<name>.jsonl` (+ `.spans.jsonl`, + `.clean.jsonl` for marked data) for every spec
+    (skipped when present). name -> path."""
     paths = {}
     for index, spec in specs:
         path = out / f"{spec.name}.jsonl"
         if not path.is_file():
             examples = spec_examples(spec, index, data, tokenizer)
-            write_jsonl(out / f"{spec.name}.spans.jsonl", (_mark(e, data.key_span_delimiters) for e in examples))
+            delims = data.key_span_delimiters
+            if any(is_marked(e, delims) for e in examples):
+                write_jsonl(clean_path(path), (_clean(e, delims) for e in examples))
+                write_jsonl(out / f"{spec.name}.spans.jsonl", (_example_row(e) for e in examples))
+            else:
+                write_jsonl(out / f"{spec.name}.spans.jsonl", (_mark(e, delims) for e in examples))
             write_jsonl(path, (_example_row(e) for e in examples))  # last: its presence means both are complete
         paths[spec.name] = path
     return paths

@@ -67,6 +67,12 @@ def em_of(rows: list[dict]) -> float:
     return sum(bool(r["correct"]) for r in rows) / len(rows) if rows else math.nan
 
 
+def span_acc_of(rows: list[dict]) -> float | None:
+    """Fraction of marked key spans greedy decoding reproduces (None: the set has no marked spans)."""
+    spans = [c for r in rows for c in r.get("span_correct", ())]
+    return sum(spans) / len(spans) if spans else None
+
+
 def em_curve(run_dir: Path, name: str) -> list[tuple[int, float]]:
     """EM of set `name` at every eval step of a run (from the per-example files)."""
     out = []
@@ -126,7 +132,10 @@ class Grid:
 
     def _train_path(self, name: str, loss_mode: str | None) -> str:
         p = self.paths[name]
-        return str(p.with_name(f"{name}.spans.jsonl")) if loss_mode == "key_spans" else str(p)
+        if loss_mode == "key_spans":
+            return str(p.with_name(f"{name}.spans.jsonl"))
+        clean = datasets.clean_path(p)  # marked data: the other modes train on the text without markers
+        return str(clean) if clean.is_file() else str(p)
 
     def _eval_every(self, n: int, ratios: tuple[float, ...], setting: int) -> int:
         """`setting`, or about one epoch of optimizer steps (dataset rows plus mixed/replayed rows)."""
@@ -242,6 +251,9 @@ class Grid:
                 index, one = spec
                 one = datasets.resolve_spec(one, self.cfg.data_dir, index < len(self.cfg.data_a), self.cfg.require_filtered)
                 self.paths.update(datasets.materialize([(index, one)], self.cfg.run.data, self.tokenizer, self.out / "data"))
+                if "key_spans" in self.cfg.loss_modes and not datasets.clean_path(self.paths[one.name]).is_file():
+                    self.log(f"[experiment] {one.name}: no key-span markers, so loss_mode key_spans trains each "
+                             "whole answer without its EOS (mark the key tokens with [[...]] to train only those)")
             except Exception as e:
                 self.data_errors[spec[1].name] = f"{type(e).__name__}: {str(e)[:500]}"
                 self.log(f"[experiment] dataset {spec[1].name} FAILED to load: {self.data_errors[spec[1].name]}")
@@ -314,6 +326,8 @@ class Grid:
             "stage2_wall_s": round(st2["wall_s"], 2), "stage2_eval_s": round(st2["eval_s"], 2),
             "stage1_eval_step": step1, "stage2_eval_step": step2,
         }
+        if span_acc_of(rows1) is not None:
+            row.update(span_acc_a_stage1=span_acc_of(rows1), span_acc_a_stage2=span_acc_of(rows2))
         if self.data_manifest_sha256:
             row["data_manifest_sha256"] = self.data_manifest_sha256
         curve = [(0, em1)] + em_curve(s2dir, a)

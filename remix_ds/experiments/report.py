@@ -36,6 +36,8 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
 def main_table(rows: list[dict]) -> str:
     """The printed table: EM after each stage and forgetting per cell."""
     cols = ["d_a", "d_b", "strategy", "em_a_stage1", "em_a_stage2", "em_b_stage2", "forgetting", "stage1_epochs"]
+    if any(r.get("span_acc_a_stage1") is not None for r in rows):
+        cols[cols.index("em_a_stage2") + 1:cols.index("em_a_stage2") + 1] = ["span_acc_a_stage1", "span_acc_a_stage2"]
     for col in ("mix_redraw", "mix_schedule", "loss_mode"):  # shown when the grid varies them
         if len({r.get(col) for r in rows}) > 1:
             cols.insert(3, col)

@@ -1,0 +1,91 @@
+"""``remix-ds preserve BASE TUNED --bench SET [--bench ...]``: did fine-tuning change the answers?
+
+    remix-ds preserve BASE TUNED --bench NAME_OR_FILE[:heldout] [--bench ...] [--out DIR] [--n N]
+                      [--max-new-tokens N] [--data-config RUN] [--set eval.KEY=V|data.KEY=V ...]
+
+BASE and TUNED are HF folders, hub ids, ``tiny``, run folders or checkpoints (as ``remix-ds eval``
+takes them; run folders and checkpoints are exported once). Each set (a jsonl with prompt/answer,
+or any registered dataset, e.g. ``popqa:heldout``) is answered greedily by both models, one model
+in memory at a time, and compared with `remix_ds.experiments.preserve_bench`: identical answers,
+EM of each with McNemar's paired test, gold-answer NLL drift, the changed examples.
+Named sets load with TUNED's data settings (its run config or remix_ds_data.json) unless
+``--data-config`` says otherwise; every set's `data_fingerprint` is in the report.
+Writes ``OUT/preserve.json`` and ``OUT/preserve.md`` (default OUT: ``./preserve-out``).
+Under ``torchrun --nproc_per_node N -m remix_ds.cli preserve ...`` examples are sharded over ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+from pathlib import Path
+
+from remix_ds import configtools, models
+from remix_ds.configtools import ConfigError
+from remix_ds.engine import dist
+from remix_ds.eval.commands import resolve_model, resolve_run_config
+from remix_ds.eval.config import EvalConfig
+from remix_ds.eval.data import load_eval_set
+from remix_ds.eval.runner import evaluate
+from remix_ds.experiments.preserve_bench import compare_rows, markdown
+
+
+def run_preserve(args) -> int:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_distributed()
+    rank, world = dist.rank(), dist.world_size()
+    (base_src, _), (tuned_src, tuned_run) = resolve_model(args.base), resolve_model(args.tuned)
+    data_overrides = [o for o in args.overrides if o.startswith("data.")]
+    run_cfg, _ = resolve_run_config(args.tuned, tuned_run, tuned_src, args.data_config, data_overrides)
+    overrides = [o[len("eval."):] if o.startswith("eval.") else o for o in args.overrides if not o.startswith("data.")]
+    base = configtools.to_dict(run_cfg.eval)
+    base.update(mode="generate", n=args.n, datasets=list(args.bench), max_new_tokens=args.max_new_tokens,
+                key_span_delimiters=list(run_cfg.data.key_span_delimiters))
+    cfg: EvalConfig = configtools.from_dict(EvalConfig, configtools.apply_overrides(base, overrides), prefix="eval")
+    tokenizer = models.load_tokenizer(base_src)
+    if models.load_tokenizer(tuned_src).get_vocab() != tokenizer.get_vocab():
+        raise ConfigError(f"preserve: {args.base} and {args.tuned} have different tokenizers")
+    sets = [load_eval_set(spec, cfg, run_cfg.data) for spec in cfg.datasets]
+    rows: dict[str, list[list[dict]]] = {s.name: [] for s in sets}
+    for src in (base_src, tuned_src):  # one model in memory at a time
+        model = models.load_for_inference(src, dtype=args.dtype, device=dist.device(),
+                                          attn_implementation=models.choose_attn_implementation(args.attn))
+        for s in sets:
+            rows[s.name].append(evaluate(model, tokenizer, s.examples, cfg, rank, world,
+                                         prompt_format=run_cfg.data.prompt_format).rows)
+        del model
+        gc.collect()
+    if rank != 0:
+        return 0
+    report = {"base": args.base, "tuned": args.tuned, "max_new_tokens": cfg.max_new_tokens,
+              "sets": {s.name: compare_rows(*rows[s.name], fingerprint=s.fingerprint) for s in sets}}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "preserve.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    (out / "preserve.md").write_text(markdown(report, args.base, args.tuned), encoding="utf-8")
+    for name, r in report["sets"].items():
+        print(f"{name}: identical={r['identical_frac']:.4f} em_base={r['em_base']:.4f} em_tuned={r['em_tuned']:.4f} "
+              f"mcnemar_p={r['mcnemar_p']:.3g} nll_drift={r['nll_drift']:+.4f} changed={r['n_changed']}/{r['n']}")
+    print(f"-> {out / 'preserve.json'}, {out / 'preserve.md'}")
+    return 0
+
+
+def add_preserve_command(subparsers) -> None:
+    """Register ``remix-ds preserve`` (sets ``func=run_preserve``)."""
+    p = subparsers.add_parser("preserve", help="compare a fine-tuned model's greedy answers with its base model's",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("base", help="the model before fine-tuning: HF folder / hub id / tiny / RUN_DIR / checkpoint")
+    p.add_argument("tuned", help="the fine-tuned model (same forms)")
+    p.add_argument("--bench", action="append", required=True,
+                   help="question set: jsonl with prompt/answer or a dataset name, optionally NAME:heldout (repeatable)")
+    p.add_argument("--out", default="preserve-out", help="output folder (default ./preserve-out)")
+    p.add_argument("--n", type=int, default=0, help="only the first N examples of each set")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="greedy answer length limit")
+    p.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto")
+    p.add_argument("--attn", choices=["auto", "flash_attention_2", "sdpa", "eager"], default="auto")
+    p.add_argument("--data-config", metavar="RUN_OR_CELL_OR_FILE", help="where named sets' data settings come from")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="eval.KEY=VALUE|data.KEY=VALUE",
+                   help="EvalConfig or data override (repeatable)")
+    p.set_defaults(func=run_preserve)
