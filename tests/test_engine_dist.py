@@ -60,3 +60,27 @@ def test_two_gloo_ranks():
         parts, imax, fmax, kind = out[r]
         assert parts == expected_parts  # rank order, the same list on every rank
         assert imax == 10 and fmax == pytest.approx(1.5) and kind == "int"
+
+
+_TAKEN_PORT_PROBE = """
+import os, socket, sys
+import remix_ds.engine.dist as d
+busy = socket.socket(); busy.bind(("127.0.0.1", 0)); busy.listen(); taken = busy.getsockname()[1]
+ports = iter([taken])
+real = d._free_port
+d._free_port = lambda: next(ports, None) or real()
+d.init_distributed("gloo")
+print("PORT", taken, os.environ["MASTER_PORT"], d.world_size())
+"""
+
+
+@pytest.mark.slow  # a subprocess (a process group in this process would leak into other tests)
+def test_a_world_of_one_retries_when_its_free_port_was_taken(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _TAKEN_PORT_PROBE], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("PORT"))
+    _, taken, used, world = line.split()
+    assert taken != used and world == "1"

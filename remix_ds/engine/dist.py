@@ -26,14 +26,25 @@ def init_distributed(backend: str = "auto") -> None:
 
     if dist.is_available() and dist.is_initialized():
         return
-    if "RANK" not in os.environ:
+    own_port = "RANK" not in os.environ
+    if own_port:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
-    deepspeed.init_distributed(dist_backend=backend)
+    for attempt in range(5):
+        try:
+            deepspeed.init_distributed(dist_backend=backend)
+            return
+        except dist.DistNetworkError as e:
+            # NOTE: a free port found by _free_port can be taken by another process before the
+            # store binds it (many runs starting at once on one machine). In a world of one the
+            # port is ours to choose, so pick another; under a launcher the port is not ours.
+            if not own_port or "EADDRINUSE" not in str(e) or attempt == 4:
+                raise
+            os.environ["MASTER_PORT"] = str(_free_port())
 
 
 def shutdown(engine=None) -> None:
