@@ -84,3 +84,28 @@ def test_a_world_of_one_retries_when_its_free_port_was_taken(tmp_path):
     line = next(x for x in proc.stdout.splitlines() if x.startswith("PORT"))
     _, taken, used, world = line.split()
     assert taken != used and world == "1"
+
+
+_CHILD_OF_A_WORLD_OF_ONE = """
+import os, subprocess, sys
+import remix_ds.engine.dist as d
+d.init_distributed("gloo")  # this process now holds MASTER_PORT, and its environment says RANK=0
+child = subprocess.run([sys.executable, "-c", "import remix_ds.engine.dist as d; d.init_distributed('gloo'); "
+                        "import os; print('CHILD', d.world_size(), os.environ['MASTER_PORT'])"],
+                       capture_output=True, text=True, timeout=120)
+print(child.stdout, child.stderr[-2000:])
+print("PARENT", os.environ["MASTER_PORT"], child.returncode)
+"""
+
+
+@pytest.mark.slow  # subprocesses
+def test_a_child_of_a_world_of_one_picks_its_own_port():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _CHILD_OF_A_WORLD_OF_ONE], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    child = next(x for x in proc.stdout.splitlines() if x.strip().startswith("CHILD")).split()
+    parent = next(x for x in proc.stdout.splitlines() if x.startswith("PARENT")).split()
+    assert parent[2] == "0", proc.stdout[-3000:]
+    assert child[1] == "1" and child[2] != parent[1]

@@ -16,6 +16,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+_OWN_WORLD = "REMIX_DS_WORLD_OF_ONE_PID"
+
+
 def init_distributed(backend: str = "auto") -> None:
     """Initialize the process group through DeepSpeed.
 
@@ -26,10 +29,13 @@ def init_distributed(backend: str = "auto") -> None:
 
     if dist.is_available() and dist.is_initialized():
         return
-    own_port = "RANK" not in os.environ
+    # A world of one sets the launcher's variables itself and marks them with its pid: a child
+    # process inherits them, and must not take them for a launcher's (the parent holds that port).
+    inherited = os.environ.get(_OWN_WORLD, str(os.getpid())) != str(os.getpid())
+    own_port = "RANK" not in os.environ or inherited
     if own_port:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), **{_OWN_WORLD: str(os.getpid())})
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
