@@ -228,24 +228,13 @@ def test_generic_raw_windows_and_random_completion(bpe_tok, shard_corpus):
 
 
 def reference_generic_rows(cfg, tokenizer, count):
-    """generic_rows before issue 14: decode every drawn document (transformers batch_decode)."""
-    from remix_ds.data.mixing import _tokenize, completion_examples, open_generic_corpus
-    from remix_ds.data.tokenize import TokenizedExample
+    """generic_rows before issue 14 (decode every drawn document): the benchmark's "before" column."""
+    from remix_ds.bench.data import decode_all_generic_rows
 
-    reader = open_generic_corpus(cfg, tokenizer)
-    rng = np.random.default_rng([cfg.mix.seed, 0x6E4E])
-    need = cfg.mix.prompt_words + cfg.mix.answer_words
-    kept, too_long = [], 0
-    for _ in range(20):
-        want = count - len(kept)
-        docs = reader.sample_documents(rng, 2 * want + 8)
-        rows = [w[:need] for w in (t.split() for t in tokenizer.batch_decode(docs, skip_special_tokens=True)) if len(w) >= need]
-        toks, dropped = _tokenize(completion_examples(rows, cfg, "generic"), cfg, tokenizer, "answer")
-        too_long += dropped
-        kept += toks[:want]
-        if len(kept) == count:
-            return [TokenizedExample(f"generic-{i}", t.input_ids, t.labels) for i, t in enumerate(kept)], too_long
-    raise AssertionError("reference could not draw")
+    try:
+        return decode_all_generic_rows(cfg, tokenizer, count)
+    except RuntimeError as e:  # not enough long-enough documents for this setting
+        raise AssertionError("reference could not draw") from e
 
 
 @pytest.mark.parametrize("which", ["tiny", "bpe"])
