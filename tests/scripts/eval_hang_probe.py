@@ -17,11 +17,9 @@ from pathlib import Path
 
 import deepspeed
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-from transformers.integrations import HfDeepSpeedConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
-from eval_tiny import KVR  # noqa: E402
+from eval_tiny import KVR, zero3_engine  # noqa: E402
 
 from remix_ds.data.datasets import generate_kvr  # noqa: E402
 from remix_ds.eval.config import EvalConfig  # noqa: E402
@@ -35,18 +33,7 @@ deepspeed.init_distributed(dist_backend="gloo")
 rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
 out.mkdir(parents=True, exist_ok=True)
 
-ds = {
-    "train_micro_batch_size_per_gpu": 1,
-    "gradient_accumulation_steps": 1,
-    "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}},
-    "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
-    "steps_per_print": 10**9,
-}
-hf_ds = HfDeepSpeedConfig(ds)  # keep alive: from_pretrained builds under zero.Init
-tok = AutoTokenizer.from_pretrained(model_dir)
-model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
-engine.train()
+engine, tok, hf_ds = zero3_engine(model_dir)
 
 examples = generate_kvr(KVR)[:21]
 everything = make_items(examples, tok)

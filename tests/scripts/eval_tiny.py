@@ -69,5 +69,27 @@ def trained_model_dir() -> Path:
     return build_once(cache_root() / "tests" / f"eval-kvr-tiny-v{VERSION}", _train, marker="config.json")
 
 
+def zero3_engine(model_dir):
+    """(engine, tokenizer, hf_ds) for the probes: the model at `model_dir` under a ZeRO-3 engine
+    (every parameter partitioned). Keep hf_ds alive: from_pretrained builds under zero.Init."""
+    import deepspeed
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.integrations import HfDeepSpeedConfig
+
+    ds = {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}},
+        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+        "steps_per_print": 10**9,
+    }
+    hf_ds = HfDeepSpeedConfig(ds)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
+    engine.train()
+    return engine, tok, hf_ds
+
+
 if __name__ == "__main__":
     print(trained_model_dir())
