@@ -109,3 +109,41 @@ def test_a_child_of_a_world_of_one_picks_its_own_port():
     parent = next(x for x in proc.stdout.splitlines() if x.startswith("PARENT")).split()
     assert parent[2] == "0", proc.stdout[-3000:]
     assert child[1] == "1" and child[2] != parent[1]
+
+
+def test_only_the_parents_own_variables_count_as_inherited():
+    mark = {"REMIX_DS_WORLD_OF_ONE_PID": "100:41000"}
+    parents = {**mark, "RANK": "0", "WORLD_SIZE": "1", "MASTER_PORT": "41000"}
+    assert dist._inherited_world_of_one(parents, pid=200)  # a plain child of the world of one
+    assert not dist._inherited_world_of_one(parents, pid=100)  # the world of one itself
+    # a rank that a launcher started from the world of one's process: the launcher set them anew
+    assert not dist._inherited_world_of_one({**parents, "RANK": "1", "WORLD_SIZE": "2", "MASTER_PORT": "52000"}, 200)
+    assert not dist._inherited_world_of_one({**parents, "MASTER_PORT": "52000"}, 200)
+    assert not dist._inherited_world_of_one({"RANK": "0", "WORLD_SIZE": "1", "MASTER_PORT": "41000"}, 200)
+
+
+_LAUNCHED_FROM_A_WORLD_OF_ONE = """
+import subprocess, sys
+import remix_ds.engine.dist as d
+d.init_distributed("gloo")  # as an in-process test does: this environment now says RANK=0, WORLD_SIZE=1
+sys.path.insert(0, "tests")
+from helpers import deepspeed_cmd, run_cmd
+probe = "import remix_ds.engine.dist as d; d.init_distributed('gloo'); print('RANK', d.rank(), 'OF', d.world_size())"
+open(sys.argv[1], "w").write(probe)
+print(run_cmd(deepspeed_cmd([sys.argv[1]], 2), timeout=240).stdout)
+"""
+
+
+@pytest.mark.slow  # the real launcher
+def test_ranks_a_launcher_starts_from_a_world_of_one_see_the_launchers_world(tmp_path):
+    """The CI failure of session 2: pytest's own world of one made launched ranks worlds of one."""
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    proc = subprocess.run([sys.executable, "-c", _LAUNCHED_FROM_A_WORLD_OF_ONE, str(tmp_path / "probe.py")],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    seen = sorted(x for x in proc.stdout.splitlines() if x.startswith("RANK"))
+    assert seen == ["RANK 0 OF 2", "RANK 1 OF 2"], proc.stdout[-3000:]

@@ -29,13 +29,9 @@ def init_distributed(backend: str = "auto") -> None:
 
     if dist.is_available() and dist.is_initialized():
         return
-    # A world of one sets the launcher's variables itself and marks them with its pid: a child
-    # process inherits them, and must not take them for a launcher's (the parent holds that port).
-    inherited = os.environ.get(_OWN_WORLD, str(os.getpid())) != str(os.getpid())
-    own_port = "RANK" not in os.environ or inherited
+    own_port = "RANK" not in os.environ or _inherited_world_of_one(os.environ, os.getpid())
     if own_port:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), **{_OWN_WORLD: str(os.getpid())})
+        _claim_world_of_one(str(_free_port()))
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
@@ -50,7 +46,27 @@ def init_distributed(backend: str = "auto") -> None:
             # port is ours to choose, so pick another; under a launcher the port is not ours.
             if not own_port or "EADDRINUSE" not in str(e) or attempt == 4:
                 raise
-            os.environ["MASTER_PORT"] = str(_free_port())
+            _claim_world_of_one(str(_free_port()))
+
+
+def _claim_world_of_one(port: str) -> None:
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=port, **{_OWN_WORLD: f"{os.getpid()}:{port}"})
+
+
+def _inherited_world_of_one(environ, pid: int) -> bool:
+    """Whether RANK/MASTER_PORT in ``environ`` are a parent world of one's, not a launcher's.
+
+    A world of one sets the launcher's variables itself and marks them "pid:port". A child
+    process inherits them and must not take them for a launcher's (the parent holds that port).
+    A child that a launcher started (the parent ran `deepspeed ...`) inherits the marker too,
+    but the launcher has set MASTER_PORT (and RANK, WORLD_SIZE) anew: those are the launcher's.
+    """
+    marker = environ.get(_OWN_WORLD)
+    if not marker:
+        return False
+    owner, _, port = marker.partition(":")
+    return owner != str(pid) and environ.get("MASTER_PORT") == port and environ.get("WORLD_SIZE") == "1"
 
 
 def shutdown(engine=None) -> None:
