@@ -52,10 +52,13 @@ setup(
         "tensorboard",
         "matplotlib",
         "wordfreq",
+        "filelock",  # grids: concurrent cells share caches and results files (issue 13)
+        "submitit",  # grids: `launcher: slurm` (issue 13)
     ],
     extras_require={
         "gpu": ["flash-attn>=2.6"],
-        "dev": ["pytest>=8", "import-linter>=2.1", "ruff>=0.6"],
+        "wandb": ["wandb"],  # metrics.wandb (issue 13)
+        "dev": ["pytest>=8", "import-linter>=2.1", "ruff>=0.6", "wandb"],
     },
     entry_points={"console_scripts": ["remix-ds=remix_ds.cli:main"]},
 )
