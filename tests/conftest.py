@@ -6,11 +6,16 @@ in tests/helpers.py; test files import them from there, never from this file.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
+# DeepSpeed JIT-builds its CPU ops into TORCH_EXTENSIONS_DIR (default: one folder per user). Several
+# checkouts with their own venvs then rebuild the same op in turn and wait on each other's lock for
+# minutes (and a killed build leaves the lock behind): each venv builds into its own folder.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))  # eval_tiny: the cached KVR-trained tiny model
 
 from helpers import bpe_tokenizer, deepspeed_cmd, run_cmd, sp_tokenizer  # noqa: E402

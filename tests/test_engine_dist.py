@@ -147,3 +147,31 @@ def test_ranks_a_launcher_starts_from_a_world_of_one_see_the_launchers_world(tmp
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     seen = sorted(x for x in proc.stdout.splitlines() if x.startswith("RANK"))
     assert seen == ["RANK 0 OF 2", "RANK 1 OF 2"], proc.stdout[-3000:]
+
+
+_SHM_PROBE = """
+import os, sys
+import remix_ds.engine.dist as d
+d.init_distributed("gloo")
+from pathlib import Path
+mine = d.shm_buffer_path(d.rank())
+d.all_reduce_sum([1.0], __import__("torch").device("cpu"))  # collectives still work with the names gone
+print("SHM", d.rank(), mine.exists(), flush=True)
+"""
+
+
+@pytest.mark.slow  # the real launcher
+def test_no_rank_leaves_a_deepspeed_shm_buffer_behind(tmp_path):
+    """DeepSpeed's CPU all-reduce made a 69 MB /dev/shm file per rank and never removed it."""
+    import glob
+    import os
+
+    from helpers import deepspeed_cmd, run_cmd
+
+    probe = tmp_path / "probe.py"
+    probe.write_text(_SHM_PROBE)
+    cmd = deepspeed_cmd([str(probe)], 2)
+    port = cmd[cmd.index("--master_port") + 1]
+    out = run_cmd(cmd, timeout=240).stdout
+    assert sorted(x for x in out.splitlines() if x.startswith("SHM")) == ["SHM 0 False", "SHM 1 False"], out[-3000:]
+    assert glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*") == []

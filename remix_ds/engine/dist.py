@@ -5,6 +5,7 @@ from __future__ import annotations
 import numbers
 import os
 import socket
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -39,6 +40,7 @@ def init_distributed(backend: str = "auto") -> None:
     for attempt in range(5):
         try:
             deepspeed.init_distributed(dist_backend=backend)
+            _release_shm_buffer()
             return
         except dist.DistNetworkError as e:
             # NOTE: a free port found by _free_port can be taken by another process before the
@@ -83,6 +85,32 @@ def shutdown(engine=None) -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def shm_buffer_path(rank_: int, environ=os.environ) -> Path:
+    """The shared-memory file DeepSpeed's CPU all-reduce makes for ``rank_`` of this world."""
+    return Path("/dev/shm") / (f"deepspeed_allreduce_buffer_{os.getuid()}_{environ.get('MASTER_ADDR', '')}_"
+                               f"{environ.get('MASTER_PORT', '')}_{rank_}")
+
+
+def _release_shm_buffer() -> None:
+    """Unlink this rank's DeepSpeed CPU all-reduce buffer once every rank has mapped it.
+
+    NOTE: DeepSpeed 0.19's CPU accelerator creates a ~69 MB /dev/shm file per rank at init
+    (ops/csrc/cpu/comm/shm.cpp: shm_initialize) and never unlinks it. /dev/shm is RAM, so every
+    CPU run, killed or not, leaked memory until the machine had none left (12 GB after a few
+    hundred test launches). The peers open the files by name only inside init; after a barrier
+    every rank has them mapped, so the names can go and the memory is freed when the last rank
+    exits, however it exits. GPU ranks make no such file and skip this (no barrier either: the
+    choice depends only on the accelerator, the same on every rank).
+    """
+    from deepspeed.comm import comm as dscomm  # (the package re-exports `cdb` as bound at import: None)
+
+    if getattr(dscomm.cdb, "shm_comm_op", None) is None:
+        return
+    if dist.get_world_size() > 1:
+        dist.barrier()
+    shm_buffer_path(dist.get_rank()).unlink(missing_ok=True)
 
 
 def rank() -> int:
