@@ -43,6 +43,7 @@ from types import MappingProxyType
 from filelock import FileLock, Timeout
 
 from remix_ds import configtools, models
+from remix_ds.cachedir import write_text_atomic
 from remix_ds.baselines.strategies import strategy_patch
 from remix_ds.config import RunConfig
 from remix_ds.data.mixing import mix_count
@@ -74,7 +75,7 @@ class GridBusyError(ConfigError):
 
 
 def _write_json(path: Path, obj) -> None:
-    scheduler.atomic_write(path, json.dumps(obj, indent=2, default=str) + "\n")
+    write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def latest_eval_rows(run_dir: Path, name: str) -> tuple[int, list[dict]]:

@@ -12,7 +12,7 @@ jobs that depend on it (`blocked`: a cell then records error.json naming the fai
 and nothing else. SIGINT / SIGTERM terminate the running jobs' process groups; their stages
 resume from their checkpoints on a rerun, finished jobs are skipped.
 
-Also the small shared-file helpers of the grid: `atomic_write`, `restrict_launcher`.
+Also `restrict_launcher`: a stage's deepspeed launcher placed on one device group.
 """
 
 from __future__ import annotations
@@ -22,34 +22,17 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from remix_ds.cachedir import umask_mode
 from remix_ds.configtools import ConfigError
 from remix_ds.experiments.config import SchedulerConfig
 from remix_ds.experiments.plan import Job
 
 CPU_CONCURRENT = 2
 """Jobs at once on a machine without GPUs when scheduler.max_concurrent is 0."""
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write `text` to a unique temp file beside `path`, then rename it over `path` (readers never
-    see a partial file; concurrent writers never share a temp file)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)
