@@ -480,11 +480,15 @@ class Grid:
             return self.out / "stage1" / job.id.split(":", 1)[1] / "job.log"
         return self.cell_dir(self._cells_by_id()[job.id]) / "job.log"
 
-    def job_blocked(self, job: Job, dep: Job, log: Path, code: int) -> None:
-        """A dependency failed: a cell records it (naming the log), so the table shows why."""
-        if job.kind == "cell":
-            self.record_error(self._cells_by_id()[job.id],
-                              f"RuntimeError: {dep.label} failed (exit {code}); log {log}")
+    def job_blocked(self, job: Job, cause: Job, log: Path, code: int) -> None:
+        """A cell that will not run because `cause` (a dependency) failed, or whose own job died
+        without recording why, gets error.json naming the log, so the table shows why."""
+        if job.kind != "cell":
+            return
+        cell = self._cells_by_id()[job.id]
+        if cause.id == job.id and (self.cell_dir(cell) / "error.json").is_file():
+            return  # the job recorded its own error (exit 1)
+        self.record_error(cell, f"RuntimeError: {cause.label} failed (exit {code}); log {log}")
 
     # ---- the grid ----------------------------------------------------------------------------
     def claim_output(self) -> None:
