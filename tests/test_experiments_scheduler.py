@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from filelock import FileLock
+
 from helpers import REPO
 from remix_ds.configtools import ConfigError
 from remix_ds.experiments import scheduler
@@ -102,7 +104,18 @@ def test_run_local_groups_ports_deps_and_failures(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", ",".join(str(i) for i in range(8)))
     jobs = [Job("stage1:a", "stage1", (), "stage 1 a"), Job("stage1:bad", "stage1", (), "stage 1 bad")]
     jobs += [Job(f"cell:a{i}", "cell", ("stage1:a",), f"cell a{i}") for i in range(6)]
-    jobs += [Job("cell:b0", "cell", ("stage1:bad",), "cell b0"), Job("cell:done", "cell", ("stage1:a",), "cell done")]
+    jobs += [Job("cell:b0", "cell", ("stage1:bad",), "cell b0"), Job("cell:done", "cell", ("stage1:a",), "cell done"),
+             Job("cell:other", "cell", ("stage1:a",), "cell other")]  # another grid's scheduler runs it
+    held = FileLock(tmp_path / "other.claim")
+    held.acquire()
+    asked = []
+
+    def finished(job):
+        if job.id == "cell:other":
+            asked.append(1)
+            return 0 if len(asked) > 3 else None  # found finished on the third poll after it became ready
+        return 0 if job.id == "cell:done" else None
+
     rec = tmp_path / "rec"
     rec.mkdir()
     code = ("import json, os, sys, time; t = time.time(); time.sleep(0.4); "
@@ -116,9 +129,13 @@ def test_run_local_groups_ports_deps_and_failures(tmp_path, monkeypatch):
     lines = []
     codes = scheduler.run_local(
         jobs, tmp_path, SchedulerConfig(kind="local", gpus_per_cell=2), cuda=True, command=command, poll_s=0.05,
-        finished=lambda j: 0 if j.id == "cell:done" else None, job_log=lambda j: tmp_path / "logs" / f"{j.id}.log",
+        finished=finished, job_log=lambda j: tmp_path / "logs" / f"{j.id}.log",
+        claim=lambda j: tmp_path / ("other.claim" if j.id == "cell:other" else f"{j.id}.claim"),
         blocked=lambda job, cause, log, code: blocked.append((job.id, cause.id, log.name, code)), log=lines.append)
-    assert codes == {"stage1:a": 0, "stage1:bad": 3, **{f"cell:a{i}": 0 for i in range(6)}, "cell:b0": 3, "cell:done": 0}
+    held.release()
+    assert codes == {"stage1:a": 0, "stage1:bad": 3, **{f"cell:a{i}": 0 for i in range(6)}, "cell:b0": 3, "cell:done": 0,
+                     "cell:other": 0}
+    assert "[scheduler] done  cell other by another grid" in lines
     assert sorted(blocked) == [("cell:b0", "stage1:bad", "stage1:bad.log", 3), ("stage1:bad", "stage1:bad", "stage1:bad.log", 3)]
     runs = {p.stem.replace("_", ":", 1): json.loads(p.read_text()) for p in rec.glob("*.json")}
     assert set(runs) == {"stage1:a", "stage1:bad"} | {f"cell:a{i}" for i in range(6)}  # b0 never ran, done skipped
@@ -130,7 +147,7 @@ def test_run_local_groups_ports_deps_and_failures(tmp_path, monkeypatch):
         assert all(y["devices"] != x["devices"] and y["port"] != x["port"] for y in overlap)
     assert any(len([y for y in runs.values() if y["start"] < x["end"] and x["start"] < y["end"]]) > 1 for x in runs.values())
     assert sum(line.startswith("[scheduler] start") for line in lines) == 8
-    assert sum(line.startswith("[scheduler] done") for line in lines) == 7
+    assert sum(line.startswith("[scheduler] done") for line in lines) == 8
     assert any("FAILED stage 1 bad (exit 3)" in line for line in lines)
     assert any("skip  cell b0: stage 1 bad failed" in line for line in lines)
 
@@ -196,7 +213,13 @@ def grids(tmp_path_factory):
     procs = [_popen(serial, env=env, log=tmp / "serial.log"),
              _popen(shared, *local, env=env, log=tmp / "local1.log"),
              _popen(shared, *local, env=env, log=tmp / "local2.log")]
-    codes = [p.wait(timeout=900) for p in procs]
+    try:
+        codes = [p.wait(timeout=900) for p in procs]
+    finally:
+        for p in procs:  # the groups this fixture started (a grid's SIGTERM handler ends its jobs)
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                p.wait(timeout=60)
     assert codes == [0, 0, 0], _logs(tmp / "serial.log", tmp / "local1.log", tmp / "local2.log")[-6000:]
     # a concurrent grid killed once one cell is done, then rerun
     killed = _cfg(tmp, "killed")

@@ -472,6 +472,10 @@ class Grid:
     def _cells_by_id(self) -> dict[str, Cell]:
         return {cell_id(c.key): c for c in self.cells()}
 
+    def job_claim(self, job: Job) -> Path:
+        """The lock file a scheduler holds while its job runs (cooperating grids skip each other's)."""
+        return self.job_log(job).with_name(".scheduled.lock")
+
     def job_log(self, job: Job) -> Path:
         """Where a job's stdout/stderr go: in the folder of what it trains."""
         if job.kind == "stage0":
@@ -507,7 +511,7 @@ class Grid:
                 theirs = {k: v for k, v in json.loads(path.read_text()).items() if k != "scheduler"}
                 if theirs != comparable:
                     for marker in grids.glob("*.lock"):
-                        if marker.stem != str(os.getpid()) and _held(marker):
+                        if marker.stem != str(os.getpid()) and _held(marker, clear=True):  # a dead grid's marker goes
                             raise GridBusyError(
                                 f"{self.out}: another grid (pid {marker.stem}) is running in this folder with a "
                                 f"different config ({path}); wait for it to finish or choose another output_dir")
@@ -540,7 +544,7 @@ class Grid:
                 self.prepare(stage0=False)  # the data once here; stage 0 is the plan's first job
                 layout = self.layout()
                 scheduler.run_local(plan_jobs(self), self.out, self.cfg.scheduler, finished=self.job_finished,
-                                    job_log=self.job_log, blocked=self.job_blocked, log=self.log)
+                                    job_log=self.job_log, blocked=self.job_blocked, claim=self.job_claim, log=self.log)
             else:
                 self.prepare()
                 layout = self.layout()
@@ -561,15 +565,18 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _held(path: Path) -> bool:
-    """Whether another process holds the lock file (a dead one's lock is free)."""
+def _held(path: Path, clear: bool = False) -> bool:
+    """Whether another process holds the lock file (a dead one's lock is free; `clear` removes it then)."""
+    if not path.is_file():
+        return False
     lock = FileLock(path, timeout=0)
     try:
         lock.acquire()
     except Timeout:
         return True
     lock.release()
-    path.unlink(missing_ok=True)  # a grid that died: its marker goes
+    if clear:
+        path.unlink(missing_ok=True)
     return False
 
 
