@@ -181,12 +181,15 @@ def run_local(jobs: list[Job], out: Path, cfg: SchedulerConfig, *, finished: Cal
                 if not free:
                     break
                 ok, lock = _try_claim(claim(job))
-                if not ok:  # a cooperating grid's scheduler runs it: take it as finished once it is
-                    code = finished(job)
-                    if code is not None:
-                        codes[job.id], cause[job.id] = code, (job, job_log(job), code)
-                        pending.remove(job)
-                        log(f"[scheduler] {'done ' if code == 0 else 'FAILED'} {job.label} by another grid")
+                # a cooperating grid's scheduler runs it (or ran it since we looked): collect it once finished
+                code = finished(job) if not ok or lock is not None else None
+                if code is not None:
+                    codes[job.id], cause[job.id] = code, (job, job_log(job), code)
+                    pending.remove(job)
+                    log(f"[scheduler] {'done ' if code == 0 else 'FAILED'} {job.label} by another grid")
+                if lock is not None and (code is not None or not ok):
+                    lock.release()
+                if not ok or code is not None:
                     continue
                 group = free.pop(0)
                 port = free_port({r.port for r in running.values()})
