@@ -17,6 +17,7 @@ Also `restrict_launcher`: a stage's deepspeed launcher placed on one device grou
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -102,14 +103,16 @@ def job_command(out: Path, job: Job, group: DeviceGroup, port: int) -> list[str]
             "--devices", ",".join(group.devices), "--master-port", str(port)]
 
 
+try:  # loaded here, not in the forked child (no imports between fork and exec)
+    _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:  # not glibc Linux: jobs outlive a SIGKILL-ed scheduler (SIGTERM/SIGINT still end them)
+    _LIBC = None
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Linux: the job gets SIGTERM if the scheduler dies (even by SIGKILL), and takes its group down."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @dataclass
