@@ -11,8 +11,14 @@ def _run(args) -> int:
     if args.dry_run:
         from remix_ds.experiments.grid import Grid
 
-        for cell in Grid(cfg).cells():
+        from remix_ds.experiments.plan import plan_jobs
+
+        grid = Grid(cfg)
+        for cell in grid.cells():
             print(f"{cell.key}  (stage 1: {cell.stage1_key})")
+        print(f"\nplan ({cfg.scheduler.kind} scheduler):")
+        for job in plan_jobs(grid):
+            print(f"  {job.id}" + (f"  after {', '.join(job.deps)}" if job.deps else ""))
         return 0
     rows = run_experiment(cfg)
     return 1 if any(r.get("status") != "done" for r in rows) else 0
