@@ -1,10 +1,55 @@
-"""Slurm through submitit, against a real one-node Slurm cluster started here (tests/slurm_cluster.py)."""
+"""`scheduler.kind: slurm` through submitit, against a real one-node Slurm cluster started here
+(tests/slurm_cluster.py; the tests that need it skip, saying why, when slurm/munge are absent).
+
+- submitit's AutoExecutor runs a job on the cluster and returns its result;
+- a 1 D_A x 2 D_B grid (one shared stage 1) runs end to end as Slurm jobs and gives the serial
+  run's table (EM, forgetting) and per-example NLLs; the cells' sbatch scripts carry
+  `afterok:<stage-1 job>` and the cells started only after stage 1 ended; stage 1, preempted
+  with `scancel --signal=USR2` after its first checkpoint, is requeued and resumes from it;
+- `--dry-run` of a Slurm config lists the jobs, their dependencies and #SBATCH lines (fast);
+- placement inside an allocation (hostfile, GPUs) and the requeue hook (fast).
+"""
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
+import yaml
+
+from helpers import REPO, run_cmd
+
+BASE_RUN = {
+    "model": {"name_or_path": "tiny"},
+    "optim": {"lr": 3.0e-3, "warmup_ratio": 0.05, "min_lr_ratio": 0.1},
+    "train": {"global_batch_size": 8, "micro_batch_size": 8, "log_every": 5, "progress_bar": False,
+              "tensorboard": False, "keep_last": 1},
+    "data": {"max_seq_len": 256},
+    "eval": {"mode": "fused"},
+}
+
+
+def _grid_cfg(tmp_path: Path, name: str, **extra) -> Path:
+    cfg = {
+        "output_dir": str(tmp_path / name),
+        "run": BASE_RUN,
+        "data_a": [{"name": "fa", "dataset": "kvr", "num_examples": 8}],
+        "data_b": [{"name": "fb", "dataset": "kvr", "num_examples": 8}, {"name": "gb", "dataset": "kvr", "num_examples": 8}],
+        "strategies": ["none"],
+        # save_every=2: stage 1 has a checkpoint to resume from when it is preempted
+        "stage1": {"max_epochs": 8, "eval_every": 4, "overrides": ["train.save_every=2"]},
+        "stage2": {"epochs": 2, "eval_every": 1},
+        "analysis": {"logit_lens": False, "preservation": False},
+    }
+    cfg.update(extra)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
 
 
 def _wait(job, timeout: float = 120.0):
@@ -16,6 +61,18 @@ def _wait(job, timeout: float = 120.0):
     return job.result()
 
 
+def _show(cluster, slurm_id: str) -> dict:
+    """`scontrol -o show job ID` as a dict (Key=Value words)."""
+    words = cluster.run("scontrol", "-o", "show", "job", slurm_id).split()
+    return dict(w.split("=", 1) for w in words if "=" in w)
+
+
+def _final_nll(run_dir: Path, name: str) -> list[float]:
+    step = max(int(p.name[5:]) for p in (run_dir / "eval").glob("step-*") if (p / f"{name}.jsonl").is_file())
+    rows = [json.loads(line) for line in (run_dir / "eval" / f"step-{step}" / f"{name}.jsonl").read_text().splitlines()]
+    return [r["answer_nll"] for r in rows]
+
+
 @pytest.mark.slow
 def test_submitit_smoke_on_real_slurm(slurm_cluster, tmp_path):
     import submitit
@@ -25,4 +82,116 @@ def test_submitit_smoke_on_real_slurm(slurm_cluster, tmp_path):
     # a stdlib-only callable: the job's python cannot import this test module
     job = executor.submit(submitit.helpers.CommandFunction(["bash", "-c", "echo $SLURM_JOB_ID $SLURM_JOB_PARTITION $((6*7))"]))
     assert _wait(job).split() == [job.job_id, slurm_cluster.partition, "42"]
-    assert "JobState=COMPLETED" in slurm_cluster.run("scontrol", "show", "job", job.job_id)
+    assert _show(slurm_cluster, job.job_id)["JobState"] == "COMPLETED"
+
+
+@pytest.mark.slow
+def test_grid_on_slurm_matches_serial_with_dependencies_and_preemption(slurm_cluster, tmp_path):
+    serial_cfg = _grid_cfg(tmp_path, "serial")
+    slurm_cfg = _grid_cfg(tmp_path, "slurm", scheduler={"kind": "slurm", "slurm": {
+        "partition": slurm_cluster.partition, "time_min": 15, "cpus_per_task": 1, "poll_s": 0.5}})
+    cmd = [sys.executable, "-m", "remix_ds.experiments"]
+    env = {**slurm_cluster.env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # the serial reference runs beside the Slurm jobs (outside the cluster)
+    serial = subprocess.Popen(cmd + [str(serial_cfg)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    grid = subprocess.Popen(cmd + [str(slurm_cfg)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = tmp_path / "slurm"
+    record, s1 = out / "slurm" / "submitted.json", out / "stage1" / "fa__plain"
+    try:
+        deadline = time.time() + 400
+        while not (s1 / "latest").exists():  # stage 1 wrote its first checkpoint: preempt it
+            assert grid.poll() is None and time.time() < deadline, "stage 1 ended before its first checkpoint"
+            time.sleep(0.2)
+        ids = json.loads(record.read_text())
+        s1_id = ids["stage1:fa__plain"]
+        slurm_cluster.run("scancel", "--signal=USR2", s1_id)
+        while _show(slurm_cluster, s1_id)["JobState"] != "PENDING":  # requeued by submitit's handler
+            assert time.time() < deadline, _show(slurm_cluster, s1_id)
+            time.sleep(0.2)
+        slurm_cluster.run("scontrol", "update", f"JobId={s1_id}", "StartTime=now")  # skip Slurm's requeue delay
+        grid_out, _ = grid.communicate(timeout=400)
+        serial_out, _ = serial.communicate(timeout=400)
+    finally:
+        for p in (grid, serial):
+            p.kill() if p.poll() is None else None
+    assert grid.returncode == 0, grid_out[-4000:]
+    assert serial.returncode == 0, serial_out[-4000:]
+
+    # the same table and per-example NLLs as the serial run (stage 1 preempted and resumed included)
+    keys = ("d_a", "d_b", "strategy", "status", "em_a_stage1", "em_a_stage2", "em_b_stage2", "forgetting", "stage1_steps", "stage2_steps")
+    table = {r["d_b"]: r for r in json.loads((out / "results.json").read_text())}
+    ref = {r["d_b"]: r for r in json.loads((tmp_path / "serial" / "results.json").read_text())}
+    assert sorted(table) == ["fb", "gb"]
+    for b in ("fb", "gb"):
+        assert {k: table[b][k] for k in keys} == {k: ref[b][k] for k in keys}
+        cell = f"cells/fa__{b}__none/stage2"
+        for name in ("fa", b):
+            assert _final_nll(out / cell, name) == pytest.approx(_final_nll(tmp_path / "serial" / cell, name), abs=1e-5)
+    assert _final_nll(s1, "fa") == pytest.approx(_final_nll(tmp_path / "serial" / "stage1" / "fa__plain", "fa"), abs=1e-5)
+
+    # stage 1 was preempted once and resumed from its checkpoint
+    done1 = json.loads((s1 / "stage_done.json").read_text())
+    assert done1["resumed_from_step"] >= 2 and done1["steps"] == 8, done1
+    assert _show(slurm_cluster, s1_id)["Restarts"] == "1"
+
+    # one Slurm job per plan job; each cell's sbatch script says afterok on the stage-1 job, and Slurm held it
+    assert sorted(ids) == ["cell:fa__fb__none", "cell:fa__gb__none", "stage1:fa__plain"]
+    script = (out / "slurm" / s1_id / f"{s1_id}_submission.sh").read_text()
+    assert "--dependency" not in script and "#SBATCH --partition=remix" in script
+    s1_info = _show(slurm_cluster, s1_id)
+    for b in ("fb", "gb"):
+        cid = ids[f"cell:fa__{b}__none"]
+        assert f"#SBATCH --dependency=afterok:{s1_id}\n" in (out / "slurm" / cid / f"{cid}_submission.sh").read_text()
+        info = _show(slurm_cluster, cid)
+        assert info["JobState"] == "COMPLETED"
+        assert info["SubmitTime"] < s1_info["EndTime"] <= info["StartTime"], (info, s1_info)
+
+    # a rerun collects: nothing submitted again, the same table
+    again = run_cmd(cmd + [str(slurm_cfg)], env=env, timeout=300)
+    assert "submitted" not in again.stdout and json.loads(record.read_text()) == ids
+    assert json.loads((out / "results.json").read_text()) == list(table.values())
+
+
+def test_dry_run_lists_jobs_dependencies_and_sbatch_lines(tmp_path, capsys):
+    from remix_ds.experiments.__main__ import main
+
+    cfg = _grid_cfg(tmp_path, "dry", scheduler={"kind": "slurm", "slurm": {
+        "partition": "gpu", "account": "proj42", "qos": "high", "time_min": 120, "nodes": 2, "gpus_per_node": 8,
+        "cpus_per_task": 16, "mem_gb": 400, "constraint": "h100", "additional": {"reservation": "grid"},
+        "setup": ["module load cuda/12.4"]}})
+    assert main([str(cfg), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert "stage1:fa__plain  [to run]  deps: -" in lines
+    assert "cell:fa__gb__none  [to run]  deps: stage1:fa__plain" in lines
+    for flag in ("--partition=gpu", "--account=proj42", "--qos=high", "--time=120", "--nodes=2", "--gpus-per-node=8",
+                 "--cpus-per-task=16", "--mem=400GB", "--constraint=h100", "--reservation=grid", "--signal=USR2@90",
+                 "--dependency=afterok:<stage1:fa__plain>"):
+        assert f"  #SBATCH {flag}" in lines, (flag, text)
+    assert text.count("--dependency=afterok:<stage1:fa__plain>") == 2  # both cells, not stage 1
+    assert not (tmp_path / "dry" / "slurm").exists()  # nothing submitted, nothing written
+
+
+def test_placement_inside_an_allocation(tmp_path):
+    from remix_ds.experiments import scheduler, slurm
+
+    assert slurm.placement(1, 0, {}, tmp_path) == (None, None)  # CPU job: the configured launcher
+    devices, launcher = slurm.placement(1, 2, {"CUDA_VISIBLE_DEVICES": "2,3"}, tmp_path)
+    assert (devices, launcher) == ("2,3", None)  # Slurm's GPUs, not 0,1
+    assert scheduler.restrict_launcher(["deepspeed"], devices.split(","), 29511, True)[1:3] == ["--include", "localhost:2,3"]
+    if shutil.which("scontrol") is None:
+        pytest.skip("scontrol not installed (apt-get install -y slurm-wlm): the multi-node hostfile is not checked")
+    devices, launcher = slurm.placement(2, 4, {"SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "77"}, tmp_path)
+    assert devices is None
+    assert (tmp_path / "hostfile-77").read_text() == "gpu07 slots=4\ngpu08 slots=4\n"
+    words = launcher.split()
+    assert words[:5] == ["deepspeed", "--hostfile", str(tmp_path / "hostfile-77"), "--master_addr", "gpu07"]
+    assert words[5] == "--master_port" and int(words[6]) > 0
+
+
+def test_requeue_hook_resubmits_the_same_task():
+    from remix_ds.experiments.slurm import SlurmTask
+
+    task = SlurmTask("/grid", "cell:fa__fb__none", 1, 0)
+    again = task.checkpoint()  # what submitit calls on USR2 (preemption / timeout) before requeueing
+    assert again.function is task and again.args == () and again.kwargs == {}
