@@ -143,6 +143,27 @@ class AnalysisConfig:
 
 
 @dataclass
+class SchedulerConfig:
+    """How the grid's jobs (stage 0, each shared stage 1, each cell) run (remix_ds/experiments/scheduler.py)."""
+
+    kind: Literal["serial", "local", "slurm"] = "serial"
+    """`serial`: one job after another in this process (the launcher runs each stage); `local`: up to
+    max_concurrent jobs at once as subprocesses, each on its own device group and master port."""
+    max_concurrent: int = 0
+    """Jobs running at once under `local` (0: as many as the device groups allow; on CPU, 2)."""
+    gpus_per_cell: int = 1
+    """Devices per job under `local` (GPUs; on CPU: ranks, one process each)."""
+
+    def __post_init__(self):
+        if self.max_concurrent < 0:
+            raise ConfigError(f"scheduler.max_concurrent must be >= 0 (0: as many as fit), got {self.max_concurrent}")
+        if self.gpus_per_cell < 1:
+            raise ConfigError(f"scheduler.gpus_per_cell must be >= 1, got {self.gpus_per_cell}")
+        if self.kind == "slurm":
+            raise ConfigError("scheduler.kind: slurm is not available in this build (use serial or local)")
+
+
+@dataclass
 class ExperimentConfig:
     """A REMIX grid: every D_A x D_B x strategy x loss mode cell, two stages each."""
 
@@ -170,6 +191,8 @@ class ExperimentConfig:
     """Logit lens and preservation check."""
     launcher: str = "inprocess"
     """`inprocess` (stages run in this process), `subprocess` (one python process per stage) or `deepspeed --num_gpus N [...]`."""
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    """Serial or concurrent jobs (`scheduler.kind=local scheduler.max_concurrent=2`); see docs/grids.md."""
     retry_failed: bool = True
     """On rerun, run again cells that failed before (finished cells are always skipped)."""
     data_dir: str | None = None

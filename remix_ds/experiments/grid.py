@@ -7,6 +7,18 @@ Folders under `output_dir`:
     stage1/<D_A>__<stage-1 tag>/         one stage-1 run per (D_A, stage-1 mixing, loss mode), shared by cells
     cells/<D_A>__<D_B>__<strategy>/      stage2/ (a run folder), done.json or error.json
     results.csv, results.json, report.md, *.png
+    experiment_config.json               the resolved config (what `python -m remix_ds.experiments.job` reads)
+
+The plan (plan.py) is stage 0, each shared stage 1 once, each cell after its stage 1; the
+scheduler (`scheduler.kind`) runs it serially in this process or as concurrent jobs (scheduler.py,
+job.py). Whatever ran the cells, the table is built from their done.json / error.json files only
+(`Grid.collect_rows`).
+
+Shared state is locked (filelock): each materialized dataset, the stage-0 cache, every stage
+folder (a second process waits for the first and reuses its run), every cell (a cell another
+process is running is waited for, then collected) and the results files (written atomically).
+Two grids in one output folder cooperate cell by cell; one with a different config is refused
+while the other runs (`GridBusyError`).
 
 Fault handling: a cell that raises gets `error.json` (message and traceback) and the grid moves
 on; `done.json` is written last, so a rerun skips exactly the finished cells; a stage folder with
@@ -28,6 +40,8 @@ import traceback
 from pathlib import Path
 from types import MappingProxyType
 
+from filelock import FileLock, Timeout
+
 from remix_ds import configtools, models
 from remix_ds.baselines.strategies import strategy_patch
 from remix_ds.config import RunConfig
@@ -35,10 +49,12 @@ from remix_ds.data.mixing import mix_count
 from remix_ds.data.prepare import manifest_sha256
 from remix_ds.eval.data import load_eval_set
 from remix_ds.eval.runner import evaluate, write_results
-from remix_ds.experiments import analysis, datasets, report
+from remix_ds.configtools import ConfigError
+from remix_ds.experiments import analysis, datasets, report, scheduler
 from remix_ds.experiments import stage as stage_lib
 from remix_ds.experiments.config import ExperimentConfig, launcher_argv, parse_strategy
 from remix_ds.experiments.layout import Cell, GridLayout, cell_dir
+from remix_ds.experiments.plan import Job, cell_id, plan_jobs
 
 # Every stage trains its own dataset file (no subsampling, no held-out split) for whole epochs
 # and resumes from its newest checkpoint after an interruption.
@@ -48,10 +64,17 @@ STAGE_COMMON = {
 }
 
 
+CONFIG_FILE = "experiment_config.json"
+LOCK = ".lock"
+"""The lock file inside every stage and cell folder (held while a process trains or runs it)."""
+
+
+class GridBusyError(ConfigError):
+    """Another live grid with a different config runs in the same output folder."""
+
+
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    scheduler.atomic_write(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def latest_eval_rows(run_dir: Path, name: str) -> tuple[int, list[dict]]:
@@ -97,6 +120,11 @@ class Grid:
         self.data_errors: dict[str, str] = {}
         self.base_model: str | None = None
         self.data_manifest_sha256: str | None = None
+        self.devices: list[str] | None = None
+        """A job's device group (`scheduler.kind=local`): its stages run on exactly these devices."""
+        self.port: int | None = None
+        """A job's master port for its stages' launcher."""
+        self._claim: FileLock | None = None
 
     # ---- planning ---------------------------------------------------------------------------
     def cells(self) -> list[Cell]:
@@ -111,8 +139,21 @@ class Grid:
             self._tokenizer = models.load_tokenizer(m.tokenizer or models.model_source(m), m.tiny, m.trust_remote_code)
         return self._tokenizer
 
+    def stage_launcher(self) -> list[str] | None:
+        """`launcher_argv(cfg.launcher)`, restricted to the job's device group and port when it has one.
+
+        One device and a launcher without deepspeed: the stage runs as configured (the job's
+        CUDA_VISIBLE_DEVICES already holds its one GPU; a world of one finds its own port). Else
+        `deepspeed --include localhost:<ids>` (GPUs; the deepspeed runner drops
+        CUDA_VISIBLE_DEVICES and sets it per rank) or `--num_gpus <n>` (CPU ranks), with the
+        job's `--master_port`; other flags of a configured deepspeed launcher are kept.
+        """
+        if self.devices is None or (len(self.devices) == 1 and not self.launcher):
+            return self.launcher
+        return scheduler.restrict_launcher(self.launcher or ["deepspeed"], self.devices, self.port, _cuda())
+
     def world_size(self) -> int:
-        words = self.launcher or []
+        words = self.stage_launcher() or []
         for flag in ("--num_gpus", "--num-gpus"):
             if flag in words:
                 return int(words[words.index(flag) + 1])
@@ -217,19 +258,30 @@ class Grid:
 
     # ---- running stages ----------------------------------------------------------------------
     def run_stage(self, cfg: RunConfig, label: str) -> dict:
-        """Train a stage unless its folder says it is done; returns its stats."""
+        """Train a stage unless its folder says it is done; returns its stats.
+
+        The folder's lock is held while training: a second process (another job, another grid)
+        asking for the same stage waits for the first and then reuses its run."""
         out = Path(cfg.train.output_dir)
         if stage_lib.is_done(out):
             return stage_lib.read_done(out)
         out.mkdir(parents=True, exist_ok=True)
+        with _wait_lock(out / LOCK, self.log, label):
+            if stage_lib.is_done(out):
+                self.log(f"[experiment] {label}: done by another process, reused")
+                return stage_lib.read_done(out)
+            return self._train_stage(cfg, out, label)
+
+    def _train_stage(self, cfg: RunConfig, out: Path, label: str) -> dict:
         cfg_path = out / "stage_config.json"
         cfg.save(cfg_path)
         self.log(f"[experiment] {label}: training -> {out}")
-        if self.launcher is None:
+        launcher = self.stage_launcher()
+        if launcher is None:
             return stage_lib.run_stage(cfg)
-        if self.launcher:  # deepspeed --num_gpus N ...
+        if launcher:  # deepspeed --num_gpus N ...
             exe = Path(sys.executable).with_name("deepspeed")
-            cmd = [str(exe) if exe.exists() else "deepspeed", *self.launcher[1:], "--module"]
+            cmd = [str(exe) if exe.exists() else "deepspeed", *launcher[1:], "--module"]
         else:
             cmd = [sys.executable, "-m"]
         cmd += ["remix_ds.experiments.stage", str(cfg_path)]
@@ -240,8 +292,10 @@ class Grid:
             raise RuntimeError(f"{label} failed (exit {proc.returncode}); log {out / 'stage.log'}:\n{tail}")
         return stage_lib.read_done(out)
 
-    def prepare(self) -> None:
-        """Materialize the datasets and run stage 0 (if configured)."""
+    def prepare(self, stage0: bool = True) -> None:
+        """Materialize the datasets and run stage 0 (if configured; `stage0=False`: only find its
+        folder). Idempotent and safe to call from many processes at once (locks per dataset and
+        on the stage-0 cache)."""
         specs = list(enumerate(self.cfg.data_a)) + [(len(self.cfg.data_a) + i, s) for i, s in enumerate(self.cfg.data_b)]
         if self.cfg.data_dir:  # which prepared data this grid used: recorded in every cell's row
             self.data_manifest_sha256 = manifest_sha256(self.cfg.data_dir)
@@ -250,7 +304,9 @@ class Grid:
             try:
                 index, one = spec
                 one = datasets.resolve_spec(one, self.cfg.data_dir, index < len(self.cfg.data_a), self.cfg.require_filtered)
-                self.paths.update(datasets.materialize([(index, one)], self.cfg.run.data, self.tokenizer, self.out / "data"))
+                (self.out / "data").mkdir(parents=True, exist_ok=True)
+                with FileLock(self.out / "data" / f".{one.name}.lock"):
+                    self.paths.update(datasets.materialize([(index, one)], self.cfg.run.data, self.tokenizer, self.out / "data"))
                 if "key_spans" in self.cfg.loss_modes and not datasets.clean_path(self.paths[one.name]).is_file():
                     self.log(f"[experiment] {one.name}: no key-span markers, so loss_mode key_spans trains each "
                              "whole answer without its EOS (mark the key tokens with [[...]] to train only those)")
@@ -260,19 +316,23 @@ class Grid:
         s0 = self.cfg.stage0
         if s0.epochs > 0:
             self.base_model = str(self.stage0_dir() / "final")
-            if not stage_lib.is_done(self.stage0_dir()):
+            if stage0 and not stage_lib.is_done(self.stage0_dir()):
                 skip = datasets.PRESERVE_SLOTS + sum(s.num_examples or 64 for s in self.cfg.data_a + self.cfg.data_b
                                                      if s.dataset == "generic") * (len(specs) + 1)
-                path = datasets.stage0_passages(self.tokenizer, self.cfg.run.data, s0.num_passages, s0.passage_words,
-                                                skip, self.stage0_dir().parent / f"{self.stage0_dir().name}-data")
                 patch = {
                     **STAGE_COMMON,
                     "train.output_dir": str(self.stage0_dir()), "train.epochs": s0.epochs,
                     "train.eval_every": 0, "train.early_stop_metric": None,
-                    "optim.lr": s0.lr, "data.dataset": str(path), "data.loss_mode": "all", "data.replay": [],
+                    "optim.lr": s0.lr, "data.loss_mode": "all", "data.replay": [],
                     "data.mix.random_ratio": 0.0, "data.mix.generic_ratio": 0.0, "eval.datasets": [],
                 }
-                self.run_stage(self._stage_config(patch, s0.overrides), "stage 0 (generic pretraining)")
+                self.stage0_dir().mkdir(parents=True, exist_ok=True)
+                with FileLock(self.stage0_dir() / ".stage0.lock"):  # the passages file too: grids share this cache
+                    if not stage_lib.is_done(self.stage0_dir()):
+                        path = datasets.stage0_passages(self.tokenizer, self.cfg.run.data, s0.num_passages,
+                                                        s0.passage_words, skip, self.stage0_dir().parent / f"{self.stage0_dir().name}-data")
+                        patch["data.dataset"] = str(path)
+                        self.run_stage(self._stage_config(patch, s0.overrides), "stage 0 (generic pretraining)")
 
     def stage0_dir(self) -> Path:
         """Stage 0 is cached by its config: the same base model and stage-0 settings reuse one run."""
@@ -343,39 +403,187 @@ class Grid:
         m = self.cfg.run.data.mix
         return {"mix_schedule": cell.strategy.schedule or m.schedule, "mix_redraw": cell.strategy.redraw or m.redraw}
 
-    # ---- the grid ----------------------------------------------------------------------------
-    def run(self) -> list[dict]:
-        self.out.mkdir(parents=True, exist_ok=True)
-        _write_json(self.out / "experiment_config.json", configtools.to_dict(self.cfg))
-        self.prepare()
-        layout = self.layout()
-        rows = []
-        cells = layout.cells
-        for i, cell in enumerate(cells, 1):
-            folder = self.cell_dir(cell)
-            folder.mkdir(parents=True, exist_ok=True)
-            done, err = folder / "done.json", folder / "error.json"
-            if done.is_file():
-                self.log(f"[experiment] cell {i}/{len(cells)} {cell.key}: done earlier, skipped")
-                rows.append(json.loads(done.read_text())["row"])
-                continue
-            if err.is_file() and not self.cfg.retry_failed:
-                rows.append(json.loads(err.read_text())["row"])
-                continue
-            self.log(f"[experiment] cell {i}/{len(cells)} {cell.key}")
+    # ---- jobs (plan.py): what the serial loop and `python -m remix_ds.experiments.job` run ----------
+    def error_row(self, cell: Cell, message: str) -> dict:
+        return {"d_a": cell.d_a.name, "d_b": cell.d_b.name, "strategy": cell.strategy.spec,
+                "loss_mode": cell.loss_mode or self.cfg.run.data.loss_mode, **self.mix_columns(cell),
+                "status": "error", "error": message[:500]}
+
+    def record_error(self, cell: Cell, message: str, tb: str = "") -> dict:
+        """Write the cell's error.json (its row in the table) and log it."""
+        row = self.error_row(cell, message)
+        folder = self.cell_dir(cell)
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_json(folder / "error.json", {"row": row, "traceback": tb})
+        self.log(f"[experiment] cell {cell.key} FAILED: {row['error']}")
+        return row
+
+    def cell_finished(self, cell: Cell) -> str | None:
+        """`done`, `error` (recorded and not to be retried) or None (to run)."""
+        folder = self.cell_dir(cell)
+        if (folder / "done.json").is_file():
+            return "done"
+        if (folder / "error.json").is_file() and not self.cfg.retry_failed:
+            return "error"
+        return None
+
+    def run_cell_job(self, cell: Cell, layout: GridLayout, tag: str = "") -> str:
+        """Run one cell unless it is finished; `done` or `error` (error.json written, never raised).
+
+        The cell folder's lock is held throughout: a cell another process runs is waited for and
+        then found finished."""
+        folder = self.cell_dir(cell)
+        folder.mkdir(parents=True, exist_ok=True)
+        with _wait_lock(folder / LOCK, self.log, f"cell {cell.key}"):
+            finished = self.cell_finished(cell)
+            if finished == "done":
+                self.log(f"[experiment] cell {tag}{cell.key}: done earlier, skipped")
+            if finished:
+                return finished
+            self.log(f"[experiment] cell {tag}{cell.key}")
             try:
-                rows.append(self.run_cell(cell, layout))
-                err.unlink(missing_ok=True)
+                self.run_cell(cell, layout)
+                (folder / "error.json").unlink(missing_ok=True)
+                return "done"
             except Exception as e:  # record, keep going: one broken cell must not lose the grid
-                row = {"d_a": cell.d_a.name, "d_b": cell.d_b.name, "strategy": cell.strategy.spec,
-                       "loss_mode": cell.loss_mode or self.cfg.run.data.loss_mode, **self.mix_columns(cell),
-                       "status": "error",
-                       "error": f"{type(e).__name__}: {str(e)[:500]}"}
-                _write_json(err, {"row": row, "traceback": traceback.format_exc()})
-                self.log(f"[experiment] cell {cell.key} FAILED: {row['error']}")
-                rows.append(row)
-        report.write_all(layout, self.cfg.stage1, self.cfg.stage2, rows, self.log)
+                self.record_error(cell, f"{type(e).__name__}: {str(e)[:500]}", traceback.format_exc())
+                return "error"
+
+    def run_stage1_job(self, stage1_key: str) -> None:
+        """Train one shared stage-1 run (raises on failure). A D_A that failed to load leaves the
+        error to its cells (the message the serial path gives)."""
+        cell = next(c for c in self.cells() if c.stage1_key == stage1_key)
+        if cell.d_a.name in self.data_errors:
+            self.log(f"[experiment] stage 1 {stage1_key}: dataset {cell.d_a.name} could not be loaded; its cells record it")
+            return
+        self.run_stage(self.stage1_config(cell), f"{stage1_key} stage 1")
+
+    def job_finished(self, job: Job) -> int | None:
+        """The scheduler's skip test: 0 (done), 1 (failed, not to be retried) or None (to run)."""
+        if job.kind == "stage0":
+            return 0 if stage_lib.is_done(self.stage0_dir()) else None
+        if job.kind == "stage1":
+            return 0 if stage_lib.is_done(self.out / "stage1" / job.id.split(":", 1)[1]) else None
+        cell = self._cells_by_id()[job.id]
+        finished = self.cell_finished(cell)
+        return None if finished is None else (0 if finished == "done" else 1)
+
+    def _cells_by_id(self) -> dict[str, Cell]:
+        return {cell_id(c.key): c for c in self.cells()}
+
+    def job_log(self, job: Job) -> Path:
+        """Where a job's stdout/stderr go: in the folder of what it trains."""
+        if job.kind == "stage0":
+            return self.out / "stage0.job.log"
+        if job.kind == "stage1":
+            return self.out / "stage1" / job.id.split(":", 1)[1] / "job.log"
+        return self.cell_dir(self._cells_by_id()[job.id]) / "job.log"
+
+    def job_blocked(self, job: Job, dep: Job, log: Path, code: int) -> None:
+        """A dependency failed: a cell records it (naming the log), so the table shows why."""
+        if job.kind == "cell":
+            self.record_error(self._cells_by_id()[job.id],
+                              f"RuntimeError: {dep.label} failed (exit {code}); log {log}")
+
+    # ---- the grid ----------------------------------------------------------------------------
+    def claim_output(self) -> None:
+        """Write experiment_config.json, unless a live grid with a different config uses this folder.
+
+        Each grid holds `OUT/.grids/<pid>.lock` while it runs; grids with the same config (the
+        scheduler settings aside) cooperate cell by cell, another config is refused."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        mine = configtools.to_dict(self.cfg)
+        comparable = {k: v for k, v in mine.items() if k != "scheduler"}
+        grids = self.out / ".grids"
+        grids.mkdir(exist_ok=True)
+        with FileLock(self.out / ".grid.lock"):
+            path = self.out / CONFIG_FILE
+            if path.is_file():
+                theirs = {k: v for k, v in json.loads(path.read_text()).items() if k != "scheduler"}
+                if theirs != comparable:
+                    for marker in grids.glob("*.lock"):
+                        if marker.stem != str(os.getpid()) and _held(marker):
+                            raise GridBusyError(
+                                f"{self.out}: another grid (pid {marker.stem}) is running in this folder with a "
+                                f"different config ({path}); wait for it to finish or choose another output_dir")
+            self._claim = FileLock(grids / f"{os.getpid()}.lock")
+            self._claim.acquire()
+            _write_json(path, mine)
+
+    def collect_rows(self, layout: GridLayout) -> list[dict]:
+        """The table: one row per planned cell, from its done.json / error.json only."""
+        rows = []
+        for cell in layout.cells:
+            folder = self.cell_dir(cell)
+            for name in ("done.json", "error.json"):
+                if (folder / name).is_file():
+                    rows.append(json.loads((folder / name).read_text())["row"])
+                    break
+            else:
+                rows.append(self.error_row(cell, f"not run: no done.json or error.json in {folder}"))
         return rows
+
+    def write_report(self, layout: GridLayout, rows: list[dict]) -> None:
+        """results.csv/json, report.md and plots, under the folder's results lock."""
+        with FileLock(self.out / ".results.lock"):
+            report.write_all(layout, self.cfg.stage1, self.cfg.stage2, rows, self.log)
+
+    def run(self) -> list[dict]:
+        self.claim_output()
+        try:
+            if self.cfg.scheduler.kind == "local":
+                self.prepare(stage0=False)  # the data once here; stage 0 is the plan's first job
+                layout = self.layout()
+                scheduler.run_local(plan_jobs(self), self.out, self.cfg.scheduler, finished=self.job_finished,
+                                    job_log=self.job_log, blocked=self.job_blocked, log=self.log)
+            else:
+                self.prepare()
+                layout = self.layout()
+                cells = layout.cells
+                for i, cell in enumerate(cells, 1):
+                    self.run_cell_job(cell, layout, tag=f"{i}/{len(cells)} ")
+            rows = self.collect_rows(layout)
+            self.write_report(layout, rows)
+        finally:
+            if self._claim is not None:
+                self._claim.release()
+        return rows
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _held(path: Path) -> bool:
+    """Whether another process holds the lock file (a dead one's lock is free)."""
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return True
+    lock.release()
+    path.unlink(missing_ok=True)  # a grid that died: its marker goes
+    return False
+
+
+class _wait_lock:
+    """A FileLock that says, once, when it has to wait for another process."""
+
+    def __init__(self, path: Path, log, label: str):
+        self.lock, self.log, self.label = FileLock(path), log, label
+
+    def __enter__(self):
+        try:
+            self.lock.acquire(timeout=0)
+        except Timeout:
+            self.log(f"[experiment] {self.label}: another process is running it; waiting ({self.lock.lock_file})")
+            self.lock.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.lock.release()
 
 
 def run_experiment(cfg: ExperimentConfig, log=print) -> list[dict]:
