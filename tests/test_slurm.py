@@ -166,13 +166,13 @@ def test_dry_run_lists_jobs_dependencies_and_sbatch_lines(tmp_path, capsys):
     assert "cell:fa__gb__none  [to run]  deps: stage1:fa__plain" in lines
     for flag in ("--partition=gpu", "--account=proj42", "--qos=high", "--time=120", "--nodes=2", "--gpus-per-node=8",
                  "--cpus-per-task=16", "--mem=400GB", "--constraint=h100", "--reservation=grid", "--signal=USR2@90",
-                 "--dependency=afterok:<stage1:fa__plain>"):
+                 "--dependency=afterok:stage1:fa__plain"):
         assert f"  #SBATCH {flag}" in lines, (flag, text)
-    assert text.count("--dependency=afterok:<stage1:fa__plain>") == 2  # both cells, not stage 1
+    assert text.count("--dependency=afterok:stage1:fa__plain") == 2  # both cells, not stage 1
     assert not (tmp_path / "dry" / "slurm").exists()  # nothing submitted, nothing written
 
 
-def test_placement_inside_an_allocation(tmp_path):
+def test_placement_inside_an_allocation(tmp_path, monkeypatch):
     from remix_ds.experiments import scheduler, slurm
 
     assert slurm.placement(1, 0, {}, tmp_path) == (None, None)  # CPU job: the configured launcher
@@ -181,6 +181,9 @@ def test_placement_inside_an_allocation(tmp_path):
     assert scheduler.restrict_launcher(["deepspeed"], devices.split(","), 29511, True)[1:3] == ["--include", "localhost:2,3"]
     if shutil.which("scontrol") is None:
         pytest.skip("scontrol not installed (apt-get install -y slurm-wlm): the multi-node hostfile is not checked")
+    conf = tmp_path / "slurm.conf"  # scontrol reads a config even to expand a host list
+    conf.write_text("ClusterName=x\nSlurmctldHost=localhost\nNodeName=localhost CPUs=1\nPartitionName=p Nodes=localhost\n")
+    monkeypatch.setenv("SLURM_CONF", str(conf))
     devices, launcher = slurm.placement(2, 4, {"SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "77"}, tmp_path)
     assert devices is None
     assert (tmp_path / "hostfile-77").read_text() == "gpu07 slots=4\ngpu08 slots=4\n"

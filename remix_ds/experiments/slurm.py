@@ -9,8 +9,8 @@ array's dependency cannot say (`afterok` on an array waits for all of it; `after
 task ids only), and a rerun submits only the unfinished jobs, which are rarely an array's shape.
 A grid is a few hundred jobs at most (the paper's 3 x 8 x 11 is 264 cells), well inside common
 submission limits. Jobs already finished on disk are not submitted; their dependants get no
-dependency on them. Every job runs `job.run_job(OUT, JOB_ID, ...)` (what `scheduler.kind: local`
-runs too) inside a `SlurmTask`, whose `checkpoint()` (submitit's `Checkpointable`) makes a
+dependency on them. Every job runs `python -m remix_ds.experiments.job OUT JOB_ID ...` (what
+`scheduler.kind: local` runs too) from a `SlurmTask`, whose `checkpoint()` (submitit's `Checkpointable`) makes a
 preempted or timed-out job requeue itself: Slurm's signal (`--signal=USR2@90`, or
 `scancel --signal=USR2`) reaches submitit, which requeues the same task; the stage resumes from its
 newest checkpoint (every stage runs with `train.resume=auto`), a finished stage is skipped.
@@ -34,10 +34,11 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import shlex
 import socket
 import subprocess
+import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -47,7 +48,6 @@ from filelock import FileLock
 from remix_ds.errors import RemixError
 from remix_ds.experiments import scheduler
 from remix_ds.experiments.config import SchedulerConfig, SlurmConfig
-from remix_ds.experiments.job import run_job
 from remix_ds.experiments.plan import Job
 
 RECORD = "submitted.json"
@@ -79,10 +79,19 @@ class SlurmTask(submitit.helpers.Checkpointable):
         if env.global_rank != 0:  # multi-node: the first node's task runs the launcher for all
             return 0
         devices, launcher = placement(self.nodes, self.gpus_per_node, os.environ, Path(self.output_dir) / "slurm")
-        rc = run_job(self.output_dir, self.job_id, devices=devices, port=_free_port(), launcher=launcher)
-        if rc != 0:  # the Slurm job fails, so `afterok` dependants never start
-            raise RuntimeError(f"{self.job_id} failed (exit {rc}); see this job's log")
+        cmd = job_command(self.output_dir, self.job_id, devices, _free_port(), launcher)
+        print(f"[experiment] slurm job {env.job_id}: {shlex.join(cmd)}", flush=True)
+        rc = subprocess.run(cmd).returncode
+        if rc != 0:  # the Slurm job fails, so its `afterok` dependants never start
+            raise RuntimeError(f"{self.job_id} failed (exit {rc}); its output is above in this log")
         return rc
+
+
+def job_command(output_dir: str, job_id: str, devices: str | None, port: int, launcher: str | None) -> list[str]:
+    """`python -m remix_ds.experiments.job ...` (job.run_job in its own process, as `local` runs it)."""
+    cmd = [sys.executable, "-m", "remix_ds.experiments.job", str(output_dir), job_id, "--master-port", str(port)]
+    cmd += ["--devices", devices] if devices else []
+    return cmd + (["--launcher", launcher] if launcher else [])
 
 
 def placement(nodes: int, gpus_per_node: int, environ, scratch: Path) -> tuple[str | None, str | None]:
@@ -107,10 +116,10 @@ def _free_port() -> int:
 
 # ---- submission parameters ----------------------------------------------------------------------
 def executor_parameters(cfg: SlurmConfig, name: str) -> dict:
-    """submitit `update_parameters` keywords for one job (without its dependency)."""
+    """submitit `update_parameters` keywords for one job (without its dependency; `max_timeouts` goes
+    to the executor's constructor)."""
     params = {
         "name": name, "timeout_min": cfg.time_min, "nodes": cfg.nodes, "tasks_per_node": 1,
-        "slurm_max_num_timeout": cfg.max_timeouts,
     }
     if cfg.gpus_per_node:
         params["gpus_per_node"] = cfg.gpus_per_node
@@ -129,7 +138,7 @@ def executor_parameters(cfg: SlurmConfig, name: str) -> dict:
 
 
 def make_executor(out: Path, cfg: SlurmConfig, name: str, dependency: str | None) -> submitit.AutoExecutor:
-    executor = submitit.AutoExecutor(folder=folder(out) / "%j", cluster="slurm")
+    executor = submitit.AutoExecutor(folder=folder(out) / "%j", cluster="slurm", slurm_max_num_timeout=cfg.max_timeouts)
     params = executor_parameters(cfg, name)
     if dependency:
         params["slurm_dependency"] = dependency
@@ -160,6 +169,8 @@ def dependency_of(job: Job, slurm_ids: dict[str, str]) -> str | None:
 def describe(jobs: list[Job], out: Path, sched: SchedulerConfig, finished: Callable[[Job], int | None]) -> list[str]:
     """The plan as printed by `remix-ds experiment CONFIG --dry-run`: jobs, deps, resources, sbatch lines."""
     lines = [f"plan: {len(jobs)} jobs, scheduler {sched.kind}"]
+    if sched.kind == "slurm":
+        lines.append("  (afterok:<plan job id>: that job's Slurm id at submission; %j: each job's own id)")
     if sched.kind == "local":
         lines.append(f"  local: max_concurrent={sched.max_concurrent or 'auto'} gpus_per_cell={sched.gpus_per_cell}")
     pending: set[str] = set()
@@ -171,7 +182,7 @@ def describe(jobs: list[Job], out: Path, sched: SchedulerConfig, finished: Calla
             s = sched.slurm
             lines.append(f"  resources: nodes={s.nodes} gpus_per_node={s.gpus_per_node} cpus_per_task={s.cpus_per_task or '-'} "
                          f"mem_gb={s.mem_gb or '-'} time_min={s.time_min}")
-            placeholder = {d: f"<{d}>" for d in job.deps if d in pending}
+            placeholder = {d: d for d in job.deps if d in pending}  # the plan id stands for its Slurm id
             lines += [f"  {line}" for line in sbatch_lines(out, s, job_name(out, job), dependency_of(job, placeholder))]
             pending.add(job.id)
     return lines
@@ -218,7 +229,7 @@ def log_path(out: Path, slurm_id: str) -> Path:
 
 def submit(jobs: list[Job], out: Path, cfg: SlurmConfig, finished: Callable[[Job], int | None], log=print) -> dict[str, str]:
     """Submit every unfinished job not already queued; {plan job id: slurm id} of those queued now."""
-    out = Path(out)
+    out = Path(out).resolve()  # the jobs may start in another working directory
     folder(out).mkdir(parents=True, exist_ok=True)
     with FileLock(folder(out) / ".submit.lock"):  # two `remix-ds experiment` calls never submit a job twice
         record = _read_record(out)
@@ -282,14 +293,15 @@ def _count(states) -> dict[str, int]:
 
 def run_slurm(jobs: list[Job], out: Path, sched: SchedulerConfig, *, finished: Callable[[Job], int | None],
               blocked: Callable[[Job, Job, Path, int], None], record_lost: Callable[[Job, str], None],
-              wait_for_jobs: bool = True, log=print, poll_s: float = 5.0) -> bool:
+              wait_for_jobs: bool = True, log=print) -> bool:
     """Submit the plan; with `wait_for_jobs`, wait for it. True when every job has left the queue."""
+    out = Path(out).resolve()
     queued = submit(jobs, out, sched.slurm, finished, log)
     if not wait_for_jobs:
         if queued:
             log(f"[experiment] slurm: {len(queued)} jobs queued; `remix-ds experiment` with this config again "
                 "collects the table once they are done")
         return not queued
-    wait(queued, jobs, out, finished=finished, blocked=blocked, record_lost=record_lost, log=log, poll_s=poll_s)
+    wait(queued, jobs, out, finished=finished, blocked=blocked, record_lost=record_lost, log=log, poll_s=sched.slurm.poll_s)
     return True
 
