@@ -98,7 +98,7 @@ def test_grid_on_slurm_matches_serial_with_dependencies_and_preemption(slurm_clu
     out = tmp_path / "slurm"
     record, s1 = out / "slurm" / "submitted.json", out / "stage1" / "fa__plain"
     try:
-        deadline = time.time() + 400
+        deadline = time.time() + 600
         while not (s1 / "latest").exists():  # stage 1 wrote its first checkpoint: preempt it
             assert grid.poll() is None and time.time() < deadline, "stage 1 ended before its first checkpoint"
             time.sleep(0.2)
@@ -109,8 +109,8 @@ def test_grid_on_slurm_matches_serial_with_dependencies_and_preemption(slurm_clu
             assert time.time() < deadline, _show(slurm_cluster, s1_id)
             time.sleep(0.2)
         slurm_cluster.run("scontrol", "update", f"JobId={s1_id}", "StartTime=now")  # skip Slurm's requeue delay
-        grid_out, _ = grid.communicate(timeout=400)
-        serial_out, _ = serial.communicate(timeout=400)
+        grid_out, _ = grid.communicate(timeout=900)
+        serial_out, _ = serial.communicate(timeout=900)
     finally:
         for p in (grid, serial):
             p.kill() if p.poll() is None else None

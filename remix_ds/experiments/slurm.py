@@ -97,8 +97,10 @@ def job_command(output_dir: str, job_id: str, devices: str | None, port: int, la
 def placement(nodes: int, gpus_per_node: int, environ, scratch: Path) -> tuple[str | None, str | None]:
     """(devices for run_job, launcher override) inside the current allocation."""
     if nodes > 1:
-        hosts = subprocess.run(["scontrol", "show", "hostnames", environ["SLURM_JOB_NODELIST"]],
-                               capture_output=True, text=True, check=True).stdout.split()
+        proc = subprocess.run(["scontrol", "show", "hostnames", environ["SLURM_JOB_NODELIST"]], capture_output=True, text=True)
+        hosts = proc.stdout.split()
+        if proc.returncode != 0 or not hosts:
+            raise SlurmError(f"scontrol show hostnames {environ['SLURM_JOB_NODELIST']} failed: {proc.stderr.strip()}")
         hostfile = scratch / f"hostfile-{environ.get('SLURM_JOB_ID', 'job')}"
         scheduler.atomic_write(hostfile, "".join(f"{h} slots={max(gpus_per_node, 1)}\n" for h in hosts))
         return None, f"deepspeed --hostfile {hostfile} --master_addr {hosts[0]} --master_port {_free_port()}"
