@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import REPO, run_cmd
+from helpers import REPO
 
 BASE_RUN = {
     "model": {"name_or_path": "tiny"},
@@ -86,7 +86,7 @@ def test_submitit_smoke_on_real_slurm(slurm_cluster, tmp_path):
 
 
 @pytest.mark.slow
-def test_grid_on_slurm_matches_serial_with_dependencies_and_preemption(slurm_cluster, tmp_path):
+def test_grid_on_slurm_matches_serial_with_dependencies_and_preemption(slurm_cluster, tmp_path, capsys):
     serial_cfg = _grid_cfg(tmp_path, "serial")
     slurm_cfg = _grid_cfg(tmp_path, "slurm", scheduler={"kind": "slurm", "slurm": {
         "partition": slurm_cluster.partition, "time_min": 15, "cpus_per_task": 1, "poll_s": 0.5}})
@@ -98,7 +98,7 @@ def test_grid_on_slurm_matches_serial_with_dependencies_and_preemption(slurm_clu
     out = tmp_path / "slurm"
     record, s1 = out / "slurm" / "submitted.json", out / "stage1" / "fa__plain"
     try:
-        deadline = time.time() + 600
+        deadline = time.time() + 900
         while not (s1 / "latest").exists():  # stage 1 wrote its first checkpoint: preempt it
             assert grid.poll() is None and time.time() < deadline, "stage 1 ended before its first checkpoint"
             time.sleep(0.2)
@@ -146,9 +146,12 @@ def test_grid_on_slurm_matches_serial_with_dependencies_and_preemption(slurm_clu
         assert info["JobState"] == "COMPLETED"
         assert info["SubmitTime"] < s1_info["EndTime"] <= info["StartTime"], (info, s1_info)
 
-    # a rerun collects: nothing submitted again, the same table
-    again = run_cmd(cmd + [str(slurm_cfg)], env=env, timeout=300)
-    assert "submitted" not in again.stdout and json.loads(record.read_text()) == ids
+    # a rerun (in this process: no jobs left to run) collects: nothing submitted again, the same table
+    from remix_ds.experiments.__main__ import main
+
+    (out / "results.json").unlink()
+    assert main([str(slurm_cfg)]) == 0
+    assert "submitted" not in capsys.readouterr().out and json.loads(record.read_text()) == ids
     assert json.loads((out / "results.json").read_text()) == list(table.values())
 
 
@@ -198,3 +201,25 @@ def test_requeue_hook_resubmits_the_same_task():
     task = SlurmTask("/grid", "cell:fa__fb__none", 1, 0)
     again = task.checkpoint()  # what submitit calls on USR2 (preemption / timeout) before requeueing
     assert again.function is task and again.args == () and again.kwargs == {}
+
+
+def test_wait_cancels_the_cells_of_a_failed_stage1_and_records_lost_cells(tmp_path, monkeypatch):
+    from remix_ds.experiments import slurm
+    from remix_ds.experiments.plan import Job
+
+    jobs = [Job("stage1:a", "stage1", (), "stage 1 a"), Job("stage1:b", "stage1", (), "stage 1 b"),
+            Job("cell:x", "cell", ("stage1:a",), "cell x"), Job("cell:y", "cell", ("stage1:b",), "cell y")]
+    queued = {"stage1:a": "11", "cell:x": "12", "cell:y": "13"}  # stage1:b finished before
+    polls = iter([{"11": ("RUNNING", "None"), "12": ("PENDING", "Dependency"), "13": ("RUNNING", "None")},
+                  {"12": ("PENDING", "DependencyNeverSatisfied")}])  # then: 11 failed, 13 died without a result
+    monkeypatch.setattr(slurm, "queue_states", lambda ids: next(polls))
+    monkeypatch.setattr(slurm, "final_state", lambda sid: {"13": "OUT_OF_MEMORY"}[sid])
+    cancelled, blocked, lost, logged = [], [], [], []
+    monkeypatch.setattr(slurm, "cancel", cancelled.append)
+    slurm.wait(queued, jobs, tmp_path, finished=lambda job: 0 if job.id == "stage1:b" else None,
+               blocked=lambda job, dep, log, code: blocked.append((job.id, dep.id, log, code)),
+               record_lost=lambda job, message: lost.append((job.id, message)), log=logged.append, poll_s=0)
+    assert cancelled == ["12"]
+    assert blocked == [("cell:x", "stage1:a", tmp_path / "slurm" / "11" / "11_0_log.err", 1)]
+    assert lost == [("cell:y", f"slurm job 13 ended (OUT_OF_MEMORY) without finishing its cell; log {tmp_path}/slurm/13/13_0_log.err")]
+    assert "[experiment] slurm: cell:x (job 12) cancelled: stage1:a (job 11) failed" in logged

@@ -225,6 +225,10 @@ def final_state(slurm_id: str) -> str:
     return "unknown"
 
 
+def cancel(slurm_id: str) -> None:
+    subprocess.run(["scancel", slurm_id], capture_output=True)
+
+
 def log_path(out: Path, slurm_id: str) -> Path:
     return folder(out) / slurm_id / f"{slurm_id}_0_log.err"
 
@@ -272,7 +276,7 @@ def wait(queued: dict[str, str], jobs: list[Job], out: Path, *, finished: Callab
                     record_lost(by_id[jid], f"slurm job {sid} ended ({final_state(sid)}) without finishing its cell; "
                                             f"log {log_path(out, sid)}")
             elif state == "PENDING" and reason in NEVER:
-                subprocess.run(["scancel", sid], capture_output=True)
+                cancel(sid)
                 del left[jid]
                 dep = next((by_id[d] for d in by_id[jid].deps if finished(by_id[d]) != 0), by_id[by_id[jid].deps[0]])
                 dep_sid = queued.get(dep.id, "?")
