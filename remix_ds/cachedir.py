@@ -1,17 +1,23 @@
 """Build-once cache folders (the tiny model, the built-in corpus, test fixtures).
 
-Several ranks or test processes may ask for the same folder at once; each builds into its own
-temp folder beside the final one and the first atomic rename wins. A crash mid-build leaves only a
-`.tmp-*` folder, never a final folder that looks complete.
+Several ranks, jobs or grids may ask for the same folder at once: the first takes a file lock
+(`.<name>.lock` beside the folder) and builds into its own temp folder, renamed atomically when
+complete; the others wait for the lock and find the folder built (so a cache is built once). A
+crash mid-build leaves only a `.tmp-*` folder, never a final folder that looks complete, and
+releases the lock. Each build says so on stderr (`[cache] built ...`).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
+
+from filelock import FileLock
 
 
 def cache_root() -> Path:
@@ -36,15 +42,35 @@ def build_once(final: Path, build: Callable[[Path], None], marker: str) -> Path:
     if (final / marker).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-    os.chmod(tmp, umask_mode(0o777))
-    try:
-        build(tmp)
+    with FileLock(final.parent / f".{final.name}.lock"):
+        if (final / marker).is_file():  # built by the process we waited for
+            return final
+        start = time.perf_counter()
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+        os.chmod(tmp, umask_mode(0o777))
         try:
-            os.rename(tmp, final)
-        except OSError:  # another process won the race; its build is identical
-            if not (final / marker).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            build(tmp)
+            try:
+                os.rename(tmp, final)
+            except OSError:  # a process without the lock (an older version) won the race; its build is identical
+                if not (final / marker).is_file():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        print(f"[cache] built {final} in {time.perf_counter() - start:.1f} s (pid {os.getpid()})", file=sys.stderr)
     return final
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to a unique temp file beside `path`, then rename it over `path`: readers never
+    see a partial file and concurrent writers never share a temp file (the last rename wins)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.chmod(tmp, umask_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

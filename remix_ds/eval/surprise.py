@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from filelock import FileLock
 
 from remix_ds import models
 from remix_ds.config import RunConfig
@@ -67,6 +68,21 @@ def _model_identity(source: str) -> dict:
     return {"path": source}
 
 
+def _compute_mask(cfg: RunConfig, source: str, tokenizer, examples, key: dict, path: Path) -> None:
+    d = cfg.data
+    toks = tokenize_examples(examples, tokenizer, mode="answer", prompt_format=d.prompt_format,
+                             max_len=d.max_seq_len).examples
+    model = models.load_for_inference(source, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,
+                                      tiny=cfg.model.tiny)
+    keeps = surprise_keep(model, tokenizer, toks, d.surprise_threshold, d.surprise_eos)
+    del model
+    gc.collect()
+    total = sum(len(k) for k in keeps)
+    kept = int(sum(int(k.sum()) for k in keeps))
+    write_mask(path, [t.id for t in toks], keeps, {**key, "supervised": kept, "answer_tokens": total,
+                                                    "fraction": kept / total if total else 0.0})
+
+
 def prepare_surprise_mask(cfg: RunConfig, log=print) -> Path | None:
     """Compute (or find) the stage's surprise mask and point ``cfg.data.surprise_mask`` at it."""
     d = cfg.data
@@ -85,18 +101,10 @@ def prepare_surprise_mask(cfg: RunConfig, log=print) -> Path | None:
            "threshold": d.surprise_threshold, "eos": d.surprise_eos, "prompt_format": d.prompt_format,
            "max_seq_len": d.max_seq_len}
     path = mask_path(d.dataset, key)
-    if not path.is_file():
-        toks = tokenize_examples(examples, tokenizer, mode="answer", prompt_format=d.prompt_format,
-                                 max_len=d.max_seq_len).examples
-        model = models.load_for_inference(source, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,
-                                          tiny=cfg.model.tiny)
-        keeps = surprise_keep(model, tokenizer, toks, d.surprise_threshold, d.surprise_eos)
-        del model
-        gc.collect()
-        total = sum(len(k) for k in keeps)
-        kept = int(sum(int(k.sum()) for k in keeps))
-        write_mask(path, [t.id for t in toks], keeps, {**key, "supervised": kept, "answer_tokens": total,
-                                                        "fraction": kept / total if total else 0.0})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path.with_name(f".{path.name}.lock")):  # ranks, jobs and grids sharing it compute it once
+        if not path.is_file():
+            _compute_mask(cfg, source, tokenizer, examples, key, path)
     _, _, meta = read_mask(path)
     if os.environ.get("RANK", "0") == "0":
         log(f"[remix-ds] surprise mask {path}: {meta['supervised']} of {meta['answer_tokens']} answer tokens "

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 def _run(args) -> int:
     from remix_ds.experiments.config import load_experiment
-
     from remix_ds.experiments.grid import Grid
 
     cfg = load_experiment(args.config, args.overrides)
@@ -16,7 +15,11 @@ def _run(args) -> int:
         grid = Grid(cfg)
         for cell in grid.cells():
             print(f"{cell.key}  (stage 1: {cell.stage1_key})")
-        print("\n".join(slurm.describe(plan_jobs(grid), grid.out, cfg.scheduler, grid.job_finished)))
+        print(f"\nplan ({cfg.scheduler.kind} scheduler):")
+        for job in plan_jobs(grid):
+            print(f"  {job.id}" + (f"  after {', '.join(job.deps)}" if job.deps else ""))
+        if cfg.scheduler.kind == "slurm":
+            print("\n".join(slurm.describe(plan_jobs(grid), grid.out, cfg.scheduler.slurm, grid.job_finished)))
         return 0
     grid = Grid(cfg)
     grid.wait_for_jobs = not args.no_wait

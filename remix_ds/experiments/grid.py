@@ -43,6 +43,7 @@ from types import MappingProxyType
 from filelock import FileLock, Timeout
 
 from remix_ds import configtools, models
+from remix_ds.cachedir import write_text_atomic
 from remix_ds.baselines.strategies import strategy_patch
 from remix_ds.config import RunConfig
 from remix_ds.data.mixing import mix_count
@@ -74,7 +75,7 @@ class GridBusyError(ConfigError):
 
 
 def _write_json(path: Path, obj) -> None:
-    scheduler.atomic_write(path, json.dumps(obj, indent=2, default=str) + "\n")
+    write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def latest_eval_rows(run_dir: Path, name: str) -> tuple[int, list[dict]]:
@@ -473,6 +474,10 @@ class Grid:
     def _cells_by_id(self) -> dict[str, Cell]:
         return {cell_id(c.key): c for c in self.cells()}
 
+    def job_claim(self, job: Job) -> Path:
+        """The lock file a scheduler holds while its job runs (cooperating grids skip each other's)."""
+        return self.job_log(job).with_name(".scheduled.lock")
+
     def job_log(self, job: Job) -> Path:
         """Where a job's stdout/stderr go: in the folder of what it trains."""
         if job.kind == "stage0":
@@ -481,15 +486,22 @@ class Grid:
             return self.out / "stage1" / job.id.split(":", 1)[1] / "job.log"
         return self.cell_dir(self._cells_by_id()[job.id]) / "job.log"
 
-    def job_blocked(self, job: Job, dep: Job, log: Path, code: int) -> None:
-        """A dependency failed: a cell records it (naming the log), so the table shows why."""
-        if job.kind == "cell":
-            self.record_error(self._cells_by_id()[job.id],
-                              f"RuntimeError: {dep.label} failed (exit {code}); log {log}")
+    def job_blocked(self, job: Job, cause: Job, log: Path, code: int) -> None:
+        """A cell that will not run because `cause` (a dependency) failed, or whose own job died
+        without recording why, gets error.json naming the log, so the table shows why."""
+        if job.kind != "cell":
+            return
+        cell = self._cells_by_id()[job.id]
+        if cause.id == job.id and (self.cell_dir(cell) / "error.json").is_file():
+            return  # the job recorded its own error (exit 1)
+        self.record_error(cell, f"RuntimeError: {cause.label} failed (exit {code}); log {log}")
 
     def job_lost(self, job: Job, message: str) -> None:
-        """A cell's Slurm job ended without done.json / error.json (killed, out of time): record why."""
-        self.record_error(self._cells_by_id()[job.id], message)
+        """A cell's Slurm job ended without done.json (killed, out of time): record why, unless the
+        job recorded its own error.json."""
+        cell = self._cells_by_id()[job.id]
+        if not (self.cell_dir(cell) / "error.json").is_file():
+            self.record_error(cell, message)
 
     # ---- the grid ----------------------------------------------------------------------------
     def claim_output(self) -> None:
@@ -508,7 +520,7 @@ class Grid:
                 theirs = {k: v for k, v in json.loads(path.read_text()).items() if k != "scheduler"}
                 if theirs != comparable:
                     for marker in grids.glob("*.lock"):
-                        if marker.stem != str(os.getpid()) and _held(marker):
+                        if marker.stem != str(os.getpid()) and _held(marker, clear=True):  # a dead grid's marker goes
                             raise GridBusyError(
                                 f"{self.out}: another grid (pid {marker.stem}) is running in this folder with a "
                                 f"different config ({path}); wait for it to finish or choose another output_dir")
@@ -541,7 +553,7 @@ class Grid:
                 self.prepare(stage0=False)  # the data once here; stage 0 is the plan's first job
                 layout = self.layout()
                 scheduler.run_local(plan_jobs(self), self.out, self.cfg.scheduler, finished=self.job_finished,
-                                    job_log=self.job_log, blocked=self.job_blocked, log=self.log)
+                                    job_log=self.job_log, blocked=self.job_blocked, claim=self.job_claim, log=self.log)
             elif self.cfg.scheduler.kind == "slurm":
                 self.prepare(stage0=False)  # the data once here; the jobs run on the cluster
                 layout = self.layout()
@@ -569,15 +581,18 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _held(path: Path) -> bool:
-    """Whether another process holds the lock file (a dead one's lock is free)."""
+def _held(path: Path, clear: bool = False) -> bool:
+    """Whether another process holds the lock file (a dead one's lock is free; `clear` removes it then)."""
+    if not path.is_file():
+        return False
     lock = FileLock(path, timeout=0)
     try:
         lock.acquire()
     except Timeout:
         return True
     lock.release()
-    path.unlink(missing_ok=True)  # a grid that died: its marker goes
+    if clear:
+        path.unlink(missing_ok=True)
     return False
 
 

@@ -9,11 +9,13 @@ Plots (matplotlib, Agg backend, written beside the table):
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
 from typing import Callable
 
+from remix_ds.cachedir import write_text_atomic
 from remix_ds.experiments.config import Stage1Config, Stage2Config
 from remix_ds.experiments.layout import GridLayout
 
@@ -46,13 +48,14 @@ def main_table(rows: list[dict]) -> str:
 
 def write_tables(out: Path, rows: list[dict]) -> None:
     keys = list(COLUMNS) + sorted({k for r in rows for k in r} - set(COLUMNS))
-    with (out / "results.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in keys})
+    f = io.StringIO(newline="")
+    w = csv.DictWriter(f, fieldnames=keys)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: r.get(k, "") for k in keys})
+    write_text_atomic(out / "results.csv", f.getvalue())  # atomic: concurrent grids and readers of one folder
     clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
-    (out / "results.json").write_text(json.dumps(clean, indent=2, default=str) + "\n")  # NaN -> null (strict JSON)
+    write_text_atomic(out / "results.json", json.dumps(clean, indent=2, default=str) + "\n")  # NaN -> null (strict JSON)
 
 
 def _curves(layout: GridLayout) -> dict:
@@ -188,7 +191,7 @@ def write_all(layout: GridLayout, stage1: Stage1Config, stage2: Stage2Config, ro
     """results.csv/json, the plots and report.md in `layout.out`; the table and failures go to `log`."""
     write_tables(layout.out, rows)
     plots = plot_all(layout, rows)
-    (layout.out / "report.md").write_text(report_markdown(layout, stage1, stage2, rows, plots))
+    write_text_atomic(layout.out / "report.md", report_markdown(layout, stage1, stage2, rows, plots))
     log("\n" + main_table([r for r in rows if r.get("status") == "done"]))
     failed = [r for r in rows if r.get("status") != "done"]
     for r in failed:

@@ -12,7 +12,7 @@ jobs that depend on it (`blocked`: a cell then records error.json naming the fai
 and nothing else. SIGINT / SIGTERM terminate the running jobs' process groups; their stages
 resume from their checkpoints on a rerun, finished jobs are skipped.
 
-Also the small shared-file helpers of the grid: `atomic_write`, `restrict_launcher`.
+Also `restrict_launcher`: a stage's deepspeed launcher placed on one device group.
 """
 
 from __future__ import annotations
@@ -22,34 +22,19 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from remix_ds.cachedir import umask_mode
+from filelock import FileLock, Timeout
+
 from remix_ds.configtools import ConfigError
 from remix_ds.experiments.config import SchedulerConfig
 from remix_ds.experiments.plan import Job
 
 CPU_CONCURRENT = 2
 """Jobs at once on a machine without GPUs when scheduler.max_concurrent is 0."""
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write `text` to a unique temp file beside `path`, then rename it over `path` (readers never
-    see a partial file; concurrent writers never share a temp file)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)
@@ -135,10 +120,12 @@ class _Running:
     port: int
     log: Path
     start: float
+    claim: FileLock | None
 
 
 def run_local(jobs: list[Job], out: Path, cfg: SchedulerConfig, *, finished: Callable[[Job], int | None],
               job_log: Callable[[Job], Path], blocked: Callable[[Job, Job, Path, int], None],
+              claim: Callable[[Job], Path | None] = lambda job: None,
               log: Callable[[str], None] = print, cuda: bool | None = None,
               command: Callable[[Path, Job, DeviceGroup, int], list[str]] = job_command,
               poll_s: float = 0.2) -> dict[str, int]:
@@ -146,7 +133,9 @@ def run_local(jobs: list[Job], out: Path, cfg: SchedulerConfig, *, finished: Cal
 
     `finished(job)`: 0 / 1 for work finished earlier (not started again), None to run it.
     `blocked(job, cause, cause_log, code)`: a job that will not run (or died without recording
-    why) because `cause` failed."""
+    why) because `cause` failed. `claim(job)`: a lock file this scheduler holds while the job runs;
+    a job another scheduler holds (a cooperating grid in the same folder) starts only when nothing
+    else is ready (it then waits for the other's job, and finds it finished)."""
     if cuda is None:
         import torch
 
@@ -188,30 +177,39 @@ def run_local(jobs: list[Job], out: Path, cfg: SchedulerConfig, *, finished: Cal
                     blocked(job, root[0], root[1], root[2])
                     log(f"[scheduler] skip  {job.label}: {root[0].label} failed (log {root[1]})")
                     pending.remove(job)
-            for job in list(pending):
+            for job in [j for j in pending if all(codes.get(d) == 0 for d in j.deps)]:
                 if not free:
                     break
-                if all(codes.get(d) == 0 for d in job.deps):
-                    group = free.pop(0)
-                    port = free_port({r.port for r in running.values()})
-                    path = job_log(job)
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads}
-                    if cuda:
-                        env["CUDA_VISIBLE_DEVICES"] = ",".join(group.devices)
-                    with path.open("a") as f:
-                        proc = subprocess.Popen(command(out, job, group, port), stdout=f, stderr=subprocess.STDOUT,
-                                                env=env, start_new_session=True, preexec_fn=_die_with_parent)
-                    running[job.id] = _Running(job, proc, group, port, path, time.perf_counter())
-                    pending.remove(job)
-                    log(f"[scheduler] start {job.label} on {'GPU' if cuda else 'CPU'} {','.join(group.devices)} "
-                        f"(port {port}) -> {path}")
+                ok, lock = _try_claim(claim(job))
+                if not ok:  # a cooperating grid's scheduler runs it: take it as finished once it is
+                    code = finished(job)
+                    if code is not None:
+                        codes[job.id], cause[job.id] = code, (job, job_log(job), code)
+                        pending.remove(job)
+                        log(f"[scheduler] {'done ' if code == 0 else 'FAILED'} {job.label} by another grid")
+                    continue
+                group = free.pop(0)
+                port = free_port({r.port for r in running.values()})
+                path = job_log(job)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads}
+                if cuda:
+                    env["CUDA_VISIBLE_DEVICES"] = ",".join(group.devices)
+                with path.open("a") as f:
+                    proc = subprocess.Popen(command(out, job, group, port), stdout=f, stderr=subprocess.STDOUT,
+                                            env=env, start_new_session=True, preexec_fn=_die_with_parent)
+                running[job.id] = _Running(job, proc, group, port, path, time.perf_counter(), lock)
+                pending.remove(job)
+                log(f"[scheduler] start {job.label} on {'GPU' if cuda else 'CPU'} {','.join(group.devices)} "
+                    f"(port {port}) -> {path}")
             for jid, r in list(running.items()):
                 code = r.proc.poll()
                 if code is None:
                     continue
                 del running[jid]
                 free.append(r.group)
+                if r.claim is not None:
+                    r.claim.release()
                 codes[jid] = code
                 cause[jid] = (r.job, r.log, code)
                 wall = time.perf_counter() - r.start
@@ -220,7 +218,8 @@ def run_local(jobs: list[Job], out: Path, cfg: SchedulerConfig, *, finished: Cal
                 else:
                     log(f"[scheduler] FAILED {r.job.label} (exit {code}) in {wall:.1f} s; log {r.log}")
                     blocked(r.job, r.job, r.log, code)
-            time.sleep(poll_s if running else 0)
+            if pending or running:
+                time.sleep(poll_s)
     finally:
         if running:
             log(f"[scheduler] interrupted: terminating {len(running)} running job(s); rerun to resume "
@@ -231,6 +230,19 @@ def run_local(jobs: list[Job], out: Path, cfg: SchedulerConfig, *, finished: Cal
     failed = sum(1 for c in codes.values() if c != 0)
     log(f"[scheduler] {len(jobs)} jobs in {time.perf_counter() - t0:.1f} s, {failed} failed")
     return codes
+
+
+def _try_claim(path: Path | None) -> tuple[bool, FileLock | None]:
+    """(True, held lock) when this scheduler may run the job, (False, None) when another holds it."""
+    if path is None:
+        return True, None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return False, None
+    return True, lock
 
 
 def _terminate(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:

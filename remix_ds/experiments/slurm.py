@@ -168,25 +168,21 @@ def dependency_of(job: Job, slurm_ids: dict[str, str]) -> str | None:
 
 
 # ---- dry run ------------------------------------------------------------------------------------
-def describe(jobs: list[Job], out: Path, sched: SchedulerConfig, finished: Callable[[Job], int | None]) -> list[str]:
-    """The plan as printed by `remix-ds experiment CONFIG --dry-run`: jobs, deps, resources, sbatch lines."""
-    lines = [f"plan: {len(jobs)} jobs, scheduler {sched.kind}"]
-    if sched.kind == "slurm":
-        lines.append("  (afterok:<plan job id>: that job's Slurm id at submission; %j: each job's own id)")
-    if sched.kind == "local":
-        lines.append(f"  local: max_concurrent={sched.max_concurrent or 'auto'} gpus_per_cell={sched.gpus_per_cell}")
+def describe(jobs: list[Job], out: Path, cfg: SlurmConfig, finished: Callable[[Job], int | None]) -> list[str]:
+    """What `remix-ds experiment CONFIG --dry-run` adds for Slurm: per job, whether it would be
+    submitted, its deps, resources and the #SBATCH lines submitit would write."""
+    lines = ["", "slurm jobs (afterok:<plan job id> becomes that job's Slurm id at submission; %j: each job's own id):"]
     pending: set[str] = set()
     for job in jobs:
         state = {0: "done, skipped", 1: "failed, not retried"}.get(finished(job), "to run")
-        deps = ", ".join(job.deps) or "-"
-        lines.append(f"{job.id}  [{state}]  deps: {deps}")
-        if sched.kind == "slurm" and state == "to run":
-            s = sched.slurm
-            lines.append(f"  resources: nodes={s.nodes} gpus_per_node={s.gpus_per_node} cpus_per_task={s.cpus_per_task or '-'} "
-                         f"mem_gb={s.mem_gb or '-'} time_min={s.time_min}")
-            placeholder = {d: d for d in job.deps if d in pending}  # the plan id stands for its Slurm id
-            lines += [f"  {line}" for line in sbatch_lines(out, s, job_name(out, job), dependency_of(job, placeholder))]
-            pending.add(job.id)
+        lines.append(f"{job.id}  [{state}]  deps: {', '.join(job.deps) or '-'}")
+        if state != "to run":
+            continue
+        lines.append(f"  resources: nodes={cfg.nodes} gpus_per_node={cfg.gpus_per_node} cpus_per_task={cfg.cpus_per_task or '-'} "
+                     f"mem_gb={cfg.mem_gb or '-'} time_min={cfg.time_min}")
+        placeholder = {d: d for d in job.deps if d in pending}  # the plan id stands for its Slurm id
+        lines += [f"  {line}" for line in sbatch_lines(out, cfg, job_name(out, job), dependency_of(job, placeholder))]
+        pending.add(job.id)
     return lines
 
 
