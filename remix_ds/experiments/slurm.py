@@ -45,8 +45,8 @@ from typing import Callable
 import submitit
 from filelock import FileLock
 
+from remix_ds.cachedir import write_text_atomic
 from remix_ds.errors import RemixError
-from remix_ds.experiments import scheduler
 from remix_ds.experiments.config import SchedulerConfig, SlurmConfig
 from remix_ds.experiments.plan import Job
 
@@ -102,7 +102,7 @@ def placement(nodes: int, gpus_per_node: int, environ, scratch: Path) -> tuple[s
         if proc.returncode != 0 or not hosts:
             raise SlurmError(f"scontrol show hostnames {environ['SLURM_JOB_NODELIST']} failed: {proc.stderr.strip()}")
         hostfile = scratch / f"hostfile-{environ.get('SLURM_JOB_ID', 'job')}"
-        scheduler.atomic_write(hostfile, "".join(f"{h} slots={max(gpus_per_node, 1)}\n" for h in hosts))
+        write_text_atomic(hostfile, "".join(f"{h} slots={max(gpus_per_node, 1)}\n" for h in hosts))
         return None, f"deepspeed --hostfile {hostfile} --master_addr {hosts[0]} --master_port {_free_port()}"
     if gpus_per_node > 0:
         visible = environ.get("CUDA_VISIBLE_DEVICES", "")
@@ -193,7 +193,7 @@ def _read_record(out: Path) -> dict[str, str]:
 
 
 def _write_record(out: Path, record: dict[str, str]) -> None:
-    scheduler.atomic_write(folder(out) / RECORD, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(folder(out) / RECORD, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def queue_states(ids: list[str]) -> dict[str, tuple[str, str]]:
