@@ -82,6 +82,10 @@ def test_submitit_smoke_on_real_slurm(slurm_cluster, tmp_path):
     # a stdlib-only callable: the job's python cannot import this test module
     job = executor.submit(submitit.helpers.CommandFunction(["bash", "-c", "echo $SLURM_JOB_ID $SLURM_JOB_PARTITION $((6*7))"]))
     assert _wait(job).split() == [job.job_id, slurm_cluster.partition, "42"]
+    deadline = time.time() + 60  # the result pickle is written before the job step ends
+    while _show(slurm_cluster, job.job_id)["JobState"] in ("RUNNING", "COMPLETING"):
+        assert time.time() < deadline
+        time.sleep(0.2)
     assert _show(slurm_cluster, job.job_id)["JobState"] == "COMPLETED"
 
 

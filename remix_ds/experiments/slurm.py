@@ -39,6 +39,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -278,19 +279,12 @@ def wait(queued: dict[str, str], jobs: list[Job], out: Path, *, finished: Callab
                 dep_sid = queued.get(dep.id, "?")
                 log(f"[experiment] slurm: {jid} (job {sid}) cancelled: {dep.id} (job {dep_sid}) failed")
                 blocked(by_id[jid], dep, log_path(out, dep_sid), 1)
-        summary = ", ".join(f"{n} {s.lower()}" for s, n in _count(states.values()).items())
+        summary = ", ".join(f"{n} {s.lower()}" for s, n in Counter(state for state, _ in states.values()).items())
         if summary and summary != last:
             log(f"[experiment] slurm: {len(left)} jobs in the queue ({summary})")
             last = summary
         if left:
             time.sleep(poll_s)
-
-
-def _count(states) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for state, _ in states:
-        counts[state] = counts.get(state, 0) + 1
-    return counts
 
 
 def run_slurm(jobs: list[Job], out: Path, sched: SchedulerConfig, *, finished: Callable[[Job], int | None],
