@@ -227,3 +227,21 @@ def test_wait_cancels_the_cells_of_a_failed_stage1_and_records_lost_cells(tmp_pa
     assert blocked == [("cell:x", "stage1:a", tmp_path / "slurm" / "11" / "11_0_log.err", 1)]
     assert lost == [("cell:y", f"slurm job 13 ended (OUT_OF_MEMORY) without finishing its cell; log {tmp_path}/slurm/13/13_0_log.err")]
     assert "[experiment] slurm: cell:x (job 12) cancelled: stage1:a (job 11) failed" in logged
+
+
+def test_no_wait_returns_after_submission(tmp_path, monkeypatch):
+    from remix_ds.experiments import slurm
+    from remix_ds.experiments.config import SchedulerConfig, SlurmConfig
+    from remix_ds.experiments.plan import Job
+
+    jobs = [Job("stage1:a", "stage1", (), "stage 1 a"), Job("cell:x", "cell", ("stage1:a",), "cell x")]
+    monkeypatch.setattr(slurm, "submit", lambda jobs, out, cfg, finished, log: {"stage1:a": "7", "cell:x": "8"})
+    monkeypatch.setattr(slurm, "wait", lambda *a, **k: pytest.fail("--no-wait must not wait"))
+    lines = []
+    sched = SchedulerConfig(kind="slurm", slurm=SlurmConfig(partition="p"))
+    kw = dict(finished=lambda job: None, blocked=None, record_lost=None, log=lines.append)
+    assert slurm.run_slurm(jobs, tmp_path, sched, wait_for_jobs=False, **kw) is False  # not collected yet
+    assert lines == ["[experiment] slurm: 2 jobs queued; `remix-ds experiment` with this config again collects "
+                     "the table once they are done"]
+    monkeypatch.setattr(slurm, "submit", lambda jobs, out, cfg, finished, log: {})
+    assert slurm.run_slurm(jobs, tmp_path, sched, wait_for_jobs=False, **kw) is True  # nothing queued: collect now

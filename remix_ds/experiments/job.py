@@ -1,6 +1,6 @@
 """One job of a grid's plan (plan.py), in its own process: what `scheduler.kind: local` (and Slurm) runs.
 
-    python -m remix_ds.experiments.job OUTPUT_DIR JOB_ID [--devices 0,1] [--master-port P]
+    python -m remix_ds.experiments.job OUTPUT_DIR JOB_ID [--devices 0,1] [--master-port P] [--launcher L]
 
 Reads `OUTPUT_DIR/experiment_config.json` (written by the grid before it schedules anything),
 rebuilds the Grid, `prepare()`s it (idempotent and locked, so many jobs may start at once) and
