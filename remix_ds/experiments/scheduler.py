@@ -17,6 +17,7 @@ Also `restrict_launcher`: a stage's deepspeed launcher placed on one device grou
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -102,14 +103,16 @@ def job_command(out: Path, job: Job, group: DeviceGroup, port: int) -> list[str]
             "--devices", ",".join(group.devices), "--master-port", str(port)]
 
 
+try:  # loaded here, not in the forked child (no imports between fork and exec)
+    _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:  # not glibc Linux: jobs outlive a SIGKILL-ed scheduler (SIGTERM/SIGINT still end them)
+    _LIBC = None
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Linux: the job gets SIGTERM if the scheduler dies (even by SIGKILL), and takes its group down."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -181,12 +184,15 @@ def run_local(jobs: list[Job], out: Path, cfg: SchedulerConfig, *, finished: Cal
                 if not free:
                     break
                 ok, lock = _try_claim(claim(job))
-                if not ok:  # a cooperating grid's scheduler runs it: take it as finished once it is
-                    code = finished(job)
-                    if code is not None:
-                        codes[job.id], cause[job.id] = code, (job, job_log(job), code)
-                        pending.remove(job)
-                        log(f"[scheduler] {'done ' if code == 0 else 'FAILED'} {job.label} by another grid")
+                # a cooperating grid's scheduler runs it (or ran it since we looked): collect it once finished
+                code = finished(job) if not ok or lock is not None else None
+                if code is not None:
+                    codes[job.id], cause[job.id] = code, (job, job_log(job), code)
+                    pending.remove(job)
+                    log(f"[scheduler] {'done ' if code == 0 else 'FAILED'} {job.label} by another grid")
+                if lock is not None and (code is not None or not ok):
+                    lock.release()
+                if not ok or code is not None:
                     continue
                 group = free.pop(0)
                 port = free_port({r.port for r in running.values()})
