@@ -72,3 +72,16 @@ def sp_tok():
 def bpe_tok():
     """A byte-level BPE tokenizer trained locally (helpers.bpe_tokenizer)."""
     return bpe_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real one-node Slurm cluster (tests/slurm_cluster.py), SLURM_CONF set while it runs; skips with the reason
+    when slurm/munge are not installed or we are not root. Opt-in: only tests that take it start it."""
+    import slurm_cluster as sc
+
+    reason = sc.skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with sc.running_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
+        yield cluster

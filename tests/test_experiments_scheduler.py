@@ -30,7 +30,7 @@ from filelock import FileLock
 from helpers import REPO
 from remix_ds.configtools import ConfigError
 from remix_ds.experiments import scheduler
-from remix_ds.experiments.config import SchedulerConfig, load_experiment
+from remix_ds.experiments.config import SchedulerConfig, SlurmConfig, load_experiment
 from remix_ds.experiments.grid import Grid, GridBusyError
 from remix_ds.experiments.plan import Job, plan_jobs
 
@@ -75,8 +75,11 @@ def test_plan_shares_stage1_and_orders_deps(tmp_path):
 
 
 def test_scheduler_config_errors():
-    with pytest.raises(ConfigError, match="scheduler.kind: slurm is not available"):
-        SchedulerConfig(kind="slurm")
+    assert SchedulerConfig(kind="slurm").slurm.time_min == 240  # scheduler.slurm: tests/test_slurm.py
+    with pytest.raises(ConfigError, match="scheduler.slurm.additional.dependency: the scheduler sets"):
+        SchedulerConfig(kind="slurm", slurm=SlurmConfig(additional={"dependency": "afterany:1"}))
+    with pytest.raises(ConfigError, match="scheduler.slurm.time_min and scheduler.slurm.nodes must be >= 1"):
+        SlurmConfig(nodes=0)
     with pytest.raises(ConfigError, match="scheduler.gpus_per_cell must be >= 1"):
         SchedulerConfig(kind="local", gpus_per_cell=0)
     with pytest.raises(ConfigError, match="scheduler.max_concurrent must be >= 0"):

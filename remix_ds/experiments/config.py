@@ -143,24 +143,68 @@ class AnalysisConfig:
 
 
 @dataclass
+class SlurmConfig:
+    """`scheduler.kind: slurm`: the sbatch resources of every job (stage 0, each stage 1, each cell), via submitit."""
+
+    partition: str = ""
+    """sbatch --partition (empty: the cluster's default partition)."""
+    account: str = ""
+    """sbatch --account (empty: the user's default account)."""
+    qos: str = ""
+    """sbatch --qos (empty: none)."""
+    time_min: int = 240
+    """sbatch --time in minutes per job; a job that runs out is signalled 90 s before, requeued and resumes from its checkpoint."""
+    max_timeouts: int = 3
+    """How often one job may time out and requeue itself before it counts as failed (preemptions do not count)."""
+    nodes: int = 1
+    """Nodes per job; > 1 runs the stages' deepspeed launcher over a hostfile of the allocation's nodes."""
+    gpus_per_node: int = 0
+    """sbatch --gpus-per-node (0: CPU jobs, the stages use the configured `launcher`)."""
+    cpus_per_task: int = 0
+    """sbatch --cpus-per-task (one task per node; 0: the cluster's default)."""
+    mem_gb: int = 0
+    """sbatch --mem in GB per node (0: the cluster's default)."""
+    constraint: str = ""
+    """sbatch --constraint, e.g. `h100` (empty: none)."""
+    additional: dict[str, str] = field(default_factory=dict)
+    """Other sbatch options by their long name, e.g. {exclusive: "", reservation: "grid"} (written as #SBATCH --key=value)."""
+    setup: list[str] = field(default_factory=list)
+    """Shell lines run in each job before the task, e.g. `module load cuda/12.4`, `source ~/venv/bin/activate`."""
+    poll_s: float = 10.0
+    """Seconds between two looks at the queue (squeue) while `remix-ds experiment` waits for the jobs."""
+
+    def __post_init__(self):
+        if self.time_min < 1 or self.nodes < 1:
+            raise ConfigError(f"scheduler.slurm.time_min and scheduler.slurm.nodes must be >= 1, got {self.time_min}, {self.nodes}")
+        for key in ("max_timeouts", "gpus_per_node", "cpus_per_task", "mem_gb"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"scheduler.slurm.{key} must be >= 0, got {getattr(self, key)}")
+        if self.poll_s <= 0:
+            raise ConfigError(f"scheduler.slurm.poll_s must be > 0, got {self.poll_s}")
+        if "dependency" in self.additional:
+            raise ConfigError("scheduler.slurm.additional.dependency: the scheduler sets each job's dependencies itself")
+
+
+@dataclass
 class SchedulerConfig:
     """How the grid's jobs (stage 0, each shared stage 1, each cell) run (remix_ds/experiments/scheduler.py)."""
 
     kind: Literal["serial", "local", "slurm"] = "serial"
     """`serial`: one job after another in this process (the launcher runs each stage); `local`: up to
-    max_concurrent jobs at once as subprocesses, each on its own device group and master port."""
+    max_concurrent jobs at once as subprocesses, each on its own device group and master port; `slurm`:
+    one Slurm job per job, cells `afterok` on their stage 1 (scheduler.slurm)."""
     max_concurrent: int = 0
     """Jobs running at once under `local` (0: as many as the device groups allow; on CPU, 2)."""
     gpus_per_cell: int = 1
     """Devices per job under `local` (GPUs; on CPU: ranks, one process each)."""
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    """`slurm`: every job's sbatch resources (partition, account, time, nodes, GPUs; remix_ds/experiments/slurm.py)."""
 
     def __post_init__(self):
         if self.max_concurrent < 0:
             raise ConfigError(f"scheduler.max_concurrent must be >= 0 (0: as many as fit), got {self.max_concurrent}")
         if self.gpus_per_cell < 1:
             raise ConfigError(f"scheduler.gpus_per_cell must be >= 1, got {self.gpus_per_cell}")
-        if self.kind == "slurm":
-            raise ConfigError("scheduler.kind: slurm is not available in this build (use serial or local)")
 
 
 @dataclass

@@ -51,7 +51,7 @@ from remix_ds.data.prepare import manifest_sha256
 from remix_ds.eval.data import load_eval_set
 from remix_ds.eval.runner import evaluate, write_results
 from remix_ds.configtools import ConfigError
-from remix_ds.experiments import analysis, datasets, report, scheduler
+from remix_ds.experiments import analysis, datasets, report, scheduler, slurm
 from remix_ds.experiments import stage as stage_lib
 from remix_ds.experiments.config import ExperimentConfig, launcher_argv, parse_strategy
 from remix_ds.experiments.layout import Cell, GridLayout, cell_dir
@@ -126,6 +126,8 @@ class Grid:
         self.port: int | None = None
         """A job's master port for its stages' launcher."""
         self._claim: FileLock | None = None
+        self.wait_for_jobs = True
+        """`scheduler.kind=slurm`: wait for the submitted jobs, then write the table (`--no-wait`: False)."""
 
     # ---- planning ---------------------------------------------------------------------------
     def cells(self) -> list[Cell]:
@@ -494,6 +496,13 @@ class Grid:
             return  # the job recorded its own error (exit 1)
         self.record_error(cell, f"RuntimeError: {cause.label} failed (exit {code}); log {log}")
 
+    def job_lost(self, job: Job, message: str) -> None:
+        """A cell's Slurm job ended without done.json (killed, out of time): record why, unless the
+        job recorded its own error.json."""
+        cell = self._cells_by_id()[job.id]
+        if not (self.cell_dir(cell) / "error.json").is_file():
+            self.record_error(cell, message)
+
     # ---- the grid ----------------------------------------------------------------------------
     def claim_output(self) -> None:
         """Write experiment_config.json, unless a live grid with a different config uses this folder.
@@ -545,6 +554,13 @@ class Grid:
                 layout = self.layout()
                 scheduler.run_local(plan_jobs(self), self.out, self.cfg.scheduler, finished=self.job_finished,
                                     job_log=self.job_log, blocked=self.job_blocked, claim=self.job_claim, log=self.log)
+            elif self.cfg.scheduler.kind == "slurm":
+                self.prepare(stage0=False)  # the data once here; the jobs run on the cluster
+                layout = self.layout()
+                if not slurm.run_slurm(plan_jobs(self), self.out, self.cfg.scheduler, finished=self.job_finished,
+                                       blocked=self.job_blocked, record_lost=self.job_lost, wait_for_jobs=self.wait_for_jobs,
+                                       log=self.log):
+                    return []  # submitted, not waited for: a later run collects the table
             else:
                 self.prepare()
                 layout = self.layout()

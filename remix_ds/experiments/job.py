@@ -1,6 +1,6 @@
 """One job of a grid's plan (plan.py), in its own process: what `scheduler.kind: local` (and Slurm) runs.
 
-    python -m remix_ds.experiments.job OUTPUT_DIR JOB_ID [--devices 0,1] [--master-port P]
+    python -m remix_ds.experiments.job OUTPUT_DIR JOB_ID [--devices 0,1] [--master-port P] [--launcher L]
 
 Reads `OUTPUT_DIR/experiment_config.json` (written by the grid before it schedules anything),
 rebuilds the Grid, `prepare()`s it (idempotent and locked, so many jobs may start at once) and
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from remix_ds import configtools
 from remix_ds.errors import RemixError
-from remix_ds.experiments.config import ExperimentConfig
+from remix_ds.experiments.config import ExperimentConfig, launcher_argv
 from remix_ds.experiments.grid import CONFIG_FILE, Grid
 from remix_ds.experiments.plan import STAGE0, cell_id, stage1_id
 
@@ -37,9 +37,15 @@ def load_grid(output_dir: str | Path, log=print) -> Grid:
     return Grid(cfg, log)
 
 
-def run_job(output_dir: str, job_id: str, devices: str | None = None, port: int | None = None) -> int:
-    """Run one job of the grid in `output_dir`; 0 when its work is done (also when it was done before)."""
+def run_job(output_dir: str, job_id: str, devices: str | None = None, port: int | None = None,
+            launcher: str | None = None) -> int:
+    """Run one job of the grid in `output_dir`; 0 when its work is done (also when it was done before).
+
+    `launcher` replaces the config's `launcher` for this job's stages (a Slurm job spanning
+    several nodes: `deepspeed --hostfile H --master_addr A --master_port P`, slurm.placement)."""
     grid = load_grid(output_dir)
+    if launcher:
+        grid.launcher = launcher_argv(launcher)
     grid.devices = [d for d in devices.split(",") if d] if devices else None
     grid.port = port
     cells = {cell_id(c.key): c for c in grid.cells()}
@@ -72,11 +78,13 @@ def main(argv=None) -> int:
     p.add_argument("job_id", help="stage0, stage1:<stage1_key> or cell:<cell key> (remix-ds experiment --dry-run lists them)")
     p.add_argument("--devices", default=None, help="device group, e.g. 0,1 (GPU ids, or CPU ranks counted)")
     p.add_argument("--master-port", type=int, default=None, help="master port of the job's stage launcher")
+    p.add_argument("--launcher", default=None, help="replaces the config's launcher for this job's stages "
+                   "(a multi-node Slurm job: 'deepspeed --hostfile H --master_addr A --master_port P')")
     args = p.parse_args(argv)
     if os.getpgid(0) == os.getpid():
         signal.signal(signal.SIGTERM, _terminate_group)
     try:
-        return run_job(args.output_dir, args.job_id, args.devices, args.master_port)
+        return run_job(args.output_dir, args.job_id, args.devices, args.master_port, args.launcher)
     except RemixError as e:
         print(f"remix-ds: error: {e}", file=sys.stderr)
         return 2
