@@ -79,3 +79,17 @@ def test_holm_known_vector():
     assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert stats.holm([0.5, 0.6]) == [1.0, 1.0]
     assert stats.holm([]) == []
+
+
+def test_shared_items_draw_one_item_set_for_all_seeds():
+    # Every seed scores the same 2 factoids identically: the crossed bootstrap sees 2 items, not 2 x 3.
+    per_seed = [np.array([0.0, 1.0])] * 3
+    assert stats.bootstrap_ci(per_seed, n_boot=4000, shared_items=True) == (0.5, 0.0, 1.0)
+    est, lo, hi = stats.bootstrap_ci(per_seed, n_boot=4000)  # nested: 6 independent draws, narrower
+    assert est == 0.5 and lo > 0.0 and hi < 1.0
+    # Paired: differences (1, 1, 1) on one factoid in 3 seeds and (0, 0, 0) on another: one unit, p = 1 (2 of 2 flips).
+    r = stats.paired_comparison([np.array([1.0, 0.0])] * 3, [np.zeros(2)] * 3, shared_items=True)
+    assert r["p"] == 1.0 and r["n_pairs"] == 6 and r["diff"] == 0.5
+    assert stats.paired_comparison([np.array([1.0, 0.0])] * 3, [np.zeros(2)] * 3)["p"] == 0.25  # 3 units: 2 of 8
+    with pytest.raises(ValueError, match="same items"):
+        stats.bootstrap_ci([np.ones(2), np.ones(3)], shared_items=True)

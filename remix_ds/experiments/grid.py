@@ -6,6 +6,7 @@ Folders under `output_dir`:
     stage0/                              optional generic pretraining (its export is the base model)
     stage1/<D_A>__<stage-1 tag>/         one stage-1 run per (D_A, stage-1 mixing, loss mode), shared by cells
     cells/<D_A>__<D_B>__<strategy>/      stage2/ (a run folder), done.json or error.json
+                                         (with a seed axis, stage-1 and cell keys end in __s<seed>)
     results.csv, results.json, report.md, *.png
 
 Fault handling: a cell that raises gets `error.json` (message and traceback) and the grid moves
@@ -38,7 +39,7 @@ from remix_ds.eval.runner import evaluate, write_results
 from remix_ds.experiments import analysis, datasets, report
 from remix_ds.experiments import stage as stage_lib
 from remix_ds.experiments.config import ExperimentConfig, launcher_argv, parse_strategy
-from remix_ds.experiments.layout import Cell, GridLayout, cell_dir
+from remix_ds.experiments.layout import Cell, GridLayout, cell_dir, latest_eval_rows
 
 # Every stage trains its own dataset file (no subsampling, no held-out split) for whole epochs
 # and resumes from its newest checkpoint after an interruption.
@@ -54,13 +55,14 @@ def _write_json(path: Path, obj) -> None:
     tmp.replace(path)
 
 
-def latest_eval_rows(run_dir: Path, name: str) -> tuple[int, list[dict]]:
-    """(step, per-example rows) of the newest eval of set `name` in a run folder."""
-    steps = sorted((int(p.name.split("-")[1]), p) for p in (run_dir / "eval").glob("step-*") if (p / f"{name}.jsonl").is_file())
-    if not steps:
-        raise FileNotFoundError(f"no eval rows of {name!r} under {run_dir}/eval")
-    step, folder = steps[-1]
-    return step, [json.loads(line) for line in (folder / f"{name}.jsonl").read_text().splitlines()]
+def seed_patch(cell: Cell) -> dict:
+    """A seeded cell's stages: train.seed (data order, any training randomness) and data.mix.seed (mixing draws)."""
+    return {} if cell.seed is None else {"train.seed": cell.seed, "data.mix.seed": cell.seed}
+
+
+def seed_column(cell: Cell) -> dict:
+    """The row's `seed` column (absent without a seed axis, so those tables stay as they were)."""
+    return {} if cell.seed is None else {"seed": cell.seed}
 
 
 def em_of(rows: list[dict]) -> float:
@@ -102,7 +104,9 @@ class Grid:
     def cells(self) -> list[Cell]:
         strategies = [parse_strategy(s, self.cfg.mix_ratio) for s in self.cfg.strategies]
         modes = list(self.cfg.loss_modes) or [None]
-        return [Cell(a, b, s, m) for m in modes for a in self.cfg.data_a for b in self.cfg.data_b for s in strategies]
+        seeds = list(self.cfg.seeds) or [None]  # the seed axis outermost: seed 0's whole grid comes first
+        return [Cell(a, b, s, m, seed) for seed in seeds for m in modes for a in self.cfg.data_a
+                for b in self.cfg.data_b for s in strategies]
 
     @property
     def tokenizer(self):
@@ -169,6 +173,7 @@ class Grid:
         }
         if cell.loss_mode:
             patch["data.loss_mode"] = cell.loss_mode
+        patch.update(seed_patch(cell))
         return self._stage_config(patch, self.cfg.stage1.overrides)
 
     def stage2_config(self, cell: Cell) -> RunConfig:
@@ -196,6 +201,7 @@ class Grid:
                                         ewc_state_dir=str(self.out / "stage1" / cell.stage1_key / "ewc-fisher")))
         if cell.loss_mode:
             patch["data.loss_mode"] = cell.loss_mode
+        patch.update(seed_patch(cell))
         return self._stage_config(patch, self.cfg.stage2.overrides)
 
     def final_eval_b(self, s2cfg: RunConfig, name: str, step: int) -> None:
@@ -318,7 +324,7 @@ class Grid:
         em1, em2 = em_of(rows1), em_of(rows2)
         row = {
             "d_a": a, "d_b": b, "strategy": cell.strategy.spec, "loss_mode": cell.loss_mode or self.cfg.run.data.loss_mode,
-            "status": "done", **self.mix_columns(cell),
+            "status": "done", **self.mix_columns(cell), **seed_column(cell),
             "em_a_stage1": em1, "em_a_stage2": em2, "em_b_stage2": em_of(rows_b), "forgetting": em1 - em2,
             "stage1_reached_threshold": em1 >= self.cfg.stage1.em_threshold,
             "stage1_steps": st1["steps"], "stage1_epochs": round(st1["epochs"], 3), "stage2_steps": st2["steps"],
@@ -369,7 +375,7 @@ class Grid:
             except Exception as e:  # record, keep going: one broken cell must not lose the grid
                 row = {"d_a": cell.d_a.name, "d_b": cell.d_b.name, "strategy": cell.strategy.spec,
                        "loss_mode": cell.loss_mode or self.cfg.run.data.loss_mode, **self.mix_columns(cell),
-                       "status": "error",
+                       **seed_column(cell), "status": "error",
                        "error": f"{type(e).__name__}: {str(e)[:500]}"}
                 _write_json(err, {"row": row, "traceback": traceback.format_exc()})
                 self.log(f"[experiment] cell {cell.key} FAILED: {row['error']}")

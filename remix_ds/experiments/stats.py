@@ -45,20 +45,26 @@ def _rows_stat(stat: Callable, matrix: np.ndarray) -> np.ndarray:
     return np.array([stat(row) for row in matrix], dtype=float)
 
 
-def _replicates(seeds: list[np.ndarray], stat: Callable, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """n_boot hierarchical bootstrap replicates of stat: seeds with replacement, then items within each."""
+def _replicates(seeds: list[np.ndarray], stat: Callable, n_boot: int, rng: np.random.Generator,
+                shared_items: bool = False) -> np.ndarray:
+    """n_boot hierarchical bootstrap replicates of stat: seeds with replacement, then items within each
+    (shared_items: one draw of item indices per replicate, used by all its seeds)."""
     s = len(seeds)
     drawn = rng.integers(0, s, size=(n_boot, s))  # (B, S) which seed fills each slot
     sizes = {v.size for v in seeds}
-    if len(sizes) == 1:  # the common case (same factoids per seed): one (B, S*n) matrix
+    if shared_items and len(sizes) != 1:
+        raise ValueError(f"shared_items: every seed must have the same items, got sizes {[v.size for v in seeds]}")
+    if len(sizes) == 1:  # the common case (same number of factoids per seed): one (B, S*n) matrix
         n = sizes.pop()
         table = np.stack(seeds)  # (S, n)
         chunk = max(1, 2_000_000 // (s * n))  # replicates per block: at most ~2M drawn values at once
         out = []
         for start in range(0, n_boot, chunk):
             rows = drawn[start:start + chunk]  # (b, S)
-            items = rng.integers(0, n, size=(rows.shape[0], s, n))  # (b, S, n)
-            out.append(_rows_stat(stat, table[rows[:, :, None], items].reshape(rows.shape[0], s * n)))
+            b = rows.shape[0]
+            items = (np.broadcast_to(rng.integers(0, n, size=(b, 1, n)), (b, s, n)) if shared_items
+                     else rng.integers(0, n, size=(b, s, n)))  # (b, S, n)
+            out.append(_rows_stat(stat, table[rows[:, :, None], items].reshape(b, s * n)))
         return np.concatenate(out)
     out = np.empty(n_boot)
     for b in range(n_boot):
@@ -68,19 +74,25 @@ def _replicates(seeds: list[np.ndarray], stat: Callable, n_boot: int, rng: np.ra
 
 
 def bootstrap_ci(per_seed: Sequence[np.ndarray], stat: Callable = np.mean, n_boot: int = 2000, alpha: float = 0.05,
-                 seed: int = 0) -> tuple[float, float, float]:
+                 seed: int = 0, *, shared_items: bool = False) -> tuple[float, float, float]:
     """(estimate, lo, hi): `stat` of all items pooled, and its (1 - alpha) percentile bootstrap interval.
 
     `per_seed[s]` holds seed s's per-item values (factoids; seeds may have different counts). Each
     replicate draws len(per_seed) seeds with replacement and, within each drawn seed, as many items
     as it has, with replacement; the replicate is `stat` of the drawn items pooled. One seed: items
     only. All values equal: every replicate equals the estimate, so the interval has zero width.
+
+    `shared_items=True`: item i is the same factoid in every seed (a crossed design, e.g. a grid
+    whose seeds vary training but not the facts). Drawing items independently per seed would then
+    count each factoid's own difficulty S times as independent evidence and give too narrow an
+    interval; instead each replicate draws one set of item indices and uses it in all its seeds
+    (the two-way bootstrap over seeds and items; slightly conservative).
     """
     if n_boot < 1 or not 0 < alpha < 1:
         raise ValueError(f"bootstrap_ci: need n_boot >= 1 and 0 < alpha < 1, got {n_boot}, {alpha}")
     seeds = _as_seeds(per_seed, "bootstrap_ci")
     estimate = float(stat(np.concatenate(seeds)))
-    reps = _replicates(seeds, stat, n_boot, np.random.default_rng(seed))
+    reps = _replicates(seeds, stat, n_boot, np.random.default_rng(seed), shared_items)
     lo, hi = np.quantile(reps, [alpha / 2, 1 - alpha / 2])
     return estimate, float(lo), float(hi)
 
@@ -112,13 +124,16 @@ def sign_flip_pvalue(diffs: np.ndarray, n_perm: int = 10000, seed: int = 0) -> f
 
 
 def paired_comparison(a_per_seed: Sequence[np.ndarray], b_per_seed: Sequence[np.ndarray], n_boot: int = 2000,
-                      seed: int = 0, *, n_perm: int = 10000) -> dict:
+                      seed: int = 0, *, n_perm: int = 10000, shared_items: bool = False) -> dict:
     """Mean of a - b, paired over seeds and items: a[s][i] and b[s][i] are the same factoid in seed s.
 
     Returns {diff, lo, hi, p, n_seeds, n_pairs}: `diff` the mean paired difference over all pairs,
     [lo, hi] its 95% hierarchical bootstrap interval (:func:`bootstrap_ci` of the differences), `p`
     the two-sided p-value of the paired sign-flip permutation test (:func:`sign_flip_pvalue`:
     exact up to EXACT_MAX_PAIRS non-zero differences, else Monte Carlo, `n_perm` draws, fixed seed).
+    The test treats each (seed, item) pair as its own unit; with `shared_items=True` (item i is the
+    same factoid in every seed) the unit is the factoid: its differences are summed over seeds and
+    flipped together, and the bootstrap is the two-way one (see :func:`bootstrap_ci`).
     """
     a = _as_seeds(a_per_seed, "paired_comparison a")
     b = _as_seeds(b_per_seed, "paired_comparison b")
@@ -126,8 +141,9 @@ def paired_comparison(a_per_seed: Sequence[np.ndarray], b_per_seed: Sequence[np.
         raise ValueError(f"paired_comparison: a and b must pair up seed by seed and item by item, got sizes "
                          f"{[x.size for x in a]} and {[y.size for y in b]}")
     diffs = [x - y for x, y in zip(a, b)]
-    diff, lo, hi = bootstrap_ci(diffs, np.mean, n_boot=n_boot, seed=seed)
-    p = sign_flip_pvalue(np.concatenate(diffs), n_perm=n_perm, seed=seed)
+    diff, lo, hi = bootstrap_ci(diffs, np.mean, n_boot=n_boot, seed=seed, shared_items=shared_items)
+    units = np.sum(diffs, axis=0) if shared_items else np.concatenate(diffs)
+    p = sign_flip_pvalue(units, n_perm=n_perm, seed=seed)
     return {"diff": diff, "lo": lo, "hi": hi, "p": p, "n_seeds": len(diffs), "n_pairs": int(sum(d.size for d in diffs))}
 
 
