@@ -34,6 +34,7 @@ from remix_ds.baselines.strategies import strategy_patch
 from remix_ds.config import RunConfig
 from remix_ds.data.mixing import mix_count
 from remix_ds.data.prepare import manifest_sha256
+from remix_ds.engine.metrics import plain_values, start_wandb
 from remix_ds.eval.data import load_eval_set
 from remix_ds.eval.runner import evaluate, write_results
 from remix_ds.experiments import analysis, datasets, report
@@ -125,6 +126,8 @@ class Grid:
     # ---- stage configs -----------------------------------------------------------------------
     def _stage_config(self, patch: dict, overrides: list[str]) -> RunConfig:
         d = configtools.to_dict(self.cfg.run)
+        if d["metrics"]["wandb"] is not None and not d["metrics"]["wandb"]["group"]:
+            d["metrics"]["wandb"]["group"] = self.wandb_group()  # the grid's stages and cells: one W&B group
         for dotted, value in patch.items():
             node = d
             *head, last = dotted.split(".")
@@ -342,7 +345,29 @@ class Grid:
         row["analysis_s"] = round(time.perf_counter() - ta, 2)
         row["cell_wall_s"] = round(time.perf_counter() - t0, 2)
         _write_json(self.cell_dir(cell) / "done.json", {"row": row, "curve_a": curve})
+        self.track_cell(cell, row, {"stage1": configtools.to_dict(s1cfg), "stage2": configtools.to_dict(s2cfg)})
         return row
+
+    def wandb_group(self) -> str:
+        """metrics.wandb.group, default: the name of the grid's output folder."""
+        w = self.cfg.run.metrics.wandb
+        return (w.group if w and w.group else None) or self.out.resolve().name
+
+    def track_cell(self, cell: Cell, row: dict, stages: dict) -> None:
+        """With metrics.wandb: the cell as a W&B run (job_type `cell`) in the grid's group, its config and
+        final row (summary), under CELL/wandb. A tracking failure is logged; the cell stays done."""
+        w = self.cfg.run.metrics.wandb
+        if w is None:
+            return
+        try:
+            w = dataclasses.replace(w, group=self.wandb_group())
+            config = {"cell": {"key": cell.key, "d_a": cell.d_a.name, "d_b": cell.d_b.name, "strategy": cell.strategy.spec,
+                               "loss_mode": row["loss_mode"], "seed": cell.seed}, **stages}
+            run = start_wandb(w, self.cell_dir(cell), cell.key, config, job_type="cell")
+            run.summary.update(plain_values(row))
+            run.finish()
+        except Exception as e:  # tracking must never cost a finished cell
+            self.log(f"[experiment] {cell.key}: W&B tracking failed ({type(e).__name__}: {str(e)[:300]})")
 
     def mix_columns(self, cell: Cell) -> dict:
         """How the cell's stages mixed (results-table columns `mix_schedule`, `mix_redraw`)."""
