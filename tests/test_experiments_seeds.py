@@ -47,8 +47,8 @@ def test_seed_axis_ci_report_and_wandb(tmp_path):
         "data_b": [{"name": "fb", "dataset": "kvr", "num_examples": 8}],
         "strategies": ["none", "replay=0.5"],
         # the stages log nothing to W&B here (tests/test_metrics_wandb.py covers that); the cells do
-        "stage1": {"max_epochs": 120, "eval_every": 5, "overrides": ["metrics.wandb=null"]},
-        "stage2": {"epochs": 4, "eval_every": 0, "overrides": ["metrics.wandb=null"]},
+        "stage1": {"max_epochs": 24, "eval_every": 12, "overrides": ["metrics.wandb=null"]},
+        "stage2": {"epochs": 3, "eval_every": 0, "overrides": ["metrics.wandb=null"]},
         "analysis": {"logit_lens": False, "preservation": False},
     }
     path = tmp_path / "exp.yaml"
