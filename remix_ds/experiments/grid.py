@@ -40,7 +40,8 @@ from remix_ds.eval.runner import evaluate, write_results
 from remix_ds.experiments import analysis, datasets, report
 from remix_ds.experiments import stage as stage_lib
 from remix_ds.experiments.config import ExperimentConfig, launcher_argv, parse_strategy
-from remix_ds.experiments.layout import Cell, GridLayout, cell_dir, latest_eval_rows
+from remix_ds.experiments.layout import latest_eval_rows  # moved there; still grid.latest_eval_rows
+from remix_ds.experiments.layout import Cell, GridLayout, cell_dir
 
 # Every stage trains its own dataset file (no subsampling, no held-out split) for whole epochs
 # and resumes from its newest checkpoint after an interruption.
@@ -327,7 +328,7 @@ class Grid:
         em1, em2 = em_of(rows1), em_of(rows2)
         row = {
             "d_a": a, "d_b": b, "strategy": cell.strategy.spec, "loss_mode": cell.loss_mode or self.cfg.run.data.loss_mode,
-            "status": "done", **self.mix_columns(cell), **seed_column(cell),
+            "status": "done", **self.mix_columns(cell),
             "em_a_stage1": em1, "em_a_stage2": em2, "em_b_stage2": em_of(rows_b), "forgetting": em1 - em2,
             "stage1_reached_threshold": em1 >= self.cfg.stage1.em_threshold,
             "stage1_steps": st1["steps"], "stage1_epochs": round(st1["epochs"], 3), "stage2_steps": st2["steps"],
@@ -370,9 +371,10 @@ class Grid:
             self.log(f"[experiment] {cell.key}: W&B tracking failed ({type(e).__name__}: {str(e)[:300]})")
 
     def mix_columns(self, cell: Cell) -> dict:
-        """How the cell's stages mixed (results-table columns `mix_schedule`, `mix_redraw`)."""
+        """How the cell's stages mixed (results-table columns `mix_schedule`, `mix_redraw`; `seed` with a seed axis)."""
         m = self.cfg.run.data.mix
-        return {"mix_schedule": cell.strategy.schedule or m.schedule, "mix_redraw": cell.strategy.redraw or m.redraw}
+        return {"mix_schedule": cell.strategy.schedule or m.schedule, "mix_redraw": cell.strategy.redraw or m.redraw,
+                **seed_column(cell)}
 
     # ---- the grid ----------------------------------------------------------------------------
     def run(self) -> list[dict]:
@@ -400,7 +402,7 @@ class Grid:
             except Exception as e:  # record, keep going: one broken cell must not lose the grid
                 row = {"d_a": cell.d_a.name, "d_b": cell.d_b.name, "strategy": cell.strategy.spec,
                        "loss_mode": cell.loss_mode or self.cfg.run.data.loss_mode, **self.mix_columns(cell),
-                       **seed_column(cell), "status": "error",
+                       "status": "error",
                        "error": f"{type(e).__name__}: {str(e)[:500]}"}
                 _write_json(err, {"row": row, "traceback": traceback.format_exc()})
                 self.log(f"[experiment] cell {cell.key} FAILED: {row['error']}")
