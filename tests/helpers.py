@@ -111,3 +111,58 @@ def bpe_tokenizer():
 
 def tokenizers():
     return {"sentencepiece": sp_tokenizer(), "bytelevel_bpe": bpe_tokenizer()}
+
+
+# ---- Weights & Biases offline runs ------------------------------------------------------------
+def wandb_offline_run(run_dir: Path, timeout: float = 60.0) -> dict:
+    """What an offline W&B run under `run_dir/wandb/offline-run-*` recorded: {"group", "name", "job_type",
+    "tags", "config", "summary", "history"} read from its `run-*.wandb` file (the LevelDB-style log of
+    protobuf records wandb writes: 7-byte file header, 32 KiB blocks, 7-byte record headers). wandb's
+    service process writes the file after `finish()` returns, so this waits for the run's exit record."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        out = _read_wandb_run(run_dir)
+        if out["exited"] or time.monotonic() > deadline:
+            return out
+        time.sleep(0.2)
+
+
+def _read_wandb_run(run_dir: Path) -> dict:
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    files = sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 1, f"expected one offline run under {run_dir}/wandb, found {files}"
+    buf, pos, records, part = files[0].read_bytes(), 7, [], b""
+    while pos + 7 <= len(buf):
+        if 32768 - pos % 32768 < 7:  # block trailer
+            pos += 32768 - pos % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", buf[pos:pos + 7])
+        data, pos = buf[pos + 7:pos + 7 + length], pos + 7 + length
+        if (kind == 0 and length == 0) or len(data) < length:  # end, or a record still being written
+            break
+        part = data if kind in (1, 2) else part + data
+        if kind in (1, 4):
+            records.append(part)
+    out = {"config": {}, "summary": {}, "history": [], "exited": False}
+    key = lambda item: item.key or ".".join(item.nested_key)  # noqa: E731
+    for data in records:
+        r = pb.Record()
+        r.ParseFromString(data)
+        kind = r.WhichOneof("record_type")
+        if kind == "run":
+            out.update(group=r.run.run_group, name=r.run.display_name, job_type=r.run.job_type, tags=list(r.run.tags))
+            out["config"].update({key(i): json.loads(i.value_json) for i in r.run.config.update})
+        elif kind == "config":
+            out["config"].update({key(i): json.loads(i.value_json) for i in r.config.update})
+        elif kind == "summary":
+            out["summary"].update({key(i): json.loads(i.value_json) for i in r.summary.update})
+        elif kind == "history":
+            out["history"].append({key(i): json.loads(i.value_json) for i in r.history.item})
+        elif kind == "exit":
+            out["exited"] = True
+    return out
