@@ -5,7 +5,7 @@ Folders under `output_dir`:
     data/<name>.jsonl                    every D_A / D_B, materialized once (datasets.py)
     stage0/                              optional generic pretraining (its export is the base model)
     stage1/<D_A>__<stage-1 tag>/         one stage-1 run per (D_A, stage-1 mixing, loss mode), shared by cells
-    cells/<D_A>__<D_B>__<strategy>/      stage2/ (a run folder), done.json or error.json
+    cells/<D_A>__<D_B>__<strategy>[__<stage-2 setting>]/   stage2/ (a run folder), done.json or error.json
     results.csv, results.json, report.md, *.png
 
 Fault handling: a cell that raises gets `error.json` (message and traceback) and the grid moves
@@ -33,9 +33,10 @@ from remix_ds.baselines.strategies import strategy_patch
 from remix_ds.config import RunConfig
 from remix_ds.data.mixing import mix_count
 from remix_ds.data.prepare import manifest_sha256
+from remix_ds.errors import RemixError
 from remix_ds.eval.data import load_eval_set
 from remix_ds.eval.runner import evaluate, write_results
-from remix_ds.experiments import analysis, datasets, report
+from remix_ds.experiments import analysis, datasets, frontier, report
 from remix_ds.experiments import stage as stage_lib
 from remix_ds.experiments.config import ExperimentConfig, launcher_argv, parse_strategy
 from remix_ds.experiments.layout import Cell, GridLayout, cell_dir
@@ -102,7 +103,9 @@ class Grid:
     def cells(self) -> list[Cell]:
         strategies = [parse_strategy(s, self.cfg.mix_ratio) for s in self.cfg.strategies]
         modes = list(self.cfg.loss_modes) or [None]
-        return [Cell(a, b, s, m) for m in modes for a in self.cfg.data_a for b in self.cfg.data_b for s in strategies]
+        sweep = [st.name for st in self.cfg.stage2_sweep] or [None]  # stage-2 settings share stage 1
+        return [Cell(a, b, s, m, stage2=st)
+                for m in modes for a in self.cfg.data_a for b in self.cfg.data_b for s in strategies for st in sweep]
 
     @property
     def tokenizer(self):
@@ -174,12 +177,14 @@ class Grid:
     def stage2_config(self, cell: Cell) -> RunConfig:
         s, a, b = cell.strategy, cell.d_a.name, cell.d_b.name
         n = self._n(b)
+        setting = self.cfg.stage2_setting(cell.stage2)
+        epochs = setting.epochs if setting and setting.epochs is not None else self.cfg.stage2.epochs
         replay = [{"dataset": self._train_path(a, cell.loss_mode), "ratio": s.replay}] if s.replay else []
         patch = {
             **STAGE_COMMON,
             "model.init_from": str(self.out / "stage1" / cell.stage1_key / "final"),
             "train.output_dir": str(self.cell_dir(cell) / "stage2"),
-            "train.epochs": self.cfg.stage2.epochs,
+            "train.epochs": epochs,
             "train.eval_every": self._eval_every(n, (s.random[1], s.generic[1], s.replay), self.cfg.stage2.eval_every),
             "train.early_stop_metric": None,
             "data.dataset": self._train_path(b, cell.loss_mode),
@@ -196,7 +201,7 @@ class Grid:
                                         ewc_state_dir=str(self.out / "stage1" / cell.stage1_key / "ewc-fisher")))
         if cell.loss_mode:
             patch["data.loss_mode"] = cell.loss_mode
-        return self._stage_config(patch, self.cfg.stage2.overrides)
+        return self._stage_config(patch, list(self.cfg.stage2.overrides) + (list(setting.overrides) if setting else []))
 
     def final_eval_b(self, s2cfg: RunConfig, name: str, step: int) -> None:
         """stage2.eval_b=end: score D_B once on the stage-2 export, beside the final D_A rows."""
@@ -318,7 +323,7 @@ class Grid:
         em1, em2 = em_of(rows1), em_of(rows2)
         row = {
             "d_a": a, "d_b": b, "strategy": cell.strategy.spec, "loss_mode": cell.loss_mode or self.cfg.run.data.loss_mode,
-            "status": "done", **self.mix_columns(cell),
+            "status": "done", **self.mix_columns(cell), **self.sweep_columns(cell),
             "em_a_stage1": em1, "em_a_stage2": em2, "em_b_stage2": em_of(rows_b), "forgetting": em1 - em2,
             "stage1_reached_threshold": em1 >= self.cfg.stage1.em_threshold,
             "stage1_steps": st1["steps"], "stage1_epochs": round(st1["epochs"], 3), "stage2_steps": st2["steps"],
@@ -337,6 +342,10 @@ class Grid:
         row["cell_wall_s"] = round(time.perf_counter() - t0, 2)
         _write_json(self.cell_dir(cell) / "done.json", {"row": row, "curve_a": curve})
         return row
+
+    def sweep_columns(self, cell: Cell) -> dict:
+        """`stage2_setting`: the cell's stage2_sweep point (no column without a sweep)."""
+        return {} if cell.stage2 is None else {"stage2_setting": cell.stage2}
 
     def mix_columns(self, cell: Cell) -> dict:
         """How the cell's stages mixed (results-table columns `mix_schedule`, `mix_redraw`)."""
@@ -369,12 +378,17 @@ class Grid:
             except Exception as e:  # record, keep going: one broken cell must not lose the grid
                 row = {"d_a": cell.d_a.name, "d_b": cell.d_b.name, "strategy": cell.strategy.spec,
                        "loss_mode": cell.loss_mode or self.cfg.run.data.loss_mode, **self.mix_columns(cell),
-                       "status": "error",
+                       **self.sweep_columns(cell), "status": "error",
                        "error": f"{type(e).__name__}: {str(e)[:500]}"}
                 _write_json(err, {"row": row, "traceback": traceback.format_exc()})
                 self.log(f"[experiment] cell {cell.key} FAILED: {row['error']}")
                 rows.append(row)
         report.write_all(layout, self.cfg.stage1, self.cfg.stage2, rows, self.log)
+        if self.cfg.stage2_sweep and any(r.get("status") == "done" for r in rows):
+            try:
+                frontier.add_to_report(self.out, self.log)
+            except RemixError as e:  # the cells and the table are kept; the frontier can be redone with `remix-ds frontier`
+                self.log(f"[experiment] frontier FAILED: {e}")
         return rows
 
 

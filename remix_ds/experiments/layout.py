@@ -23,11 +23,14 @@ class Cell:
     d_b: DatasetSpec
     strategy: Strategy
     loss_mode: str | None
+    stage2: str | None = None
+    """Name of the cell's stage2_sweep point (None: no sweep); stage 1 does not depend on it."""
 
     @property
     def key(self) -> str:
         lm = f"__{self.loss_mode}" if self.loss_mode else ""
-        return f"{self.d_a.name}__{self.d_b.name}__{self.strategy.slug}{lm}"
+        st = f"__{self.stage2}" if self.stage2 is not None else ""
+        return f"{self.d_a.name}__{self.d_b.name}__{self.strategy.slug}{lm}{st}"
 
     @property
     def stage1_key(self) -> str:
@@ -36,7 +39,7 @@ class Cell:
 
 
 def cell_dir(out: Path, cell: Cell) -> Path:
-    """`OUT/cells/<D_A>__<D_B>__<strategy>[__<loss mode>]/`: stage2/, done.json or error.json, analysis.json."""
+    """`OUT/cells/<D_A>__<D_B>__<strategy>[__<loss mode>][__<stage-2 setting>]/`: stage2/, done.json or error.json, analysis.json."""
     return out / "cells" / cell.key
 
 

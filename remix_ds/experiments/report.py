@@ -38,6 +38,8 @@ def main_table(rows: list[dict]) -> str:
     cols = ["d_a", "d_b", "strategy", "em_a_stage1", "em_a_stage2", "em_b_stage2", "forgetting", "stage1_epochs"]
     if any(r.get("span_acc_a_stage1") is not None for r in rows):
         cols[cols.index("em_a_stage2") + 1:cols.index("em_a_stage2") + 1] = ["span_acc_a_stage1", "span_acc_a_stage2"]
+    if any(r.get("stage2_setting") is not None for r in rows):  # a stage2_sweep grid
+        cols.insert(3, "stage2_setting")
     for col in ("mix_redraw", "mix_schedule", "loss_mode"):  # shown when the grid varies them
         if len({r.get(col) for r in rows}) > 1:
             cols.insert(3, col)
