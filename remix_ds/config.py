@@ -177,6 +177,30 @@ class DeepSpeedConfig:
     """torch.distributed backend; `auto` is nccl with CUDA, gloo on CPU."""
 
 
+@dataclass
+class WandbConfig:
+    """Weights & Biases tracking of a run (rank 0); `wandb` is imported only when this is set."""
+
+    project: str = "remix-ds"
+    """W&B project."""
+    group: str | None = None
+    """Run group (a grid fills in its output folder's name, so its stages and cells share one group)."""
+    mode: Literal["online", "offline", "disabled"] = "online"
+    """`offline` writes the run under RUN_DIR/wandb with no network (`wandb sync` uploads it later)."""
+    entity: str | None = None
+    """W&B entity (team or user; None: the account's default)."""
+    tags: list[str] = field(default_factory=list)
+    """Tags of the run."""
+
+
+@dataclass
+class MetricsConfig:
+    """Where training metrics go besides RUN_DIR/metrics.jsonl (and TensorBoard, train.tensorboard)."""
+
+    wandb: WandbConfig | None = None
+    """Also log to Weights & Biases (None: off), e.g. {project: remix, mode: offline}; pip install 'remix-ds[wandb]'."""
+
+
 RESUME_NEUTRAL_KEYS = (
     "train.output_dir", "train.stop_at_step", "train.progress_bar", "train.tensorboard", "train.log_every",
     "train.save_every", "train.keep_last", "train.save_final", "train.export_final", "train.resume",
@@ -203,6 +227,8 @@ class RunConfig:
     """What the eval hook scores."""
     regularize: RegularizeConfig = field(default_factory=RegularizeConfig)
     """Continual-learning baselines added to the stage loss (EWC, KL to the frozen model)."""
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    """Metric sinks beyond metrics.jsonl / TensorBoard: Weights & Biases (metrics.wandb)."""
 
     def grad_accum(self, world_size: int) -> int:
         """Loader units per optimizer step: micro-batches per rank, or 1 with micro_batch_tokens (one planned step)."""
@@ -213,6 +239,11 @@ class RunConfig:
 
     def validate(self, world_size: int) -> None:
         """Checks that need the world size; raise before any work starts (one line naming the key and a fix)."""
+        import importlib.util
+
+        if self.metrics.wandb is not None and importlib.util.find_spec("wandb") is None:  # on every rank, up front
+            raise ConfigError("metrics.wandb is set but the wandb package is not installed: "
+                              "pip install 'remix-ds[wandb]' (or set metrics.wandb=null)")
         t, g = self.train, self.train.global_batch_size
         if t.micro_batch_tokens:
             row = self.data.max_seq_len
@@ -242,7 +273,8 @@ def config_drift(saved: dict, current: dict) -> dict[str, tuple]:
     """{dotted key: (saved, current)} for trajectory keys that differ between two `to_dict` configs
     (the one a checkpoint was written with, this run's), RESUME_NEUTRAL_KEYS excluded."""
     changes = configtools.diff(saved, current)
-    return {k: v for k, v in changes.items() if k not in RESUME_NEUTRAL_KEYS}
+    # metrics.* (where metrics are logged) never changes the trajectory
+    return {k: v for k, v in changes.items() if k not in RESUME_NEUTRAL_KEYS and k.split(".")[0] != "metrics"}
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:

@@ -16,7 +16,7 @@ from remix_ds.cli import main
 from remix_ds.configtools import ConfigError
 from remix_ds.data.records import DataError
 from remix_ds.experiments.config import load_experiment
-from remix_ds.experiments.frontier import frontier_area, read_points, summarize, write_frontier
+from remix_ds.experiments.frontier import frontier_area, read_points, summarize
 from remix_ds.experiments.grid import Grid
 
 SETTINGS = ["gentle", "strong"]

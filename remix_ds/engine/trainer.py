@@ -81,7 +81,8 @@ class Trainer:
         self.loader = self._build_loader()
         self.total_steps = self._total_steps()
         self.engine = self._build_engine()
-        self.metrics = MetricsWriter(self.out, enabled=dist.is_main(), tensorboard=cfg.train.tensorboard)
+        self.metrics = MetricsWriter(self.out, enabled=dist.is_main(), tensorboard=cfg.train.tensorboard,
+                                     wandb=cfg.metrics.wandb, run_config=json.loads(self._cfg_text))
         self.eval_hooks = list(eval_hooks or [])
         self.regularizers = list(regularizers or [])
         # before resume: regularizers anchor at the starting weights

@@ -176,6 +176,11 @@ class ExperimentConfig:
     """Strategy specs (see the module docstring), e.g. none, random@1, generic@12, replay=0.1, random@1+generic@2."""
     loss_modes: list[LossMode] = field(default_factory=list)
     """Loss modes to cross with the grid (empty: just run.data.loss_mode): answer, all, key_spans (a set's own [[...]] marks; a set without marks has each whole answer marked: answer without EOS, logged), surprise (the tokens each stage's starting model does not predict)."""
+    seeds: list[int] = field(default_factory=list)
+    """Seed axis (empty: one run per cell, run.train.seed / run.data.mix.seed as given). Each seed runs every cell
+    once (keys and folders `..__s<seed>`, its own stage-1 runs) with train.seed and data.mix.seed of both stages set
+    to it: data order, mixing draws. The factoids (D_A / D_B files), stage 0 and the base model are the same for
+    every seed, so comparisons pair the same factoid across strategies and seeds (docs/grids.md)."""
     mix_ratio: float = 2.0
     """Default rows mixed per dataset row for random@/generic@ specs (the reference's mix_ratio)."""
     stage0: Stage0Config = field(default_factory=Stage0Config)
@@ -213,6 +218,8 @@ class ExperimentConfig:
             raise ConfigError(f"strategies must be non-empty and without duplicates, got {self.strategies}")
         for s in self.strategies:
             parse_strategy(s, self.mix_ratio)
+        if len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
+            raise ConfigError(f"seeds must be distinct integers >= 0, got {self.seeds}")
         if len(set(self.loss_modes)) != len(self.loss_modes):
             raise ConfigError(f"loss_modes has duplicates: {self.loss_modes}")
         if self.mix_ratio < 0 or not 0 < self.stage1.em_threshold <= 1:

@@ -56,8 +56,10 @@ class Point:
     em_a: float
     em_b: float
     correct_a: np.ndarray | None = field(default=None, repr=False)
-    """Per-factoid verdicts of D_A after stage 2 (None: no per-example file, the row's EM alone)."""
+    """Per-factoid verdicts of D_A after stage 2, in id order (None: no per-example file, the row's EM alone)."""
     correct_b: np.ndarray | None = field(default=None, repr=False)
+    ids_a: tuple = ()
+    ids_b: tuple = ()
 
 
 def _rows_file(stage2: Path, name: str, step: int | None) -> Path | None:
@@ -70,26 +72,29 @@ def _rows_file(stage2: Path, name: str, step: int | None) -> Path | None:
     return steps[-1][1] if steps else None
 
 
-def _verdicts(path: Path) -> np.ndarray:
+def _verdicts(path: Path) -> tuple[tuple, np.ndarray]:
+    """(ids, 1/0 verdicts) of an eval rows file, sorted by id (so seeds and strategies line up)."""
     out = []
     for i, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
-            out.append(bool(json.loads(line)["correct"]))
+            r = json.loads(line)
+            out.append((str(r["id"]), float(bool(r["correct"]))))
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise DataError(f"{path}:{i}: not an eval row with a `correct` field ({type(e).__name__}: {e})") from None
-    return np.asarray(out, dtype=float)
+            raise DataError(f"{path}:{i}: not an eval row with `id` and `correct` ({type(e).__name__}: {e})") from None
+    out.sort()
+    return tuple(k for k, _ in out), np.array([v for _, v in out])
 
 
-def _checked(path: Path | None, row_em, what: str, done: Path) -> np.ndarray | None:
+def _checked(path: Path | None, row_em, what: str, done: Path) -> tuple[tuple, np.ndarray | None]:
     if path is None:
-        return None
-    v = _verdicts(path)
+        return (), None
+    ids, v = _verdicts(path)
     em = float(v.mean()) if len(v) else math.nan
     if row_em is None or not math.isclose(em, float(row_em), abs_tol=1e-9):
         raise DataError(f"{done}: {what} = {row_em} in the row but {em:.6g} in {path} (rerun the cell or remove the stale file)")
-    return v
+    return ids, v
 
 
 def read_points(grid_dirs: list[str | Path]) -> tuple[list[Point], dict]:
@@ -122,9 +127,9 @@ def read_points(grid_dirs: list[str | Path]) -> tuple[list[Point], dict]:
                       strategy=row["strategy"], setting=row.get("stage2_setting") or "default",
                       seed=default_seed if seed is None else int(seed),
                       em_a=float(row["em_a_stage2"]), em_b=float(row["em_b_stage2"]))
-            p.correct_a = _checked(_rows_file(stage2, row["d_a"], row.get("stage2_eval_step")), row["em_a_stage2"],
-                                   "em_a_stage2", done)
-            p.correct_b = _checked(_rows_file(stage2, row["d_b"], None), row["em_b_stage2"], "em_b_stage2", done)
+            p.ids_a, p.correct_a = _checked(_rows_file(stage2, row["d_a"], row.get("stage2_eval_step")),
+                                            row["em_a_stage2"], "em_a_stage2", done)
+            p.ids_b, p.correct_b = _checked(_rows_file(stage2, row["d_b"], None), row["em_b_stage2"], "em_b_stage2", done)
             points.append(p)
     seen: dict[tuple, Point] = {}
     for p in points:
@@ -150,16 +155,21 @@ def frontier_area(points: list[tuple[float, float]]) -> float:
     return float(xs[0] * ys[0] + np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2))
 
 
-def _ci(values: list[np.ndarray | float], n_boot: int) -> tuple[float, float, float]:
+def _ci(values: list[np.ndarray | float], n_boot: int, shared: bool = False) -> tuple[float, float, float]:
     per_seed = [np.atleast_1d(np.asarray(v, dtype=float)) for v in values]
-    est, lo, hi = stats.bootstrap_ci(per_seed, n_boot=n_boot)
+    est, lo, hi = stats.bootstrap_ci(per_seed, n_boot=n_boot, shared_items=shared)
     return float(est), float(lo), float(hi)
+
+
+def _shared(ids: list[tuple]) -> bool:
+    """Every seed scored the same factoids (a crossed design: one draw of factoids serves all seeds)."""
+    return len(set(ids)) == 1 and bool(ids[0])
 
 
 def summarize(points: list[Point], order: dict, n_boot: int = 2000) -> dict:
     """Point table, areas per strategy and paired area comparisons against `none` (JSON-ready)."""
     panels = list(dict.fromkeys(p.panel for p in points))
-    table, areas, comparisons = [], [], []
+    table, areas, comparisons, point_tests = [], [], [], []
     for panel in panels:
         mine = [p for p in points if p.panel == panel]
         strategies = [s for s in order["strategies"] if any(p.strategy == s for p in mine)]
@@ -171,8 +181,10 @@ def summarize(points: list[Point], order: dict, n_boot: int = 2000) -> dict:
                 if not cell:
                     continue
                 per_example = all(p.correct_a is not None and p.correct_b is not None for p in cell)
-                a = _ci([p.correct_a if per_example else p.em_a for p in cell], n_boot)
-                b = _ci([p.correct_b if per_example else p.em_b for p in cell], n_boot)
+                a = _ci([p.correct_a if per_example else p.em_a for p in cell], n_boot,
+                        per_example and _shared([p.ids_a for p in cell]))
+                b = _ci([p.correct_b if per_example else p.em_b for p in cell], n_boot,
+                        per_example and _shared([p.ids_b for p in cell]))
                 table.append({"d_a": panel[0], "d_b": panel[1], "loss_mode": panel[2], "strategy": s, "stage2_setting": st,
                               "n_seeds": len(cell), "seeds": [p.seed for p in cell],
                               "em_a": a[0], "em_a_lo": a[1], "em_a_hi": a[2], "em_b": b[0], "em_b_lo": b[1], "em_b_hi": b[2],
@@ -191,6 +203,7 @@ def summarize(points: list[Point], order: dict, n_boot: int = 2000) -> dict:
                 areas.append({"d_a": panel[0], "d_b": panel[1], "loss_mode": panel[2], "strategy": s, "area": est,
                               "area_lo": lo, "area_hi": hi, "n_seeds": len(full), "seeds_incomplete": len(seeds) - len(full),
                               "per_seed_area": [full[k] for k in sorted(full)]})
+        point_tests += _point_comparisons(mine, panel, strategies, settings, n_boot)
         base = per_seed_area.get(BASELINE, {})
         for s in strategies:
             if s == BASELINE:
@@ -202,11 +215,37 @@ def summarize(points: list[Point], order: dict, n_boot: int = 2000) -> dict:
             comparisons.append({"d_a": panel[0], "d_b": panel[1], "loss_mode": panel[2], "strategy": s, "vs": BASELINE,
                                 "area_diff": float(c["diff"]), "diff_lo": float(c["lo"]), "diff_hi": float(c["hi"]),
                                 "p": float(c["p"]), "n_seeds": int(c["n_seeds"])})
-    if comparisons:
-        for c, adj in zip(comparisons, stats.holm([c["p"] for c in comparisons])):
+    for family in (comparisons, point_tests):
+        for c, adj in zip(family, stats.holm([c["p"] for c in family])):
             c["p_holm"] = float(adj)
-    return {"points": table, "areas": areas, "comparisons": comparisons, "settings": order["settings"],
-            "strategies": order["strategies"]}
+    return {"points": table, "areas": areas, "comparisons": comparisons, "point_tests": point_tests,
+            "settings": order["settings"], "strategies": order["strategies"]}
+
+
+def _point_comparisons(mine: list[Point], panel: tuple, strategies: list[str], settings: list[str], n_boot: int) -> list[dict]:
+    """Per sweep point: EM(D_A) and EM(D_B) of each strategy minus `none`'s, paired over seeds and factoids."""
+    out = []
+    for st in settings:
+        base = {p.seed: p for p in mine if p.strategy == BASELINE and p.setting == st and p.correct_a is not None}
+        for s in strategies:
+            if s == BASELINE:
+                continue
+            other = {p.seed: p for p in mine if p.strategy == s and p.setting == st and p.correct_a is not None}
+            seeds = sorted(k for k in set(base) & set(other)
+                           if base[k].ids_a == other[k].ids_a and base[k].ids_b == other[k].ids_b)
+            if not seeds:
+                continue
+            row = {"d_a": panel[0], "d_b": panel[1], "loss_mode": panel[2], "strategy": s, "vs": BASELINE,
+                   "stage2_setting": st, "n_seeds": len(seeds)}
+            for m, ids in (("correct_a", "ids_a"), ("correct_b", "ids_b")):
+                c = stats.paired_comparison([getattr(other[k], m) for k in seeds], [getattr(base[k], m) for k in seeds],
+                                            n_boot=n_boot, shared_items=_shared([getattr(base[k], ids) for k in seeds]))
+                tag = "em_a" if m == "correct_a" else "em_b"
+                row.update({f"{tag}_diff": float(c["diff"]), f"{tag}_lo": float(c["lo"]), f"{tag}_hi": float(c["hi"]),
+                            f"{tag}_p": float(c["p"])})
+            row["p"] = row["em_a_p"]  # the family Holm corrects: EM(D_A) kept at the same stage-2 setting
+            out.append(row)
+    return out
 
 
 def _ci_text(est: float, lo: float, hi: float) -> str:
@@ -231,6 +270,16 @@ def markdown(summary: dict, level: int = 1) -> str:
              "", f"{h}# Area under the frontier", "", AREA_DEFINITION, "",
              markdown_table([{**r, "area [95% CI]": _ci_text(r["area"], r["area_lo"], r["area_hi"])} for r in summary["areas"]],
                             ["d_a", "d_b", "strategy", "n_seeds", "area [95% CI]", "seeds_incomplete"])]
+    if summary["point_tests"]:
+        parts += ["", f"{h}# Per sweep point against `{BASELINE}` (paired over seeds and factoids)", "",
+                  "EM(strategy) - EM(none) at the same stage-2 setting, 95% bootstrap CI; p: paired sign-flip test "
+                  f"(stats.paired_comparison); p_holm: EM(D_A) p-values Holm-corrected over the "
+                  f"{len(summary['point_tests'])} tests.", "",
+                  markdown_table([{**c, "EM(D_A) diff [95% CI]": _ci_text(c["em_a_diff"], c["em_a_lo"], c["em_a_hi"]),
+                                   "EM(D_B) diff [95% CI]": _ci_text(c["em_b_diff"], c["em_b_lo"], c["em_b_hi"])}
+                                  for c in summary["point_tests"]],
+                                 ["d_a", "d_b", "stage2_setting", "strategy", "n_seeds", "EM(D_A) diff [95% CI]", "em_a_p",
+                                  "p_holm", "EM(D_B) diff [95% CI]", "em_b_p"])]
     if summary["comparisons"]:
         parts += ["", f"{h}# Area against `{BASELINE}` (paired over seeds, Holm-corrected over {len(summary['comparisons'])} "
                   "comparisons)", "",

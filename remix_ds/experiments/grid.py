@@ -6,6 +6,8 @@ Folders under `output_dir`:
     stage0/                              optional generic pretraining (its export is the base model)
     stage1/<D_A>__<stage-1 tag>/         one stage-1 run per (D_A, stage-1 mixing, loss mode), shared by cells
     cells/<D_A>__<D_B>__<strategy>[__<stage-2 setting>]/   stage2/ (a run folder), done.json or error.json
+                                         (with a seed axis, stage-1 and cell keys end in __s<seed>; a
+                                         stage2_sweep adds __<setting> to cell keys only)
     results.csv, results.json, report.md, *.png
 
 Fault handling: a cell that raises gets `error.json` (message and traceback) and the grid moves
@@ -33,13 +35,14 @@ from remix_ds.baselines.strategies import strategy_patch
 from remix_ds.config import RunConfig
 from remix_ds.data.mixing import mix_count
 from remix_ds.data.prepare import manifest_sha256
+from remix_ds.engine.metrics import plain_values, start_wandb
 from remix_ds.errors import RemixError
 from remix_ds.eval.data import load_eval_set
 from remix_ds.eval.runner import evaluate, write_results
 from remix_ds.experiments import analysis, datasets, frontier, report
 from remix_ds.experiments import stage as stage_lib
 from remix_ds.experiments.config import ExperimentConfig, launcher_argv, parse_strategy
-from remix_ds.experiments.layout import Cell, GridLayout, cell_dir
+from remix_ds.experiments.layout import Cell, GridLayout, cell_dir, latest_eval_rows
 
 # Every stage trains its own dataset file (no subsampling, no held-out split) for whole epochs
 # and resumes from its newest checkpoint after an interruption.
@@ -55,13 +58,14 @@ def _write_json(path: Path, obj) -> None:
     tmp.replace(path)
 
 
-def latest_eval_rows(run_dir: Path, name: str) -> tuple[int, list[dict]]:
-    """(step, per-example rows) of the newest eval of set `name` in a run folder."""
-    steps = sorted((int(p.name.split("-")[1]), p) for p in (run_dir / "eval").glob("step-*") if (p / f"{name}.jsonl").is_file())
-    if not steps:
-        raise FileNotFoundError(f"no eval rows of {name!r} under {run_dir}/eval")
-    step, folder = steps[-1]
-    return step, [json.loads(line) for line in (folder / f"{name}.jsonl").read_text().splitlines()]
+def seed_patch(cell: Cell) -> dict:
+    """A seeded cell's stages: train.seed (data order, any training randomness) and data.mix.seed (mixing draws)."""
+    return {} if cell.seed is None else {"train.seed": cell.seed, "data.mix.seed": cell.seed}
+
+
+def seed_column(cell: Cell) -> dict:
+    """The row's `seed` column (absent without a seed axis, so those tables stay as they were)."""
+    return {} if cell.seed is None else {"seed": cell.seed}
 
 
 def em_of(rows: list[dict]) -> float:
@@ -103,9 +107,10 @@ class Grid:
     def cells(self) -> list[Cell]:
         strategies = [parse_strategy(s, self.cfg.mix_ratio) for s in self.cfg.strategies]
         modes = list(self.cfg.loss_modes) or [None]
+        seeds = list(self.cfg.seeds) or [None]  # the seed axis outermost: seed 0's whole grid comes first
         sweep = [st.name for st in self.cfg.stage2_sweep] or [None]  # stage-2 settings share stage 1
-        return [Cell(a, b, s, m, stage2=st)
-                for m in modes for a in self.cfg.data_a for b in self.cfg.data_b for s in strategies for st in sweep]
+        return [Cell(a, b, s, m, seed, stage2=st) for seed in seeds for m in modes for a in self.cfg.data_a
+                for b in self.cfg.data_b for s in strategies for st in sweep]
 
     @property
     def tokenizer(self):
@@ -124,6 +129,8 @@ class Grid:
     # ---- stage configs -----------------------------------------------------------------------
     def _stage_config(self, patch: dict, overrides: list[str]) -> RunConfig:
         d = configtools.to_dict(self.cfg.run)
+        if d["metrics"]["wandb"] is not None and not d["metrics"]["wandb"]["group"]:
+            d["metrics"]["wandb"]["group"] = self.wandb_group()  # the grid's stages and cells: one W&B group
         for dotted, value in patch.items():
             node = d
             *head, last = dotted.split(".")
@@ -172,6 +179,7 @@ class Grid:
         }
         if cell.loss_mode:
             patch["data.loss_mode"] = cell.loss_mode
+        patch.update(seed_patch(cell))
         return self._stage_config(patch, self.cfg.stage1.overrides)
 
     def stage2_config(self, cell: Cell) -> RunConfig:
@@ -201,6 +209,7 @@ class Grid:
                                         ewc_state_dir=str(self.out / "stage1" / cell.stage1_key / "ewc-fisher")))
         if cell.loss_mode:
             patch["data.loss_mode"] = cell.loss_mode
+        patch.update(seed_patch(cell))
         return self._stage_config(patch, list(self.cfg.stage2.overrides) + (list(setting.overrides) if setting else []))
 
     def final_eval_b(self, s2cfg: RunConfig, name: str, step: int) -> None:
@@ -323,7 +332,7 @@ class Grid:
         em1, em2 = em_of(rows1), em_of(rows2)
         row = {
             "d_a": a, "d_b": b, "strategy": cell.strategy.spec, "loss_mode": cell.loss_mode or self.cfg.run.data.loss_mode,
-            "status": "done", **self.mix_columns(cell), **self.sweep_columns(cell),
+            "status": "done", **self.mix_columns(cell), **seed_column(cell), **self.sweep_columns(cell),
             "em_a_stage1": em1, "em_a_stage2": em2, "em_b_stage2": em_of(rows_b), "forgetting": em1 - em2,
             "stage1_reached_threshold": em1 >= self.cfg.stage1.em_threshold,
             "stage1_steps": st1["steps"], "stage1_epochs": round(st1["epochs"], 3), "stage2_steps": st2["steps"],
@@ -341,11 +350,33 @@ class Grid:
         row["analysis_s"] = round(time.perf_counter() - ta, 2)
         row["cell_wall_s"] = round(time.perf_counter() - t0, 2)
         _write_json(self.cell_dir(cell) / "done.json", {"row": row, "curve_a": curve})
+        self.track_cell(cell, row, {"stage1": configtools.to_dict(s1cfg), "stage2": configtools.to_dict(s2cfg)})
         return row
 
     def sweep_columns(self, cell: Cell) -> dict:
         """`stage2_setting`: the cell's stage2_sweep point (no column without a sweep)."""
         return {} if cell.stage2 is None else {"stage2_setting": cell.stage2}
+
+    def wandb_group(self) -> str:
+        """metrics.wandb.group, default: the name of the grid's output folder."""
+        w = self.cfg.run.metrics.wandb
+        return (w.group if w and w.group else None) or self.out.resolve().name
+
+    def track_cell(self, cell: Cell, row: dict, stages: dict) -> None:
+        """With metrics.wandb: the cell as a W&B run (job_type `cell`) in the grid's group, its config and
+        final row (summary), under CELL/wandb. A tracking failure is logged; the cell stays done."""
+        w = self.cfg.run.metrics.wandb
+        if w is None:
+            return
+        try:
+            w = dataclasses.replace(w, group=self.wandb_group())
+            config = {"cell": {"key": cell.key, "d_a": cell.d_a.name, "d_b": cell.d_b.name, "strategy": cell.strategy.spec,
+                               "loss_mode": row["loss_mode"], "seed": cell.seed}, **stages}
+            run = start_wandb(w, self.cell_dir(cell), cell.key, config, job_type="cell")
+            run.summary.update(plain_values(row))
+            run.finish()
+        except Exception as e:  # tracking must never cost a finished cell
+            self.log(f"[experiment] {cell.key}: W&B tracking failed ({type(e).__name__}: {str(e)[:300]})")
 
     def mix_columns(self, cell: Cell) -> dict:
         """How the cell's stages mixed (results-table columns `mix_schedule`, `mix_redraw`)."""
@@ -378,7 +409,7 @@ class Grid:
             except Exception as e:  # record, keep going: one broken cell must not lose the grid
                 row = {"d_a": cell.d_a.name, "d_b": cell.d_b.name, "strategy": cell.strategy.spec,
                        "loss_mode": cell.loss_mode or self.cfg.run.data.loss_mode, **self.mix_columns(cell),
-                       **self.sweep_columns(cell), "status": "error",
+                       **seed_column(cell), **self.sweep_columns(cell), "status": "error",
                        "error": f"{type(e).__name__}: {str(e)[:500]}"}
                 _write_json(err, {"row": row, "traceback": traceback.format_exc()})
                 self.log(f"[experiment] cell {cell.key} FAILED: {row['error']}")

@@ -7,6 +7,7 @@ neither needs the runner itself.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,6 +24,8 @@ class Cell:
     d_b: DatasetSpec
     strategy: Strategy
     loss_mode: str | None
+    seed: int | None = None
+    """The grid's seed axis (None: no axis; keys without a seed suffix)."""
     stage2: str | None = None
     """Name of the cell's stage2_sweep point (None: no sweep); stage 1 does not depend on it."""
 
@@ -30,16 +33,29 @@ class Cell:
     def key(self) -> str:
         lm = f"__{self.loss_mode}" if self.loss_mode else ""
         st = f"__{self.stage2}" if self.stage2 is not None else ""
-        return f"{self.d_a.name}__{self.d_b.name}__{self.strategy.slug}{lm}{st}"
+        return f"{self.d_a.name}__{self.d_b.name}__{self.strategy.slug}{lm}{self._seed_suffix}{st}"
 
     @property
     def stage1_key(self) -> str:
         lm = f"__{self.loss_mode}" if self.loss_mode else ""
-        return f"{self.d_a.name}__{self.strategy.stage1_tag()}{lm}"
+        return f"{self.d_a.name}__{self.strategy.stage1_tag()}{lm}{self._seed_suffix}"
+
+    @property
+    def _seed_suffix(self) -> str:
+        return "" if self.seed is None else f"__s{self.seed}"
+
+
+def latest_eval_rows(run_dir: Path, name: str) -> tuple[int, list[dict]]:
+    """(step, per-example rows) of the newest eval of set `name` in a run folder."""
+    steps = sorted((int(p.name.split("-")[1]), p) for p in (run_dir / "eval").glob("step-*") if (p / f"{name}.jsonl").is_file())
+    if not steps:
+        raise FileNotFoundError(f"no eval rows of {name!r} under {run_dir}/eval")
+    step, folder = steps[-1]
+    return step, [json.loads(line) for line in (folder / f"{name}.jsonl").read_text().splitlines()]
 
 
 def cell_dir(out: Path, cell: Cell) -> Path:
-    """`OUT/cells/<D_A>__<D_B>__<strategy>[__<loss mode>][__<stage-2 setting>]/`: stage2/, done.json or error.json, analysis.json."""
+    """`OUT/cells/<D_A>__<D_B>__<strategy>[__<loss mode>][__s<seed>][__<stage-2 setting>]/`: stage2/, done.json or error.json, analysis.json."""
     return out / "cells" / cell.key
 
 
@@ -66,6 +82,10 @@ class GridLayout:
 
     def cell_dir(self, cell: Cell) -> Path:
         return cell_dir(self.out, cell)
+
+    def stage1_dir(self, cell: Cell) -> Path:
+        """The cell's (shared) stage-1 run folder, `OUT/stage1/<stage-1 key>`."""
+        return self.out / "stage1" / cell.stage1_key
 
     def base_dir(self) -> Path:
         """The model stage 1 starts from: the stage-0 export, else `model.init_from`, else the model itself."""
