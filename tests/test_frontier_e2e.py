@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from helpers import run_cmd
+from remix_ds.experiments.frontier import write_frontier
 
 pytestmark = pytest.mark.slow  # launches a grid in a subprocess
 
@@ -40,7 +41,7 @@ def test_two_point_sweep_frontier_end_to_end(tmp_path):
         "data_b": [{"name": "fb", "dataset": "kvr", "num_examples": 8}],
         "strategies": ["none"],
         "stage1": {"max_epochs": 30, "eval_every": 30},
-        "stage2": {"epochs": 4, "eval_every": 100},
+        "stage2": {"epochs": 12, "eval_every": 100},
         "stage2_sweep": [{"name": "gentle", "epochs": 1, "overrides": ["optim.lr=3e-4"]}, {"name": "strong"}],
         "analysis": {"logit_lens": False, "preservation": False},
     }
@@ -53,7 +54,7 @@ def test_two_point_sweep_frontier_end_to_end(tmp_path):
     table = json.loads((out / "results.json").read_text())
     assert [(r["strategy"], r["stage2_setting"]) for r in table] == [("none", "gentle"), ("none", "strong")]
     expected = {}
-    for setting, steps in (("gentle", 1), ("strong", 4)):
+    for setting, steps in (("gentle", 1), ("strong", 12)):
         s2 = out / "cells" / f"fa__fb__none__{setting}" / "stage2"
         assert json.loads((s2 / "stage_done.json").read_text())["steps"] == steps  # 8 rows = 1 step per epoch
         assert json.loads((s2 / "stage_config.json").read_text())["optim"]["lr"] == (3e-4 if setting == "gentle" else 3e-3)
@@ -61,7 +62,7 @@ def test_two_point_sweep_frontier_end_to_end(tmp_path):
 
     summary = json.loads((out / "frontier.json").read_text())
     got = {r["stage2_setting"]: (r["em_a"], r["em_b"]) for r in summary["points"]}
-    assert got == pytest.approx(expected)
+    assert got.keys() == expected.keys() and all(got[k] == pytest.approx(expected[k]) for k in expected)
     for r in summary["points"]:  # one seed, per-factoid bootstrap: the CI brackets the point
         assert r["n_seeds"] == 1 and r["em_a_lo"] <= r["em_a"] <= r["em_a_hi"]
     (area,) = summary["areas"]
@@ -75,7 +76,6 @@ def test_two_point_sweep_frontier_end_to_end(tmp_path):
     report = (out / "report.md").read_text()
     assert "## Retention-learning frontier" in report and "![frontier](frontier.png)" in report
 
-    # the command pools grids the same way and writes the same numbers elsewhere
-    proc = run_cmd([sys.executable, "-m", "remix_ds.cli", "frontier", str(out), "--out", str(tmp_path / "f")])
-    again = json.loads((tmp_path / "f" / "frontier.json").read_text())
+    # `remix-ds frontier GRID_DIR` (here in-process) rereads the cells and writes the same numbers elsewhere
+    again = write_frontier([out], tmp_path / "f")
     assert again["points"] == summary["points"] and (tmp_path / "f" / "frontier.png").is_file()
