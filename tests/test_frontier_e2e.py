@@ -73,6 +73,9 @@ def test_two_point_sweep_frontier_end_to_end(tmp_path):
     md = (out / "frontier.md").read_text()
     for setting, (a, b) in expected.items():
         assert f"| fa | fb | none | {setting} | 1 | {a:.3f} [" in md
+    # the grid's seed statistics keep the sweep points apart (one group per D_B@setting, never pooled)
+    groups = json.loads((out / "results_summary.json").read_text())["summary"]
+    assert sorted((g["d_b"], g["em_a_stage2"]) for g in groups) == sorted((f"fb@{k}", v[0]) for k, v in expected.items())
     report = (out / "report.md").read_text()
     assert "## Retention-learning frontier" in report and "![frontier](frontier.png)" in report
 
