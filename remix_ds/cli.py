@@ -103,12 +103,12 @@ def _add_module_commands(sub) -> None:
     from remix_ds.data.commands import add_build_shards_command, add_prepare_data_command
     from remix_ds.demo import add_demo_command
     from remix_ds.eval.commands import add_eval_command
-    from remix_ds.experiments.commands import add_experiment_command
+    from remix_ds.experiments.commands import add_experiment_command, add_frontier_command
     from remix_ds.experiments.preserve_cli import add_preserve_command
     from remix_ds.forgetting.commands import add_forgetting_command
 
     for add in (add_demo_command, add_experiment_command, add_eval_command, add_build_shards_command, add_prepare_data_command,
-                add_filter_known_command, add_forgetting_command, add_bench_command, add_preserve_command):
+                add_filter_known_command, add_forgetting_command, add_bench_command, add_preserve_command, add_frontier_command):
         add(sub)
 
 

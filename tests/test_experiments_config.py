@@ -76,7 +76,8 @@ EXPERIMENTS = [p for p in sorted((REPO / "configs").glob("*.yaml")) if p.name !=
 def test_other_configs_load(path):
     cfg = load_experiment(path)
     cells = Grid(cfg).cells()
-    assert len(cells) == len(cfg.data_a) * len(cfg.data_b) * len(cfg.strategies) * max(1, len(cfg.loss_modes))
+    assert len(cells) == (len(cfg.data_a) * len(cfg.data_b) * len(cfg.strategies) * max(1, len(cfg.loss_modes))
+                          * max(1, len(cfg.seeds)) * max(1, len(cfg.stage2_sweep)))
     assert cfg.run.model.name_or_path == "tiny"
 
 

@@ -1,6 +1,12 @@
-"""`remix-ds experiment CONFIG [a.b=value ...]`: run a REMIX grid (see remix_ds.experiments.config)."""
+"""`remix-ds experiment CONFIG [a.b=value ...]`: run a REMIX grid (see remix_ds.experiments.config).
+
+`remix-ds frontier GRID_DIR [GRID_DIR ...] [--out DIR]`: the retention-learning frontier of finished
+grids (remix_ds.experiments.frontier).
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 
 def _run(args) -> int:
@@ -36,3 +42,21 @@ def add_experiment_command(sub) -> None:
     p.add_argument("--no-wait", action="store_true",
                    help="scheduler.kind=slurm: return once the jobs are submitted (run again to collect the table)")
     p.set_defaults(func=_run)
+
+
+def _frontier(args) -> int:
+    from remix_ds.experiments.frontier import markdown, write_frontier
+
+    out = args.out or str(Path(args.grid_dirs[0]) / "frontier")
+    summary = write_frontier(args.grid_dirs, out, n_boot=args.n_boot)
+    print(markdown(summary))
+    print(f"written: {out}/frontier.md, frontier.json, frontier.png")
+    return 0
+
+
+def add_frontier_command(sub) -> None:
+    p = sub.add_parser("frontier", help="EM(D_A) kept vs EM(D_B) learned per strategy along a stage-2 sweep, over seeds")
+    p.add_argument("grid_dirs", nargs="+", metavar="GRID_DIR", help="finished grid folders (pooled; one seed each or a seed axis)")
+    p.add_argument("--out", help="output folder (default: GRID_DIR/frontier of the first grid)")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples of every CI")
+    p.set_defaults(func=_frontier)

@@ -21,10 +21,16 @@ Strategies are short specs, joined by `+`:
   DATA (`generic` or a dataset) (remix_ds/baselines).
 
 E.g. `random@1+generic@2` (the paper's combination), `replay=0.1+random@1` or `ewc=1000`.
+
+`stage2_sweep` adds a stage-2 strength axis: a list of named settings `{name, epochs, overrides}`
+(e.g. `{name: lr3e-4, overrides: [optim.lr=3e-4]}`, `{name: ep2, epochs: 2}`); every cell then runs
+stage 2 once per setting from the same shared stage-1 model, and `remix-ds frontier GRID_DIR`
+reports EM(D_A) against EM(D_B) along it (remix_ds/experiments/frontier.py).
 """
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
@@ -112,6 +118,18 @@ class Stage2Config:
     """Score D_B at every stage-2 eval, or only once on the final export (generation-judged chat/code/math sets are costly)."""
     overrides: list[str] = field(default_factory=list)
     """Extra dotted run-config overrides for every stage-2 run."""
+
+
+@dataclass
+class Stage2Setting:
+    """One point of the stage-2 strength axis (`stage2_sweep`): stage 1 is shared, stage 2 differs."""
+
+    name: str = ""
+    """Label: the cell-key suffix `__<name>` and the results' `stage2_setting` column (e.g. lr3e-4, ep2)."""
+    epochs: float | None = None
+    """Stage-2 epochs at this point (null: stage2.epochs); the cosine schedule spans them."""
+    overrides: list[str] = field(default_factory=list)
+    """Dotted run-config overrides for stage 2 only, applied after stage2.overrides, e.g. optim.lr=3e-4."""
 
 
 @dataclass
@@ -236,6 +254,8 @@ class ExperimentConfig:
     """Stage-1 length and early stop."""
     stage2: Stage2Config = field(default_factory=Stage2Config)
     """Stage-2 length and evaluation cadence."""
+    stage2_sweep: list[Stage2Setting] = field(default_factory=list)
+    """Stage-2 strength axis: every cell runs stage 2 once per setting from the same stage-1 model (empty: one stage 2 per cell, as `stage2` says)."""
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     """Logit lens and preservation check."""
     launcher: str = "inprocess"
@@ -274,6 +294,28 @@ class ExperimentConfig:
         if self.stage1.max_epochs <= 0 or self.stage2.epochs <= 0:
             raise ConfigError("stage1.max_epochs and stage2.epochs must be > 0")
         launcher_argv(self.launcher)
+        self._validate_sweep()
+
+    def stage2_setting(self, name: str | None) -> Stage2Setting | None:
+        """The sweep point called `name` (None: no sweep)."""
+        return None if name is None else next(st for st in self.stage2_sweep if st.name == name)
+
+    def _validate_sweep(self) -> None:
+        names = [st.name for st in self.stage2_sweep]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"stage2_sweep names must be unique, got {names}")
+        base = configtools.to_dict(self.run)
+        for i, st in enumerate(self.stage2_sweep):
+            where = f"stage2_sweep[{i}]"
+            if not st.name or not re.fullmatch(r"[A-Za-z0-9_.-]+", st.name):
+                raise ConfigError(f"{where}.name must be a non-empty label of letters, digits, '_', '.', '-', got {st.name!r}")
+            if st.epochs is not None and st.epochs <= 0:
+                raise ConfigError(f"{where}.epochs must be > 0, got {st.epochs}")
+            try:  # a bad key fails here, not after stage 1 has trained
+                overrides = list(self.stage2.overrides) + list(st.overrides)
+                configtools.from_dict(RunConfig, configtools.apply_overrides(copy.deepcopy(base), overrides))
+            except ConfigError as e:
+                raise ConfigError(f"{where}.overrides ({st.name}): {e}") from None
 
 
 @dataclass(frozen=True)

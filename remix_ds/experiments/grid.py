@@ -5,8 +5,9 @@ Folders under `output_dir`:
     data/<name>.jsonl                    every D_A / D_B, materialized once (datasets.py)
     stage0/                              optional generic pretraining (its export is the base model)
     stage1/<D_A>__<stage-1 tag>/         one stage-1 run per (D_A, stage-1 mixing, loss mode), shared by cells
-    cells/<D_A>__<D_B>__<strategy>/      stage2/ (a run folder), done.json or error.json
-                                         (with a seed axis, stage-1 and cell keys end in __s<seed>)
+    cells/<D_A>__<D_B>__<strategy>[__<stage-2 setting>]/   stage2/ (a run folder), done.json or error.json
+                                         (with a seed axis, stage-1 and cell keys end in __s<seed>; a
+                                         stage2_sweep adds __<setting> to cell keys only)
     results.csv, results.json, report.md, *.png
     experiment_config.json               the resolved config (what `python -m remix_ds.experiments.job` reads)
 
@@ -50,10 +51,11 @@ from remix_ds.config import RunConfig
 from remix_ds.data.mixing import mix_count
 from remix_ds.data.prepare import manifest_sha256
 from remix_ds.engine.metrics import plain_values, start_wandb
+from remix_ds.errors import RemixError
 from remix_ds.eval.data import load_eval_set
 from remix_ds.eval.runner import evaluate, write_results
 from remix_ds.configtools import ConfigError
-from remix_ds.experiments import analysis, datasets, report, scheduler, slurm
+from remix_ds.experiments import analysis, datasets, frontier, report, scheduler, slurm
 from remix_ds.experiments import stage as stage_lib
 from remix_ds.experiments.config import ExperimentConfig, launcher_argv, parse_strategy
 from remix_ds.experiments.layout import latest_eval_rows  # moved there; still grid.latest_eval_rows
@@ -138,8 +140,9 @@ class Grid:
         strategies = [parse_strategy(s, self.cfg.mix_ratio) for s in self.cfg.strategies]
         modes = list(self.cfg.loss_modes) or [None]
         seeds = list(self.cfg.seeds) or [None]  # the seed axis outermost: seed 0's whole grid comes first
-        return [Cell(a, b, s, m, seed) for seed in seeds for m in modes for a in self.cfg.data_a
-                for b in self.cfg.data_b for s in strategies]
+        sweep = [st.name for st in self.cfg.stage2_sweep] or [None]  # stage-2 settings share stage 1
+        return [Cell(a, b, s, m, seed, stage2=st) for seed in seeds for m in modes for a in self.cfg.data_a
+                for b in self.cfg.data_b for s in strategies for st in sweep]
 
     @property
     def tokenizer(self):
@@ -227,12 +230,14 @@ class Grid:
     def stage2_config(self, cell: Cell) -> RunConfig:
         s, a, b = cell.strategy, cell.d_a.name, cell.d_b.name
         n = self._n(b)
+        setting = self.cfg.stage2_setting(cell.stage2)
+        epochs = setting.epochs if setting and setting.epochs is not None else self.cfg.stage2.epochs
         replay = [{"dataset": self._train_path(a, cell.loss_mode), "ratio": s.replay}] if s.replay else []
         patch = {
             **STAGE_COMMON,
             "model.init_from": str(self.out / "stage1" / cell.stage1_key / "final"),
             "train.output_dir": str(self.cell_dir(cell) / "stage2"),
-            "train.epochs": self.cfg.stage2.epochs,
+            "train.epochs": epochs,
             "train.eval_every": self._eval_every(n, (s.random[1], s.generic[1], s.replay), self.cfg.stage2.eval_every),
             "train.early_stop_metric": None,
             "data.dataset": self._train_path(b, cell.loss_mode),
@@ -250,7 +255,7 @@ class Grid:
         if cell.loss_mode:
             patch["data.loss_mode"] = cell.loss_mode
         patch.update(seed_patch(cell))
-        return self._stage_config(patch, self.cfg.stage2.overrides)
+        return self._stage_config(patch, list(self.cfg.stage2.overrides) + (list(setting.overrides) if setting else []))
 
     def final_eval_b(self, s2cfg: RunConfig, name: str, step: int) -> None:
         """stage2.eval_b=end: score D_B once on the stage-2 export, beside the final D_A rows."""
@@ -391,7 +396,7 @@ class Grid:
         em1, em2 = em_of(rows1), em_of(rows2)
         row = {
             "d_a": a, "d_b": b, "strategy": cell.strategy.spec, "loss_mode": cell.loss_mode or self.cfg.run.data.loss_mode,
-            "status": "done", **self.mix_columns(cell),
+            "status": "done", **self.mix_columns(cell), **self.sweep_columns(cell),
             "em_a_stage1": em1, "em_a_stage2": em2, "em_b_stage2": em_of(rows_b), "forgetting": em1 - em2,
             "stage1_reached_threshold": em1 >= self.cfg.stage1.em_threshold,
             "stage1_steps": st1["steps"], "stage1_epochs": round(st1["epochs"], 3), "stage2_steps": st2["steps"],
@@ -411,6 +416,10 @@ class Grid:
         _write_json(self.cell_dir(cell) / "done.json", {"row": row, "curve_a": curve})
         self.track_cell(cell, row, {"stage1": configtools.to_dict(s1cfg), "stage2": configtools.to_dict(s2cfg)})
         return row
+
+    def sweep_columns(self, cell: Cell) -> dict:
+        """`stage2_setting`: the cell's stage2_sweep point (no column without a sweep)."""
+        return {} if cell.stage2 is None else {"stage2_setting": cell.stage2}
 
     def wandb_group(self) -> str:
         """metrics.wandb.group, default: the name of the grid's output folder."""
@@ -443,7 +452,7 @@ class Grid:
     def error_row(self, cell: Cell, message: str) -> dict:
         return {"d_a": cell.d_a.name, "d_b": cell.d_b.name, "strategy": cell.strategy.spec,
                 "loss_mode": cell.loss_mode or self.cfg.run.data.loss_mode, **self.mix_columns(cell),
-                "status": "error", "error": message[:500]}
+                **self.sweep_columns(cell), "status": "error", "error": message[:500]}
 
     def record_error(self, cell: Cell, message: str, tb: str = "") -> dict:
         """Write the cell's error.json (its row in the table) and log it."""
@@ -578,6 +587,11 @@ class Grid:
         """results.csv/json, report.md and plots, under the folder's results lock."""
         with FileLock(self.out / ".results.lock"):
             report.write_all(layout, self.cfg.stage1, self.cfg.stage2, rows, self.log)
+            if self.cfg.stage2_sweep and any(r.get("status") == "done" for r in rows):
+                try:
+                    frontier.add_to_report(self.out, self.log)
+                except RemixError as e:  # the cells and the table are kept; `remix-ds frontier` can redo it
+                    self.log(f"[experiment] frontier FAILED: {e}")
 
     def run(self) -> list[dict]:
         self.claim_output()

@@ -26,11 +26,14 @@ class Cell:
     loss_mode: str | None
     seed: int | None = None
     """The grid's seed axis (None: no axis; keys without a seed suffix)."""
+    stage2: str | None = None
+    """Name of the cell's stage2_sweep point (None: no sweep); stage 1 does not depend on it."""
 
     @property
     def key(self) -> str:
         lm = f"__{self.loss_mode}" if self.loss_mode else ""
-        return f"{self.d_a.name}__{self.d_b.name}__{self.strategy.slug}{lm}{self._seed_suffix}"
+        st = f"__{self.stage2}" if self.stage2 is not None else ""
+        return f"{self.d_a.name}__{self.d_b.name}__{self.strategy.slug}{lm}{self._seed_suffix}{st}"
 
     @property
     def stage1_key(self) -> str:
@@ -52,7 +55,7 @@ def latest_eval_rows(run_dir: Path, name: str) -> tuple[int, list[dict]]:
 
 
 def cell_dir(out: Path, cell: Cell) -> Path:
-    """`OUT/cells/<D_A>__<D_B>__<strategy>[__<loss mode>][__s<seed>]/`: stage2/, done.json or error.json, analysis.json."""
+    """`OUT/cells/<D_A>__<D_B>__<strategy>[__<loss mode>][__s<seed>][__<stage-2 setting>]/`: stage2/, done.json or error.json, analysis.json."""
     return out / "cells" / cell.key
 
 

@@ -52,6 +52,8 @@ def main_table(rows: list[dict]) -> str:
         cols.insert(3, "seed")
     if any(r.get("span_acc_a_stage1") is not None for r in rows):
         cols[cols.index("em_a_stage2") + 1:cols.index("em_a_stage2") + 1] = ["span_acc_a_stage1", "span_acc_a_stage2"]
+    if any(r.get("stage2_setting") is not None for r in rows):  # a stage2_sweep grid
+        cols.insert(3, "stage2_setting")
     for col in ("mix_redraw", "mix_schedule", "loss_mode"):  # shown when the grid varies them
         if len({r.get(col) for r in rows}) > 1:
             cols.insert(3, col)
@@ -96,8 +98,13 @@ ALPHA = 0.05
 """Level of the paired comparisons (on Holm-adjusted p-values) and of the 95% intervals."""
 
 
+def d_b_view(d_b: str, stage2_setting: str | None) -> str:
+    """How a D_B is grouped: `D_B@SETTING` in a stage2_sweep grid (each sweep point its own group), else D_B."""
+    return d_b if stage2_setting is None else f"{d_b}@{stage2_setting}"
+
+
 def _group(r: dict) -> tuple:
-    return (r["d_a"], r["d_b"], r["strategy"], r["loss_mode"])
+    return (r["d_a"], d_b_view(r["d_b"], r.get("stage2_setting")), r["strategy"], r["loss_mode"])
 
 
 def cell_items(layout: GridLayout, cell: Cell) -> dict:
@@ -123,7 +130,7 @@ def cell_items(layout: GridLayout, cell: Cell) -> dict:
 
 def _items_by_group(layout: GridLayout, rows: list[dict], log: Callable[[str], None]) -> dict:
     """{(d_a, d_b, strategy, loss_mode): {seed: cell_items}} over the done rows."""
-    cells = {(c.d_a.name, c.d_b.name, c.strategy.spec, c.loss_mode or layout.data.loss_mode, c.seed): c
+    cells = {(c.d_a.name, d_b_view(c.d_b.name, c.stage2), c.strategy.spec, c.loss_mode or layout.data.loss_mode, c.seed): c
              for c in layout.cells}
     out: dict = {}
     for r in rows:
@@ -232,13 +239,14 @@ def plot_all(layout: GridLayout, rows: list[dict], summary: list[dict] | None = 
     if not done:
         return written
     strategies = list(dict.fromkeys(r["strategy"] for r in done))
-    groups = list(dict.fromkeys((r["d_a"], r["d_b"], r["loss_mode"]) for r in done))
+    groups = list(dict.fromkeys((r["d_a"], d_b_view(r["d_b"], r.get("stage2_setting")), r["loss_mode"]) for r in done))
     # forgetting per strategy and D_B
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(groups) * len(strategies) / 2), 4))
     width = 0.8 / len(strategies)
     ci = {(r["d_a"], r["d_b"], r["loss_mode"], r["strategy"]): r for r in summary or []}
     for j, s in enumerate(strategies):
-        vals = [next((r["forgetting"] for r in done if (r["d_a"], r["d_b"], r["loss_mode"]) == g and r["strategy"] == s), math.nan)
+        vals = [next((r["forgetting"] for r in done if (r["d_a"], d_b_view(r["d_b"], r.get("stage2_setting")), r["loss_mode"]) == g
+                      and r["strategy"] == s), math.nan)
                 for g in groups]
         err = None
         if ci:
@@ -261,7 +269,7 @@ def plot_all(layout: GridLayout, rows: list[dict], summary: list[dict] | None = 
     fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups), 3.6), squeeze=False)
     for ax, g in zip(axes[0], groups):
         for key, (cell, curve) in curves.items():
-            if (cell.d_a.name, cell.d_b.name, cell.loss_mode or layout.data.loss_mode) == g:
+            if (cell.d_a.name, d_b_view(cell.d_b.name, cell.stage2), cell.loss_mode or layout.data.loss_mode) == g:
                 label = cell.strategy.spec + ("" if cell.seed is None else f" s{cell.seed}")
                 ax.plot([s for s, _ in curve], [e for _, e in curve], marker=".", label=label)
         ax.set_title(f"D_A={g[0]}, D_B={g[1]}", fontsize=9)
