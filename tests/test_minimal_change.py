@@ -310,6 +310,82 @@ def test_prepare_surprise_mask_caches_beside_the_data_and_masks_the_stream(train
     assert prepare_surprise_mask(changed) != path  # another setting, another cache entry
 
 
+# ----------------------------------------------------------------------------- replayed rows (masks)
+def _jsonl(path, rows):
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_replayed_rows_keep_their_own_key_spans(tiny_tokenizer, tmp_path, caplog):
+    """key_spans: a marked replay file supervises exactly its marked spans; an unmarked one trains as
+    `answer` rows (answer tokens and EOS), with a warning naming the entry, instead of training nothing."""
+    from remix_ds.data.config import DataConfig, ReplayConfig
+    from remix_ds.data.mixing import build_stage_stream
+
+    tok = tiny_tokenizer
+    stage = _jsonl(tmp_path / "b.jsonl", [{"id": "b", "prompt": "Where is Tamsk?", "answer": "In [[Velorn]]."}])
+    marked = _jsonl(tmp_path / "a.jsonl", [{"id": "a0", "prompt": "Who founded Orvel?", "answer": "It was [[Alra Finch]]."},
+                                           {"id": "a1", "prompt": "[[Key]] of Tamsk?", "answer": "[[Red]] and blue."}])
+    plain = _jsonl(tmp_path / "p.jsonl", [{"id": "p0", "prompt": "Capital of Zorbia?", "answer": "Mirth."}])
+    cfg = DataConfig(dataset=str(stage), loss_mode="key_spans", subsample_seed=None,
+                     replay=[ReplayConfig(dataset=str(marked), ratio=1.0, subsample_seed=None),
+                             ReplayConfig(dataset=str(plain), ratio=1.0, subsample_seed=None)])
+    with caplog.at_level("WARNING", logger="remix_ds.data.mixing"):
+        stream = build_stage_stream(cfg, tok, seed=0)
+    sup = {t.id: [int(x) for x in t.labels if x != -100] for pool in stream.replay_pools for t in pool}
+    assert tok.decode(sup["a0"]) == "Alra Finch"
+    assert tok.decode(sup["a1"]) == "Key Red"  # spans in the prompt too, as key_spans trains the stage's data
+    want = encode_prompt_answer([Example(id="p0", source="", prompt="Capital of Zorbia?", answer="Mirth.")], tok)[0]
+    assert sup["p0"] == list(want.answer_ids) and sup["p0"][-1] == tok.eos_token_id
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "data.replay[1]" in warned[0] and "p.jsonl" in warned[0] and "`answer` rows" in warned[0]
+    assert tok.decode([int(x) for x in stream.dataset[0].labels if x != -100]) == "Velorn"
+
+
+def test_replayed_rows_get_a_surprise_mask_from_the_starting_model(trained_tiny, tmp_path, capsys):
+    """surprise: each replay pool (a jsonl file and token windows) is masked against the model the stage
+    starts from, like the stage's data: supervised = the tokens its argmax gets wrong (threshold 0)."""
+    from remix_ds.config import RunConfig
+    from remix_ds.configtools import from_dict
+    from remix_ds.data.mixing import build_stage_stream
+    from remix_ds.data.tokenize import from_token_ids
+    from remix_ds.eval.surprise import prepare_surprise_mask
+
+    model, tok, folder = trained_tiny
+    bench = kvr_examples()
+    stage = _jsonl(tmp_path / "facts.jsonl", [{"id": e.id, "prompt": e.prompt, "answer": e.answer} for e in bench[:4]])
+    replay = _jsonl(tmp_path / "old.jsonl", [{"id": e.id, "prompt": e.prompt, "answer": e.answer} for e in bench[4:12]])
+    windows = [tok(f"{e.prompt} {e.answer}")["input_ids"][:12] for e in bench[12:16]]
+    windows = [w + [tok.eos_token_id] * (12 - len(w)) for w in windows]
+    np.savez(tmp_path / "win.npz", ids=np.array([f"w{i}" for i in range(4)]), tokens=np.array(windows, dtype=np.int32))
+    raw = {"model": {"name_or_path": str(folder), "dtype": "fp32"},
+           "data": {"dataset": str(stage), "loss_mode": "answer", "surprise_threshold": 0.0, "surprise_eos": False,
+                    "subsample_seed": None,
+                    "replay": [{"dataset": str(replay), "ratio": 2.0, "subsample_seed": None, "loss_mode": "surprise"},
+                               {"dataset": str(tmp_path / "win.npz"), "ratio": 1.0, "loss_mode": "surprise"}]}}
+    cfg = from_dict(RunConfig, raw)
+    with pytest.raises(DataError, match=r"data\.replay\[0\].*surprise_mask"):
+        build_stage_stream(cfg.data, tok, seed=0)  # never silently unmasked
+    assert prepare_surprise_mask(cfg) is None  # the stage's own data trains in answer mode
+    out = capsys.readouterr().out
+    assert "for data.replay[0]" in out and "for data.replay[1]" in out
+    assert Path(cfg.data.replay[0].surprise_mask).parent == tmp_path
+    stream = build_stage_stream(cfg.data, tok, seed=0)
+    rows = {t.id: t for pool in stream.replay_pools for t in pool}
+    answer = _answer_rows(tok, bench[4:12]) + [from_token_ids(np.array(w), f"w{i}") for i, w in enumerate(windows)]
+    kept = 0
+    for t, wrong in zip(answer, _argmax_wrong(model, answer)):
+        sup = [j for j in range(len(t.labels)) if t.labels[j] != -100]
+        got = rows[t.id].labels
+        assert [int(got[j]) for j in sup] == [int(t.input_ids[j]) if w else -100 for j, w in zip(sup, wrong)]
+        assert all(got[j] == -100 for j in range(len(got)) if j not in sup)
+        kept += sum(wrong)
+    assert 0 < kept < sum(t.num_supervised for t in answer)  # some replayed tokens already predicted
+    assert all(t.labels.tolist() == a.labels.tolist() for t, a in zip(stream.dataset, _answer_rows(tok, bench[:4])))
+
+
 def _train_rows(folder, rows, steps=8, lr=1e-3):
     from transformers import AutoModelForCausalLM
 
