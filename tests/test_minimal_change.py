@@ -472,3 +472,60 @@ def test_grid_loss_mode_axis_routes_marked_data(tmp_path):
         assert (s1.data.loss_mode, Path(s1.data.dataset).name) == (mode, train_file)
         assert [Path(p).name for p in s1.eval.datasets] == ["a.jsonl"]  # marked: eval strips and scores the spans
     assert Path(grid.stage2_config(by_mode["surprise"]).data.dataset).name == "b.jsonl"  # unmarked D_B as is
+
+
+# ----------------------------------------------------------------------------- surprise in `forgetting measure`
+def test_forgetting_measure_trains_surprise_masks_and_records_the_fraction(trained_tiny, tmp_path, capsys):
+    """A forgetting row fine-tuned with data.loss_mode=surprise: the mask is computed against the model
+    being fine-tuned, and its supervised fraction is recorded in the row and in matrix.json."""
+    import json
+
+    from remix_ds.eval.surprise import surprise_keep
+    from remix_ds.forgetting.config import load_forgetting_config
+    from remix_ds.forgetting.measure import measure
+
+    model, tok, folder = trained_tiny
+    bench = kvr_examples()
+    task = _jsonl(tmp_path / "kvr8.jsonl", [{"id": e.id, "prompt": e.prompt, "answer": e.answer} for e in bench[:8]])
+    up = _jsonl(tmp_path / "up.jsonl", [{"id": e.id, "prompt": e.prompt, "answer": e.answer} for e in bench[8:12]])
+    cfg = load_forgetting_config(None, [
+        f"output_dir={tmp_path / 'study'}", "upstream.kind=examples", f"upstream.source.dataset={up}", "upstream.num_examples=4",
+        "upstream.source.subsample_seed=null",
+        f"tasks=[{{name: kvr8, dataset: {task}, subsample_seed: null}}]", "measure.steps=2", "measure.lr=1e-3",
+        f"finetune.model.name_or_path={folder}", "finetune.model.dtype=fp32", "finetune.data.loss_mode=surprise",
+        "finetune.train.global_batch_size=8", "finetune.train.micro_batch_size=8",
+        "finetune.train.progress_bar=false", "finetune.train.tensorboard=false", "finetune.optim.warmup_ratio=0.0"])
+    measure(cfg, log=lambda *a: None)
+    keeps = surprise_keep(model, tok, _answer_rows(tok, bench[:8]), 0.5, True)
+    want = sum(int(k.sum()) for k in keeps) / sum(len(k) for k in keeps)
+    assert 0 < want < 1  # the base model already predicts some of the task's answer tokens
+    row = np.load(tmp_path / "study" / "rows" / "kvr8.npz")
+    assert float(row["surprise_supervised_frac"]) == pytest.approx(want)
+    meta = json.loads((tmp_path / "study" / "matrix.json").read_text())
+    assert meta["tasks"][0]["surprise_supervised_frac"] == pytest.approx(want)
+    assert "surprise mask" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- preserve --bench generic
+def test_preserve_generic_bench_compares_continuations(trained_tiny, tmp_path):
+    """`--bench generic`: held-out generic passages as completion rows; against itself all identical, against
+    a fine-tuned copy exactly the passages whose greedy continuation changed, and a nonzero NLL drift."""
+    from remix_ds.data.config import DataConfig
+    from remix_ds.experiments.preserve_cli import generic_set
+
+    base, tok, folder = trained_tiny
+    gen = generic_set(tok, DataConfig(), 6)
+    assert len(gen.examples) == 6 and gen.examples[0].prompt.startswith("Complete the following partial passage:")
+    assert all(len(e.answer.split()) == DataConfig().mix.answer_words for e in gen.examples)
+    same, _ = _preserve(tmp_path / "same", folder, folder, "generic", "--n", "6")
+    r = same["sets"]["generic"]
+    assert (r["n"], r["identical_frac"], r["nll_drift"]) == (6, 1.0, 0.0)
+    assert r["data_fingerprint"]["ids_sha256"] == gen.fingerprint["ids_sha256"]
+    facts = [Example(id="new-0", source="kvr", prompt="The value of key ZZ9Q is?", answer="QX7")]
+    tuned, _ = _fine_tune_copy(folder, facts, tmp_path / "tuned", steps=3, lr=1e-3)
+    want = {e.id for e, a, b in zip(gen.examples, _greedy_texts(base, tok, gen.examples), _greedy_texts(tuned, tok, gen.examples))
+            if a != b}
+    other, _ = _preserve(tmp_path / "other", folder, tmp_path / "tuned", "generic", "--n", "6")
+    r = other["sets"]["generic"]
+    assert {c["id"] for c in r["changed"]} == want and r["identical_frac"] == pytest.approx(1 - len(want) / 6)
+    assert r["nll_drift"] != 0.0

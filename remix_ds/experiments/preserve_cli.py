@@ -8,6 +8,10 @@ takes them; run folders and checkpoints are exported once). Each set (a jsonl wi
 or any registered dataset, e.g. ``popqa:heldout``) is answered greedily by both models, one model
 in memory at a time, and compared with `remix_ds.experiments.preserve_bench`: identical answers,
 EM of each with McNemar's paired test, gold-answer NLL drift, the changed examples.
+``--bench generic``: the generic corpus's (built-in by default) held-out preservation passages (never trained: the
+grid's `datasets.PRESERVE_SLOTS`) as continuations in the completion format generic mixing trains
+(prompt: ``data.mix.prompt_words`` words, gold: the next ``data.mix.answer_words``; ``--n`` passages,
+default 32): identical continuations and the gold continuation's NLL drift.
 Named sets load with TUNED's data settings (its run config or remix_ds_data.json) unless
 ``--data-config`` says otherwise; every set's `data_fingerprint` is in the report.
 Writes ``OUT/preserve.json`` and ``OUT/preserve.md`` (default OUT: ``./preserve-out``).
@@ -34,7 +38,10 @@ from remix_ds.configtools import ConfigError
 from remix_ds.engine import dist
 from remix_ds.eval.commands import resolve_model, resolve_run_config
 from remix_ds.eval.config import EvalConfig
-from remix_ds.eval.data import load_eval_set
+from remix_ds.data.fingerprint import data_fingerprint
+from remix_ds.data.mixing import completion_examples
+from remix_ds.eval.data import EvalSet, load_eval_set
+from remix_ds.experiments.datasets import PRESERVE_SLOTS, corpus_documents
 from remix_ds.eval.runner import evaluate
 from remix_ds.eval.zero import load_zero3
 from remix_ds.experiments.preserve_bench import compare_rows, markdown
@@ -55,7 +62,8 @@ def run_preserve(args) -> int:
     tokenizer = models.load_tokenizer(base_src)
     if models.load_tokenizer(tuned_src).get_vocab() != tokenizer.get_vocab():
         raise ConfigError(f"preserve: {args.base} and {args.tuned} have different tokenizers")
-    sets = [load_eval_set(spec, cfg, run_cfg.data) for spec in cfg.datasets]
+    sets = [generic_set(tokenizer, run_cfg.data, cfg.n or GENERIC_N) if spec == "generic"
+            else load_eval_set(spec, cfg, run_cfg.data) for spec in cfg.datasets]
     rows: dict[str, list[list[dict]]] = {s.name: [] for s in sets}
     zero3 = world > 1 and not args.replicate
     cfg.gather_params = bool(args.gather)  # read only for a partitioned model
@@ -98,6 +106,23 @@ def run_preserve(args) -> int:
     return 0
 
 
+GENERIC_N = 32
+"""Passages of ``--bench generic`` without ``--n`` (the grid's analysis.preservation_n)."""
+
+
+def generic_set(tokenizer, data, n: int) -> EvalSet:
+    """``--bench generic``: the first ``n`` held-out passages of the generic corpus (``data.mix.generic_corpus``,
+    built-in by default) as completion rows."""
+    if n > PRESERVE_SLOTS:
+        raise ConfigError(f"--bench generic: --n must be <= {PRESERVE_SLOTS} (the held-out passages), got {n}")
+    m = data.mix
+    docs = corpus_documents(tokenizer, data, m.prompt_words + m.answer_words, n)
+    examples = completion_examples(docs, data, "generic-heldout")
+    params = {"corpus": m.generic_corpus, "slots": "preserve", "n": n, "prompt_words": m.prompt_words,
+              "answer_words": m.answer_words, "instruction": m.instruction}
+    return EvalSet("generic", examples, data_fingerprint("generic", examples, params))
+
+
 def _read_ds_config(path: str) -> dict:
     try:
         raw = json.loads(Path(path).read_text())
@@ -115,7 +140,8 @@ def add_preserve_command(subparsers) -> None:
     p.add_argument("base", help="the model before fine-tuning: HF folder / hub id / tiny / RUN_DIR / checkpoint")
     p.add_argument("tuned", help="the fine-tuned model (same forms)")
     p.add_argument("--bench", action="append", required=True,
-                   help="question set: jsonl with prompt/answer or a dataset name, optionally NAME:heldout (repeatable)")
+                   help="question set: jsonl with prompt/answer, a dataset name, optionally NAME:heldout, or `generic` "
+                        "(held-out built-in passages as continuations) (repeatable)")
     p.add_argument("--out", default="preserve-out", help="output folder (default ./preserve-out)")
     p.add_argument("--n", type=int, default=0, help="only the first N examples of each set")
     p.add_argument("--max-new-tokens", type=int, default=32, help="greedy answer length limit")
