@@ -10,8 +10,8 @@ in memory at a time, and compared with `remix_ds.experiments.preserve_bench`: id
 EM of each with McNemar's paired test, gold-answer NLL drift, the changed examples.
 ``--bench generic``: the generic corpus's (built-in by default) held-out preservation passages (never trained: the
 grid's `datasets.PRESERVE_SLOTS`) as continuations in the completion format generic mixing trains
-(prompt: ``data.mix.prompt_words`` words, gold: the next ``data.mix.answer_words``; ``--n`` passages,
-default 32): identical continuations and the gold continuation's NLL drift.
+(prompt: ``data.mix.prompt_words`` words, gold: the next ``data.mix.answer_words``, capped to the 64
+words of a passage: 48 + 16 by default; ``--n`` passages, default 32): identical continuations and the gold continuation's NLL drift.
 Named sets load with TUNED's data settings (its run config or remix_ds_data.json) unless
 ``--data-config`` says otherwise; every set's `data_fingerprint` is in the report.
 Writes ``OUT/preserve.json`` and ``OUT/preserve.md`` (default OUT: ``./preserve-out``).
@@ -31,6 +31,7 @@ import gc
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from remix_ds import configtools, models
@@ -41,7 +42,7 @@ from remix_ds.eval.config import EvalConfig
 from remix_ds.data.fingerprint import data_fingerprint
 from remix_ds.data.mixing import completion_examples
 from remix_ds.eval.data import EvalSet, load_eval_set
-from remix_ds.experiments.datasets import PRESERVE_SLOTS, corpus_documents
+from remix_ds.experiments.datasets import ELIGIBLE_WORDS, PRESERVE_SLOTS, corpus_documents
 from remix_ds.eval.runner import evaluate
 from remix_ds.eval.zero import load_zero3
 from remix_ds.experiments.preserve_bench import compare_rows, markdown
@@ -115,11 +116,14 @@ def generic_set(tokenizer, data, n: int) -> EvalSet:
     built-in by default) as completion rows."""
     if n > PRESERVE_SLOTS:
         raise ConfigError(f"--bench generic: --n must be <= {PRESERVE_SLOTS} (the held-out passages), got {n}")
-    m = data.mix
-    docs = corpus_documents(tokenizer, data, m.prompt_words + m.answer_words, n)
-    examples = completion_examples(docs, data, "generic-heldout")
-    params = {"corpus": m.generic_corpus, "slots": "preserve", "n": n, "prompt_words": m.prompt_words,
-              "answer_words": m.answer_words, "instruction": m.instruction}
+    # A held-out passage has ELIGIBLE_WORDS (64) words: the run's prompt/answer words, capped to fit.
+    p = min(data.mix.prompt_words, ELIGIBLE_WORDS - 16)
+    a = min(data.mix.answer_words, ELIGIBLE_WORDS - p)
+    fmt = replace(data, mix=replace(data.mix, prompt_words=p, answer_words=a))
+    docs = corpus_documents(tokenizer, data, p + a, n)
+    examples = completion_examples(docs, fmt, "generic-heldout")
+    params = {"corpus": data.mix.generic_corpus, "slots": "preserve", "n": n, "prompt_words": p, "answer_words": a,
+              "instruction": data.mix.instruction}
     return EvalSet("generic", examples, data_fingerprint("generic", examples, params))
 
 
