@@ -210,7 +210,7 @@ def test_preserve_finds_exactly_the_changed_answers(trained_tiny, tmp_path):
 @pytest.mark.slow
 def test_preserve_two_ranks_zero3_equals_one_process(trained_tiny, tmp_path, run_deepspeed):
     """`remix-ds preserve` under the deepspeed launcher, both models partitioned (ZeRO-3, persistence
-    0: every parameter split), partitioned forwards with uneven shards (21 examples: 11 / 10): the same
+    0: every parameter split), partitioned forwards with uneven shards (7 examples: 4 / 3): the same
     report as one process."""
     import json
 
@@ -220,7 +220,7 @@ def test_preserve_two_ranks_zero3_equals_one_process(trained_tiny, tmp_path, run
     facts = [Example(id="new-0", source="kvr", prompt="The value of key ZZ9Q is?", answer="QX7")]
     _fine_tune_copy(folder, facts, tmp_path / "tuned", steps=3, lr=1e-3)
     bench = tmp_path / "kvrbench.jsonl"  # (not --n: the launcher's argparse takes --n for its --num_gpus)
-    bench.write_text("".join(_bench_file(tmp_path).read_text().splitlines(keepends=True)[:21]))
+    bench.write_text("".join(_bench_file(tmp_path).read_text().splitlines(keepends=True)[:7]))
     one, _ = _preserve(tmp_path / "one", folder, tmp_path / "tuned", bench)
     ds = tmp_path / "ds.json"
     ds.write_text(json.dumps({"zero_optimization": {"stage3_param_persistence_threshold": 0}}))
@@ -234,7 +234,7 @@ def test_preserve_two_ranks_zero3_equals_one_process(trained_tiny, tmp_path, run
     assert len(held) == 2 and all(0 < h <= total // 2 + 64 for h in held)  # about half of every parameter
     two = json.loads((out / "preserve.json").read_text())
     a, b = one["sets"]["kvrbench"], two["sets"]["kvrbench"]
-    assert a["n"] == b["n"] == 21 and 0 < a["n_changed"] < 21
+    assert a["n"] == b["n"] == 7 and 0 < a["n_changed"] < 7
     for key in ("identical_frac", "n_changed", "em_base", "em_tuned", "lost", "gained", "mcnemar_p", "data_fingerprint"):
         assert a[key] == b[key], key
     assert [c["id"] for c in a["changed"]] == [c["id"] for c in b["changed"]]
