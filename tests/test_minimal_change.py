@@ -207,6 +207,42 @@ def test_preserve_finds_exactly_the_changed_answers(trained_tiny, tmp_path):
         assert f"| {c['id']} |" in md
 
 
+@pytest.mark.slow
+def test_preserve_two_ranks_zero3_equals_one_process(trained_tiny, tmp_path, run_deepspeed):
+    """`remix-ds preserve` under the deepspeed launcher, both models partitioned (ZeRO-3, persistence
+    0: every parameter split), partitioned forwards with uneven shards (7 examples: 4 / 3): the same
+    report as one process."""
+    import json
+
+    from helpers import REPO
+
+    _, _, folder = trained_tiny
+    facts = [Example(id="new-0", source="kvr", prompt="The value of key ZZ9Q is?", answer="QX7")]
+    _fine_tune_copy(folder, facts, tmp_path / "tuned", steps=3, lr=1e-3)
+    bench = tmp_path / "kvrbench.jsonl"  # (not --n: the launcher's argparse takes --n for its --num_gpus)
+    bench.write_text("".join(_bench_file(tmp_path).read_text().splitlines(keepends=True)[:7]))
+    one, _ = _preserve(tmp_path / "one", folder, tmp_path / "tuned", bench)
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage3_param_persistence_threshold": 0}}))
+    out = tmp_path / "two"
+    proc = run_deepspeed(["remix_ds.cli", "preserve", str(folder), str(tmp_path / "tuned"), "--bench", str(bench),
+                          "--out", str(out), "--dtype", "fp32", "--attn", "sdpa", "--max-new-tokens", "8",
+                          "--ds-config", str(ds)], module=True, cwd=REPO, timeout=600)
+    assert "under ZeRO-3 over 2 ranks" in proc.stderr and "partitioned forwards" in proc.stderr
+    held = [int(x.split(" of ")[0]) for x in proc.stderr.split("rank 0 holds ")[1:]]
+    total = int(proc.stderr.split("rank 0 holds ")[1].split(" of ")[1].split()[0])
+    assert len(held) == 2 and all(0 < h <= total // 2 + 64 for h in held)  # about half of every parameter
+    two = json.loads((out / "preserve.json").read_text())
+    a, b = one["sets"]["kvrbench"], two["sets"]["kvrbench"]
+    assert a["n"] == b["n"] == 7 and 0 < a["n_changed"] < 7
+    for key in ("identical_frac", "n_changed", "em_base", "em_tuned", "lost", "gained", "mcnemar_p", "data_fingerprint"):
+        assert a[key] == b[key], key
+    assert [c["id"] for c in a["changed"]] == [c["id"] for c in b["changed"]]
+    assert [(c["base"], c["tuned"]) for c in a["changed"]] == [(c["base"], c["tuned"]) for c in b["changed"]]
+    for key in ("nll_base", "nll_tuned", "nll_drift", "nll_abs_drift"):
+        assert a[key] == pytest.approx(b[key], abs=1e-4), key
+
+
 # ----------------------------------------------------------------------------- surprise (item 3)
 def _answer_rows(tok, examples):
     return tokenize_examples(examples, tok, mode="answer").examples
@@ -272,6 +308,82 @@ def test_prepare_surprise_mask_caches_beside_the_data_and_masks_the_stream(train
         assert (got[ex.id].labels[[j for j in range(len(t.labels)) if j not in sup]] == -100).all()
     changed = from_dict(RunConfig, {**raw, "data": {**raw["data"], "surprise_threshold": 0.5}})
     assert prepare_surprise_mask(changed) != path  # another setting, another cache entry
+
+
+# ----------------------------------------------------------------------------- replayed rows (masks)
+def _jsonl(path, rows):
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_replayed_rows_keep_their_own_key_spans(tiny_tokenizer, tmp_path, caplog):
+    """key_spans: a marked replay file supervises exactly its marked spans; an unmarked one trains as
+    `answer` rows (answer tokens and EOS), with a warning naming the entry, instead of training nothing."""
+    from remix_ds.data.config import DataConfig, ReplayConfig
+    from remix_ds.data.mixing import build_stage_stream
+
+    tok = tiny_tokenizer
+    stage = _jsonl(tmp_path / "b.jsonl", [{"id": "b", "prompt": "Where is Tamsk?", "answer": "In [[Velorn]]."}])
+    marked = _jsonl(tmp_path / "a.jsonl", [{"id": "a0", "prompt": "Who founded Orvel?", "answer": "It was [[Alra Finch]]."},
+                                           {"id": "a1", "prompt": "[[Key]] of Tamsk?", "answer": "[[Red]] and blue."}])
+    plain = _jsonl(tmp_path / "p.jsonl", [{"id": "p0", "prompt": "Capital of Zorbia?", "answer": "Mirth."}])
+    cfg = DataConfig(dataset=str(stage), loss_mode="key_spans", subsample_seed=None,
+                     replay=[ReplayConfig(dataset=str(marked), ratio=1.0, subsample_seed=None),
+                             ReplayConfig(dataset=str(plain), ratio=1.0, subsample_seed=None)])
+    with caplog.at_level("WARNING", logger="remix_ds.data.mixing"):
+        stream = build_stage_stream(cfg, tok, seed=0)
+    sup = {t.id: [int(x) for x in t.labels if x != -100] for pool in stream.replay_pools for t in pool}
+    assert tok.decode(sup["a0"]) == "Alra Finch"
+    assert tok.decode(sup["a1"]) == "Key Red"  # spans in the prompt too, as key_spans trains the stage's data
+    want = encode_prompt_answer([Example(id="p0", source="", prompt="Capital of Zorbia?", answer="Mirth.")], tok)[0]
+    assert sup["p0"] == list(want.answer_ids) and sup["p0"][-1] == tok.eos_token_id
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "data.replay[1]" in warned[0] and "p.jsonl" in warned[0] and "`answer` rows" in warned[0]
+    assert tok.decode([int(x) for x in stream.dataset[0].labels if x != -100]) == "Velorn"
+
+
+def test_replayed_rows_get_a_surprise_mask_from_the_starting_model(trained_tiny, tmp_path, capsys):
+    """surprise: each replay pool (a jsonl file and token windows) is masked against the model the stage
+    starts from, like the stage's data: supervised = the tokens its argmax gets wrong (threshold 0)."""
+    from remix_ds.config import RunConfig
+    from remix_ds.configtools import from_dict
+    from remix_ds.data.mixing import build_stage_stream
+    from remix_ds.data.tokenize import from_token_ids
+    from remix_ds.eval.surprise import prepare_surprise_mask
+
+    model, tok, folder = trained_tiny
+    bench = kvr_examples()
+    stage = _jsonl(tmp_path / "facts.jsonl", [{"id": e.id, "prompt": e.prompt, "answer": e.answer} for e in bench[:4]])
+    replay = _jsonl(tmp_path / "old.jsonl", [{"id": e.id, "prompt": e.prompt, "answer": e.answer} for e in bench[4:12]])
+    windows = [tok(f"{e.prompt} {e.answer}")["input_ids"][:12] for e in bench[12:16]]
+    windows = [w + [tok.eos_token_id] * (12 - len(w)) for w in windows]
+    np.savez(tmp_path / "win.npz", ids=np.array([f"w{i}" for i in range(4)]), tokens=np.array(windows, dtype=np.int32))
+    raw = {"model": {"name_or_path": str(folder), "dtype": "fp32"},
+           "data": {"dataset": str(stage), "loss_mode": "answer", "surprise_threshold": 0.0, "surprise_eos": False,
+                    "subsample_seed": None,
+                    "replay": [{"dataset": str(replay), "ratio": 2.0, "subsample_seed": None, "loss_mode": "surprise"},
+                               {"dataset": str(tmp_path / "win.npz"), "ratio": 1.0, "loss_mode": "surprise"}]}}
+    cfg = from_dict(RunConfig, raw)
+    with pytest.raises(DataError, match=r"data\.replay\[0\].*surprise_mask"):
+        build_stage_stream(cfg.data, tok, seed=0)  # never silently unmasked
+    assert prepare_surprise_mask(cfg) is None  # the stage's own data trains in answer mode
+    out = capsys.readouterr().out
+    assert "for data.replay[0]" in out and "for data.replay[1]" in out
+    assert Path(cfg.data.replay[0].surprise_mask).parent == tmp_path
+    stream = build_stage_stream(cfg.data, tok, seed=0)
+    rows = {t.id: t for pool in stream.replay_pools for t in pool}
+    answer = _answer_rows(tok, bench[4:12]) + [from_token_ids(np.array(w), f"w{i}") for i, w in enumerate(windows)]
+    kept = 0
+    for t, wrong in zip(answer, _argmax_wrong(model, answer)):
+        sup = [j for j in range(len(t.labels)) if t.labels[j] != -100]
+        got = rows[t.id].labels
+        assert [int(got[j]) for j in sup] == [int(t.input_ids[j]) if w else -100 for j, w in zip(sup, wrong)]
+        assert all(got[j] == -100 for j in range(len(got)) if j not in sup)
+        kept += sum(wrong)
+    assert 0 < kept < sum(t.num_supervised for t in answer)  # some replayed tokens already predicted
+    assert all(t.labels.tolist() == a.labels.tolist() for t, a in zip(stream.dataset, _answer_rows(tok, bench[:4])))
 
 
 def _train_rows(folder, rows, steps=8, lr=1e-3):
@@ -360,3 +472,60 @@ def test_grid_loss_mode_axis_routes_marked_data(tmp_path):
         assert (s1.data.loss_mode, Path(s1.data.dataset).name) == (mode, train_file)
         assert [Path(p).name for p in s1.eval.datasets] == ["a.jsonl"]  # marked: eval strips and scores the spans
     assert Path(grid.stage2_config(by_mode["surprise"]).data.dataset).name == "b.jsonl"  # unmarked D_B as is
+
+
+# ----------------------------------------------------------------------------- surprise in `forgetting measure`
+def test_forgetting_measure_trains_surprise_masks_and_records_the_fraction(trained_tiny, tmp_path, capsys):
+    """A forgetting row fine-tuned with data.loss_mode=surprise: the mask is computed against the model
+    being fine-tuned, and its supervised fraction is recorded in the row and in matrix.json."""
+    import json
+
+    from remix_ds.eval.surprise import surprise_keep
+    from remix_ds.forgetting.config import load_forgetting_config
+    from remix_ds.forgetting.measure import measure
+
+    model, tok, folder = trained_tiny
+    bench = kvr_examples()
+    task = _jsonl(tmp_path / "kvr8.jsonl", [{"id": e.id, "prompt": e.prompt, "answer": e.answer} for e in bench[:8]])
+    up = _jsonl(tmp_path / "up.jsonl", [{"id": e.id, "prompt": e.prompt, "answer": e.answer} for e in bench[8:12]])
+    cfg = load_forgetting_config(None, [
+        f"output_dir={tmp_path / 'study'}", "upstream.kind=examples", f"upstream.source.dataset={up}", "upstream.num_examples=4",
+        "upstream.source.subsample_seed=null",
+        f"tasks=[{{name: kvr8, dataset: {task}, subsample_seed: null}}]", "measure.steps=2", "measure.lr=1e-3",
+        f"finetune.model.name_or_path={folder}", "finetune.model.dtype=fp32", "finetune.data.loss_mode=surprise",
+        "finetune.train.global_batch_size=8", "finetune.train.micro_batch_size=8",
+        "finetune.train.progress_bar=false", "finetune.train.tensorboard=false", "finetune.optim.warmup_ratio=0.0"])
+    measure(cfg, log=lambda *a: None)
+    keeps = surprise_keep(model, tok, _answer_rows(tok, bench[:8]), 0.5, True)
+    want = sum(int(k.sum()) for k in keeps) / sum(len(k) for k in keeps)
+    assert 0 < want < 1  # the base model already predicts some of the task's answer tokens
+    row = np.load(tmp_path / "study" / "rows" / "kvr8.npz")
+    assert float(row["surprise_supervised_frac"]) == pytest.approx(want)
+    meta = json.loads((tmp_path / "study" / "matrix.json").read_text())
+    assert meta["tasks"][0]["surprise_supervised_frac"] == pytest.approx(want)
+    assert "surprise mask" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- preserve --bench generic
+def test_preserve_generic_bench_compares_continuations(trained_tiny, tmp_path):
+    """`--bench generic`: held-out generic passages as completion rows; against itself all identical, against
+    a fine-tuned copy exactly the passages whose greedy continuation changed, and a nonzero NLL drift."""
+    from remix_ds.data.config import DataConfig
+    from remix_ds.experiments.preserve_cli import generic_set
+
+    base, tok, folder = trained_tiny
+    gen = generic_set(tok, DataConfig(), 6)
+    assert len(gen.examples) == 6 and gen.examples[0].prompt.startswith("Complete the following partial passage:")
+    assert all(len(e.answer.split()) == 16 and len(e.prompt.split()) > 48 for e in gen.examples)  # 48 + 16 of 64 words
+    same, _ = _preserve(tmp_path / "same", folder, folder, "generic", "--n", "6")
+    r = same["sets"]["generic"]
+    assert (r["n"], r["identical_frac"], r["nll_drift"]) == (6, 1.0, 0.0)
+    assert r["data_fingerprint"]["ids_sha256"] == gen.fingerprint["ids_sha256"]
+    facts = [Example(id="new-0", source="kvr", prompt="The value of key ZZ9Q is?", answer="QX7")]
+    tuned, _ = _fine_tune_copy(folder, facts, tmp_path / "tuned", steps=3, lr=1e-3)
+    want = {e.id for e, a, b in zip(gen.examples, _greedy_texts(base, tok, gen.examples), _greedy_texts(tuned, tok, gen.examples))
+            if a != b}
+    other, _ = _preserve(tmp_path / "other", folder, tmp_path / "tuned", "generic", "--n", "6")
+    r = other["sets"]["generic"]
+    assert {c["id"] for c in r["changed"]} == want and r["identical_frac"] == pytest.approx(1 - len(want) / 6)
+    assert r["nll_drift"] != 0.0

@@ -87,6 +87,8 @@ class ReplayConfig(SourceConfig):
     """JSON {example id: score}: draw replay rows with replacement with probability softmax(score / temperature); null: uniform, without replacement."""
     temperature: float = 0.1
     """Softmax temperature of the weights_file scores (in the scores' units, e.g. predicted NLL increase)."""
+    surprise_mask: str | None = None
+    """`surprise` mode (this entry's loss_mode, else data.loss_mode): the pool's mask, set by the entry point against the stage's starting model (see remix_ds.data.surprise)."""
 
     def validate(self, prefix: str) -> None:
         super().validate(prefix)

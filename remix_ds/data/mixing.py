@@ -9,6 +9,12 @@ its rows i.i.d. with probability softmax(score / temperature) over the pool (pre
 replay, `remix_ds.forgetting`); a replay `dataset` ending in `.npz` is a pool of raw token windows
 (`ids`, `tokens`), e.g. pretraining windows, trained on every token but the first.
 
+Replayed rows get the stage's kind of mask (`replay_pool`; the mode is the entry's `loss_mode`,
+else `data.loss_mode`): `key_spans` supervises the spans marked in the replayed file itself, and a
+replayed file with no marked span at all trains as `answer` rows (logged: it would train nothing);
+`surprise` applies the pool's own mask (`ReplayConfig.surprise_mask`, computed by the entry point
+against the stage's starting model, as for the stage's data), token windows (`.npz`) included.
+
 Order (`data.mix.schedule`): `pooled` (the reference's): each epoch is a global permutation of all
 the epoch's rows from `np.random.default_rng(seed + epoch)` (`reference_compat`: the same
 permutation and replay draw in every epoch, as the reference does). `StageStream.epoch_items(epoch)`
@@ -26,6 +32,7 @@ epoch, a whole epoch or one step at a time (`StageStream.rows`), in the loader's
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +44,10 @@ from remix_ds.data.config import DataConfig, ReplayConfig
 from remix_ds.data.datasets import load_examples
 from remix_ds.data.doc_words import WordCounter, fast_batch_decode
 from remix_ds.data.records import DataError, Example
-from remix_ds.data.tokenize import TokenizedExample, from_token_ids, tokenize_examples
+from remix_ds.data.tokenize import IGNORE, TokenizedExample, from_token_ids, tokenize_examples
 from remix_ds.data.word_cache import CompletionRows
+
+log = logging.getLogger(__name__)
 
 
 # Generic corpora up to this many tokens get their words per document counted in one pass (cached
@@ -360,11 +369,13 @@ def build_stage_stream(cfg: DataConfig, tokenizer, seed: int) -> StageStream:
     else:  # drawn per epoch / step by the loader's MixDrawer (remix_ds.data.redraw)
         generic, random, g_drop, r_drop = [], [], 0, 0
     pools, counts, probs, p_drop = [], [], [], 0
-    for rcfg in cfg.replay:
-        if Path(rcfg.dataset).suffix.lower() == ".npz":
-            pool, d = token_window_pool(rcfg.dataset, cfg.max_seq_len)
-        else:
-            pool, d = _tokenize(load_examples(rcfg.source(), cfg.kvr, "train"), cfg, tokenizer, rcfg.loss_mode or cfg.loss_mode)
+    for i, rcfg in enumerate(cfg.replay):
+        pool, d = replay_pool(cfg, rcfg, tokenizer, f"data.replay[{i}]")
+        if (rcfg.loss_mode or cfg.loss_mode) == "surprise":
+            if not rcfg.surprise_mask:
+                raise DataError(f"data.replay[{i}] ({rcfg.dataset}): loss_mode surprise needs data.replay[{i}].surprise_mask "
+                                "(the entry point computes it before training)")
+            pool = surprise.apply_mask(pool, rcfg.surprise_mask)
         pools.append(pool)
         counts.append(mix_count(rcfg.ratio, n))
         probs.append(replay_probabilities(pool, rcfg))
@@ -376,6 +387,25 @@ def build_stage_stream(cfg: DataConfig, tokenizer, seed: int) -> StageStream:
         dropped={"dataset": dropped, "generic": g_drop, "random": r_drop, "replay": p_drop,
                  "bad_records": len(getattr(examples, "dropped", ()))},
     )
+
+
+def replay_pool(cfg: DataConfig, rcfg: ReplayConfig, tokenizer, key: str = "data.replay") -> tuple[list[TokenizedExample], int]:
+    """A replay entry's rows before any surprise mask, and how many were dropped as too long.
+
+    Token windows (`.npz`) train every token but the first; files are tokenized in the entry's
+    mode (`surprise`: as `answer`, the mask applies afterwards). In `key_spans` mode a file with no
+    marked span trains as `answer` rows instead of nothing, with a warning naming the entry."""
+    if Path(rcfg.dataset).suffix.lower() == ".npz":
+        return token_window_pool(rcfg.dataset, cfg.max_seq_len)
+    mode = rcfg.loss_mode or cfg.loss_mode
+    examples = load_examples(rcfg.source(), cfg.kvr, "train")
+    pool, dropped = _tokenize(examples, cfg, tokenizer, mode)
+    if mode == "key_spans" and pool and not any((t.labels != IGNORE).any() for t in pool):
+        log.warning("%s (%s): no %s...%s marked span in any row, so its rows replay as `answer` rows (answer tokens "
+                    "and EOS); mark the key tokens or set %s.loss_mode to choose", key, rcfg.dataset,
+                    *cfg.key_span_delimiters, key)
+        pool, dropped = _tokenize(examples, cfg, tokenizer, "answer")
+    return pool, dropped
 
 
 def token_window_pool(path: str, max_seq_len: int) -> tuple[list[TokenizedExample], int]:

@@ -5,7 +5,8 @@ A mask file holds, for every training example of a stage (the `answer`-mode toke
 (answer tokens and EOS, in order): True where that token stays supervised. The entry point
 (`remix_ds.eval.surprise.prepare_surprise_mask`) computes it once with the frozen base model's
 fused teacher-forced pass and caches it beside the data (`mask_path`); the stage stream applies it
-with `apply_mask`. Replayed rows and mixed rows are not masked (they train as `answer` rows).
+with `apply_mask`. Each `surprise`-mode replay entry has its own mask (`ReplayConfig.surprise_mask`,
+over its rows as `mixing.replay_pool` builds them); mixed rows (generic, random) are not masked.
 
 File format (`.npz`): `ids` (example ids), `offsets` (int64, start of each example's run in
 `keep`, plus the total), `keep` (bool), `meta` (a JSON string: key inputs, supervised fraction).

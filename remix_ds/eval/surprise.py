@@ -10,7 +10,9 @@ so a span's verdict is "argmax == gold" and its NLL is -log p(gold) at that posi
 `prepare_surprise_mask(cfg)` is what entry points call before building the Trainer: it computes
 the mask unless the cache (`data.surprise.mask_path`, keyed by the data fingerprint, the base
 model, the tokenizer and the settings) already holds it, sets `cfg.data.surprise_mask`, and
-prints the supervised fraction. Every rank computes the same file (the base model whole on each
+prints the supervised fraction; the same for every replay entry trained in `surprise` mode (its
+rows as the stage stream builds them, masked against the stage's starting model, so a replayed
+fact the model still predicts costs no update). Every rank computes the same file (the base model whole on each
 rank, freed before the engine is built); the atomic rename makes concurrent writes safe.
 """
 
@@ -29,6 +31,7 @@ from remix_ds import models
 from remix_ds.config import RunConfig
 from remix_ds.data.datasets import load_examples
 from remix_ds.data.fingerprint import data_fingerprint, source_params
+from remix_ds.data.mixing import replay_pool
 from remix_ds.data.surprise import mask_path, read_mask, write_mask
 from remix_ds.data.tokenize import IGNORE, TokenizedExample, eos_id, pad_id, tokenize_examples
 from remix_ds.eval.fused import score_fused
@@ -68,25 +71,19 @@ def _model_identity(source: str) -> dict:
     return {"path": source}
 
 
-def _compute_mask(cfg: RunConfig, source: str, tokenizer, examples, key: dict, path: Path) -> None:
-    d = cfg.data
-    toks = tokenize_examples(examples, tokenizer, mode="answer", prompt_format=d.prompt_format,
-                             max_len=d.max_seq_len).examples
-    model = models.load_for_inference(source, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,
-                                      tiny=cfg.model.tiny)
-    keeps = surprise_keep(model, tokenizer, toks, d.surprise_threshold, d.surprise_eos)
-    del model
-    gc.collect()
-    total = sum(len(k) for k in keeps)
-    kept = int(sum(int(k.sum()) for k in keeps))
-    write_mask(path, [t.id for t in toks], keeps, {**key, "supervised": kept, "answer_tokens": total,
-                                                    "fraction": kept / total if total else 0.0})
+def _file_identity(path: str) -> dict:
+    import hashlib
+
+    return {"path": str(Path(path).resolve()), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
 
 
 def prepare_surprise_mask(cfg: RunConfig, log=print) -> Path | None:
-    """Compute (or find) the stage's surprise mask and point ``cfg.data.surprise_mask`` at it."""
+    """Compute (or find) the stage's surprise masks and point ``cfg.data.surprise_mask`` (and each
+    surprise-mode replay entry's ``surprise_mask``) at them; returns the stage data's mask path."""
     d = cfg.data
-    if d.loss_mode != "surprise" or d.surprise_mask:
+    stage = d.loss_mode == "surprise" and not d.surprise_mask
+    replays = [(i, r) for i, r in enumerate(d.replay) if (r.loss_mode or d.loss_mode) == "surprise" and not r.surprise_mask]
+    if not (stage or replays):
         return Path(d.surprise_mask) if d.surprise_mask else None
     if cfg.model.init_from and models.is_deepspeed_checkpoint(cfg.model.init_from):
         from remix_ds.configtools import ConfigError
@@ -95,19 +92,54 @@ def prepare_surprise_mask(cfg: RunConfig, log=print) -> Path | None:
                           "export it first (`remix-ds export CKPT OUT`) and start from OUT")
     source = models.model_source(cfg.model)
     tokenizer = models.load_tokenizer(cfg.model.tokenizer or source, cfg.model.tiny, cfg.model.trust_remote_code)
-    examples = load_examples(d.source(), d.kvr, "train")
-    key = {"data": data_fingerprint(d.dataset, examples, source_params(d.source(), d.kvr, "train")),
-           "model": _model_identity(source), "tokenizer": cfg.model.tokenizer or source,
-           "threshold": d.surprise_threshold, "eos": d.surprise_eos, "prompt_format": d.prompt_format,
-           "max_seq_len": d.max_seq_len}
-    path = mask_path(d.dataset, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(path.with_name(f".{path.name}.lock")):  # ranks, jobs and grids sharing it compute it once
-        if not path.is_file():
-            _compute_mask(cfg, source, tokenizer, examples, key, path)
-    _, _, meta = read_mask(path)
-    if os.environ.get("RANK", "0") == "0":
-        log(f"[remix-ds] surprise mask {path}: {meta['supervised']} of {meta['answer_tokens']} answer tokens "
-            f"supervised ({meta['fraction']:.1%}; the base model already predicts the rest)")
-    d.surprise_mask = str(path)
-    return path
+    common = {"model": _model_identity(source), "tokenizer": cfg.model.tokenizer or source,
+              "threshold": d.surprise_threshold, "eos": d.surprise_eos, "prompt_format": d.prompt_format,
+              "max_seq_len": d.max_seq_len}
+    loaded = []  # the base model, loaded once for every mask not in the cache
+
+    def mask(name: str, data_key: dict, rows) -> Path:
+        path = mask_path(name, {"data": data_key, **common})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(path.with_name(f".{path.name}.lock")):  # ranks, jobs and grids sharing it compute it once
+            if not path.is_file():
+                toks = rows()
+                if not loaded:
+                    loaded.append(models.load_for_inference(source, dtype=cfg.model.dtype, tiny=cfg.model.tiny,
+                                                            trust_remote_code=cfg.model.trust_remote_code))
+                keeps = surprise_keep(loaded[0], tokenizer, toks, d.surprise_threshold, d.surprise_eos)
+                total = sum(len(k) for k in keeps)
+                kept = int(sum(int(k.sum()) for k in keeps))
+                write_mask(path, [t.id for t in toks], keeps, {"data": data_key, **common, "supervised": kept,
+                                                                "answer_tokens": total,
+                                                                "fraction": kept / total if total else 0.0})
+        return path
+
+    def report(what: str, path: Path) -> None:
+        _, _, meta = read_mask(path)
+        if os.environ.get("RANK", "0") == "0":
+            log(f"[remix-ds] surprise mask {what}{path}: {meta['supervised']} of {meta['answer_tokens']} answer tokens "
+                f"supervised ({meta['fraction']:.1%}; the base model already predicts the rest)")
+
+    path = None
+    if stage:
+        examples = load_examples(d.source(), d.kvr, "train")
+        path = mask(d.dataset, data_fingerprint(d.dataset, examples, source_params(d.source(), d.kvr, "train")),
+                    lambda: tokenize_examples(examples, tokenizer, mode="answer", prompt_format=d.prompt_format,
+                                              max_len=d.max_seq_len).examples)
+        report("", path)
+        d.surprise_mask = str(path)
+    for i, r in replays:
+        # NOTE: the replayed rows exactly as the stage stream builds them (replay_pool), masked
+        # against the model this stage starts from: only what it no longer predicts is replayed.
+        if Path(r.dataset).suffix.lower() == ".npz":
+            key = {"windows": _file_identity(r.dataset)}
+        else:
+            examples = load_examples(r.source(), d.kvr, "train")
+            key = data_fingerprint(r.dataset, examples, source_params(r.source(), d.kvr, "train"))
+        rpath = mask(r.dataset, key, lambda: replay_pool(d, r, tokenizer, f"data.replay[{i}]")[0])
+        report(f"for data.replay[{i}] ", rpath)
+        r.surprise_mask = str(rpath)
+    if loaded:
+        del loaded[0]
+        gc.collect()
+    return path if path is not None else (Path(d.surprise_mask) if d.surprise_mask else None)

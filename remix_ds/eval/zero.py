@@ -20,6 +20,11 @@ Taking the root hook out too and restoring the very same handles never touches t
 Memory: the gathered model must fit on one device (an 8B model in bf16 is 16 GB). When it does
 not, use ``gather=False``: parameters stay partitioned, hooks stay, and the evaluator runs every
 rank through the same number of forward passes instead.
+
+``load_zero3(source, ...)`` is how a command that scores a saved model under the launcher (e.g.
+``remix-ds preserve``) gets a partitioned one: ``from_pretrained`` under ``zero.Init`` (an
+``HfDeepSpeedConfig`` alive while it loads), wrapped in a DeepSpeed inference engine (no
+optimizer), so no rank ever holds the whole model unless the evaluator gathers it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import contextlib
 from typing import Iterator
 
 import torch
+
+from remix_ds import models
 
 # DeepSpeed's ZeRO-3 hooks are closures in deepspeed.runtime.zero, some wrapped by
 # deepspeed.utils.nvtx (whose wrapper does not keep __module__): match the package.
@@ -106,3 +113,32 @@ def eval_model(model, gather: bool = True) -> Iterator[torch.nn.Module]:
                 yield module
     finally:
         module.train(was_training)
+
+
+def zero3_inference_config(dtype: torch.dtype, overrides: dict | None = None) -> dict:
+    """A DeepSpeed config for a ZeRO-3 inference engine (no optimizer) of a ``dtype`` model;
+    ``overrides`` (e.g. ``{"zero_optimization": {"stage3_param_persistence_threshold": 0}}``) merge
+    into it one level deep."""
+    ds = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+          "bf16": {"enabled": dtype == torch.bfloat16}, "fp16": {"enabled": dtype == torch.float16},
+          "zero_optimization": {"stage": 3}, "steps_per_print": 10**9}
+    for key, value in (overrides or {}).items():
+        ds[key] = {**ds[key], **value} if isinstance(value, dict) and isinstance(ds.get(key), dict) else value
+    return ds
+
+
+def load_zero3(source: str, *, dtype: torch.dtype, attn_implementation: str | None = None,
+               ds_overrides: dict | None = None, trust_remote_code: bool = False):
+    """The model at ``source`` as a ZeRO-3 inference engine, partitioned as it loads (call on all
+    ranks, after ``dist.init_distributed``). Release it with ``engine.destroy()``."""
+    import deepspeed
+    from transformers.integrations import HfDeepSpeedConfig
+
+    ds = zero3_inference_config(dtype, ds_overrides)
+    keep = HfDeepSpeedConfig(ds)  # noqa: F841  # alive while from_pretrained runs: it builds under zero.Init
+    model = models.load_for_inference(source, dtype=dtype, device=None, attn_implementation=attn_implementation,
+                                      trust_remote_code=trust_remote_code, outside_zero3=False)
+    model.requires_grad_(False)
+    engine, *_ = deepspeed.initialize(model=model, config=ds)
+    engine.eval()
+    return engine

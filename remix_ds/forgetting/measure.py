@@ -36,7 +36,9 @@ from remix_ds.baselines import build_regularizers
 from remix_ds.config import RunConfig
 from remix_ds.data.config import ReplayConfig
 from remix_ds.engine import dist
+from remix_ds.data.surprise import read_mask
 from remix_ds.engine.trainer import Trainer
+from remix_ds.eval.surprise import prepare_surprise_mask
 from remix_ds.forgetting.config import ForgettingConfig, TaskConfig
 from remix_ds.data import tokenize
 from remix_ds.forgetting.nll import embed, score_nll
@@ -108,6 +110,8 @@ def row_settings(fcfg: ForgettingConfig, upstream_ids: list[str], task: TaskConf
         "global_batch_size": f.train.global_batch_size,
         "seed": f.train.seed,
         "data": {k: configtools.to_dict(f.data)[k] for k in ("max_seq_len", "loss_mode", "prompt_format")},
+        **({"surprise": [f.data.surprise_threshold, f.data.surprise_eos]}
+           if (task.loss_mode or f.data.loss_mode) == "surprise" else {}),
         "intermediate_steps": fcfg.measure.intermediate_steps(),
         "task": configtools.to_dict(task),
     }
@@ -129,6 +133,8 @@ def run_with_probe(cfg: RunConfig, probe: RowProbe, before_fit=None) -> dict:
 
     Returns timings, the trainer's dataset size and ``before_fit``'s entries. The trainer is closed and freed.
     """
+    # data.loss_mode=surprise: the mask of the model being fine-tuned, computed before the engine exists
+    mask = prepare_surprise_mask(cfg, log=print if dist.rank() == 0 else quiet)
     trainer = Trainer(cfg, eval_hooks=[probe], regularizers=build_regularizers(cfg))
     try:
         extra = before_fit(trainer) if before_fit is not None else {}
@@ -138,6 +144,8 @@ def run_with_probe(cfg: RunConfig, probe: RowProbe, before_fit=None) -> dict:
         wall = time.perf_counter() - start
         info = {"train_seconds": wall - (probe.seconds - scored_before), "nll_seconds": probe.seconds,
                 "n_train_examples": len(trainer.loader.stream.dataset), **(extra or {})}
+        if mask is not None:
+            info["surprise_supervised_frac"] = float(read_mask(mask)[2]["fraction"])
     finally:
         trainer.close()
         del trainer

@@ -166,7 +166,7 @@ class MatrixStore:
                 task_emb[i] = row["task_embedding"]
                 for s, nll in zip(row["steps"].tolist(), row["nll_at"]):
                     z_at.setdefault(s, np.full((m, n), np.nan))[i] = nll - before
-                for key in ("train_seconds", "nll_seconds", "n_train_examples"):
+                for key in ("train_seconds", "nll_seconds", "n_train_examples", "surprise_supervised_frac"):
                     if key in row:
                         meta[key] = row[key].item()
                 meta["mean_z"] = float(z[i].mean())
