@@ -239,3 +239,42 @@ def test_lm_head_gradient_features_match_autograd(tiny_model):
     assert feats.shape == (3, 12)
     for f, (p, a) in zip(feats, pairs):
         assert f == pytest.approx(lm_head_gradient_reference(tiny_model, p, a, (4, 3), seed=1), rel=1e-4, abs=1e-7)
+
+
+def test_binary_matrix_from_em_stored_with_the_study(tmp_path):
+    from remix_ds.forgetting.store import MatrixStore, load_matrix
+
+    rng = np.random.default_rng(10)
+    ids = [f"w{j}" for j in range(40)]
+    store = MatrixStore(tmp_path)
+    em0 = rng.random(40) < 0.5
+    store.save_base(ids, rng.random(40), np.full(40, 5), rng.normal(size=(40, 4)), em_before=em0)
+    em = {}
+    for name in ("a", "b", "c"):
+        em[name] = rng.random(40) < 0.5
+        extra = {"em_after": em[name]} if name != "b" else {}  # b measured without EM
+        store.save_row(name, {"v": 1}, rng.random(40), {}, rng.normal(size=4), **extra)
+    store.assemble({n: {"v": 1} for n in ("a", "b", "c")}, {"steps": 3})
+    mat = load_matrix(tmp_path)
+    bm, source = predict_mod._binary(mat.finished(), PredictConfig(), log=lambda *a: None)
+    assert source == "EM stored with the study" and bm.task_names == ["a", "c"]
+    assert np.array_equal(bm.z, np.array([1.0 - em["a"][em0], 1.0 - em["c"][em0]]))
+    assert bm.example_ids == [i for i, ok in zip(ids, em0) if ok]
+
+
+def test_score_nll_em_equals_the_evaluators_rows(trained_tiny):
+    from eval_tiny import kvr_examples
+
+    from remix_ds.data.tokenize import pad_id
+    from remix_ds.eval.config import EvalConfig
+    from remix_ds.eval.items import make_items
+    from remix_ds.eval.runner import evaluate
+    from remix_ds.forgetting.nll import score_nll_em
+
+    model, tok, _ = trained_tiny
+    examples = kvr_examples()
+    cfg = EvalConfig(mode="fused", max_seq_len=64, max_batch_tokens=256)
+    rows = evaluate(model, tok, examples, cfg).rows
+    nll, em = score_nll_em(model, make_items(examples, tok), cfg, pad_id(tok))
+    assert em.tolist() == [r["fused_correct"] for r in rows] and 0 < em.sum() < len(em)
+    assert nll == pytest.approx([r["answer_nll"] for r in rows], abs=1e-5)

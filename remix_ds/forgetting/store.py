@@ -127,9 +127,13 @@ class MatrixStore:
                               "use a new output_dir")
         return base
 
-    def save_base(self, ids: list[str], nll_before: np.ndarray, counted_tokens: np.ndarray, embeddings: np.ndarray) -> None:
+    def save_base(self, ids: list[str], nll_before: np.ndarray, counted_tokens: np.ndarray, embeddings: np.ndarray,
+                  em_before: np.ndarray | None = None) -> None:
+        """``em_before``: the base model's (N,) fused EM (nll.score_nll_em), for the binary matrix; rows then
+        pass ``em_after=`` to ``save_row``."""
+        extra = {} if em_before is None else {"em_before": np.asarray(em_before, dtype=bool)}
         save_npz(self.base_path, example_ids=np.array(ids), nll_before=nll_before, counted_tokens=counted_tokens,
-                 example_embeddings=embeddings)
+                 example_embeddings=embeddings, **extra)
 
     # ---- rows --------------------------------------------------------------------------------
     def row_path(self, name: str) -> Path:
