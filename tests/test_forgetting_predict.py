@@ -278,3 +278,44 @@ def test_score_nll_em_equals_the_evaluators_rows(trained_tiny):
     nll, em = score_nll_em(model, make_items(examples, tok), cfg, pad_id(tok))
     assert em.tolist() == [r["fused_correct"] for r in rows] and 0 < em.sum() < len(em)
     assert nll == pytest.approx([r["answer_nll"] for r in rows], abs=1e-5)
+
+
+def test_features_command_writes_task_and_example_gradients(tmp_path):
+    import argparse
+
+    from remix_ds import models
+    from remix_ds.data import tokenize
+    from remix_ds.forgetting.commands import add_forgetting_command, run_features
+    from remix_ds.forgetting.config import load_forgetting_config
+    from remix_ds.forgetting.measure import upstream_for
+    from remix_ds.forgetting.similarity import lm_head_gradients, task_pairs
+    from remix_ds.forgetting.store import load_features
+
+    words = "apple river music table green light stone happy".split()
+    rows = {"up": [{"id": f"u{i}", "prompt": f"Say {words[i % 8]}", "answer": f"{words[(3 * i) % 8]} {i}"} for i in range(9)],
+            "a": [{"prompt": f"What is {i} plus {i}?", "answer": str(2 * i)} for i in range(6)],
+            "b": [{"prompt": f"Capitalize {w}", "answer": w.upper()} for w in words[:6]]}
+    for name, rs in rows.items():
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rs))
+    overrides = [f"output_dir={tmp_path / 'study'}", "upstream.kind=examples",
+                 f"upstream.source.dataset={tmp_path / 'up.jsonl'}", "upstream.num_examples=9",
+                 f"tasks=[{{dataset: {tmp_path / 'a.jsonl'}}}, {{dataset: {tmp_path / 'b.jsonl'}}}]",
+                 "measure.embed_task_examples=4", "measure.embed_batch_size=3"]
+    parser = argparse.ArgumentParser()
+    add_forgetting_command(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["forgetting", "features", "-", *overrides])
+    assert args.func is run_features
+    args.config = None
+    assert run_features(args) == 0
+    cfg = load_forgetting_config(None, overrides)
+    upstream, tok = upstream_for(cfg)
+    task_grad, example_grad = load_features(tmp_path / "study" / "features.npz", ["b", "a", "c"], upstream.ids)
+    assert example_grad.shape == (9, 256) and np.isnan(task_grad[2]).all()
+    model = models.load_for_inference("tiny", device="cpu")
+    pad = tokenize.pad_id(tok)
+    pairs = task_pairs(cfg, cfg.tasks[1], tok)
+    assert len(pairs) == 4
+    expected = lm_head_gradients(model, pairs, cfg.finetune.eval, pad).mean(0)
+    assert task_grad[0] == pytest.approx(expected, rel=1e-5, abs=1e-9)  # features for b, asked for first
+    with pytest.raises(ConfigError, match="another upstream set"):
+        load_features(tmp_path / "study" / "features.npz", ["a"], upstream.ids[:-1])
