@@ -319,3 +319,19 @@ def test_features_command_writes_task_and_example_gradients(tmp_path):
     assert task_grad[0] == pytest.approx(expected, rel=1e-5, abs=1e-9)  # features for b, asked for first
     with pytest.raises(ConfigError, match="another upstream set"):
         load_features(tmp_path / "study" / "features.npz", ["a"], upstream.ids[:-1])
+
+
+def test_eval_inputs_and_config_errors_name_the_file_or_key(tmp_path):
+    from remix_ds.data.records import DataError
+    from remix_ds.forgetting.binary import from_eval_dir
+    from remix_ds.forgetting.config import load_forgetting_config
+
+    eval_file(tmp_path, "base", {"x0": True, "x1": False, "x2": True})
+    eval_file(tmp_path, "t0", {"x0": False, "x2": True})
+    with pytest.raises(DataError, match=r"t0.jsonl: 1 example\(s\) of base.jsonl not scored, e.g. id 'x1'"):
+        from_eval_dir(tmp_path, ["t0"], log=lambda *a: None)
+    with pytest.raises(ConfigError, match="predict.compare_to"):
+        load_forgetting_config(None, ["predict.methods=[additive, knn]"])
+    cfg = load_forgetting_config(None, ["predict.methods=[additive, knn]", "predict.compare_to=knn",
+                                        "predict.splits={ood: ['dolly_*']}", "predict.reveal=per_task"])
+    assert cfg.predict.splits == {"ood": ["dolly_*"]} and cfg.predict.seeds == list(range(10))
