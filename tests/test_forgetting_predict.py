@@ -335,3 +335,18 @@ def test_eval_inputs_and_config_errors_name_the_file_or_key(tmp_path):
     cfg = load_forgetting_config(None, ["predict.methods=[additive, knn]", "predict.compare_to=knn",
                                         "predict.splits={ood: ['dolly_*']}", "predict.reveal=per_task"])
     assert cfg.predict.splits == {"ood": ["dolly_*"]} and cfg.predict.seeds == list(range(10))
+
+
+def test_analyze_reports_gradient_similarity_when_features_exist(tmp_path):
+    from scipy import stats
+
+    from remix_ds.forgetting.analyze import analyze, markdown
+    from remix_ds.forgetting.config import AnalyzeConfig
+
+    T, E, Z = known_factors(m=6, n=50, r=3, seed=11)
+    mat = Matrix(z=Z, task_names=[f"t{i}" for i in range(6)], example_ids=[f"e{j}" for j in range(50)],
+                 done=np.ones(6, bool), steps=5, task_grad=T, example_grad=E)
+    res = analyze(mat, AnalyzeConfig(), None, log=lambda *a: None)
+    S = (T / np.linalg.norm(T, axis=1, keepdims=True)) @ (E / np.linalg.norm(E, axis=1, keepdims=True)).T
+    assert res["gradient_similarity"]["spearman"] == pytest.approx(stats.spearmanr(S.ravel(), Z.ravel()).statistic)
+    assert "cos(task gradient, example gradient)" in markdown(res)
