@@ -350,3 +350,25 @@ def test_analyze_reports_gradient_similarity_when_features_exist(tmp_path):
     S = (T / np.linalg.norm(T, axis=1, keepdims=True)) @ (E / np.linalg.norm(E, axis=1, keepdims=True)).T
     assert res["gradient_similarity"]["spearman"] == pytest.approx(stats.spearmanr(S.ravel(), Z.ravel()).statistic)
     assert "cos(task gradient, example gradient)" in markdown(res)
+
+
+def test_complete_row_is_the_predictor_api_and_bad_inputs_fail_before_any_fit(tmp_path, monkeypatch):
+    from remix_ds.data.records import DataError
+    from remix_ds.forgetting.complete import make_predictor
+
+    T, E, Z = known_factors(m=10, n=200, r=2, seed=12)
+    cfg = PredictConfig(revealed=20)
+    cols = revealed_columns(200, 20, 0, 9)
+    row = predict_mod.complete_row(Z[:9], cols, Z[9, cols], cfg, "mf")
+    assert row == pytest.approx(make_predictor("mf").fit(Z[:9]).fold_in(cols, Z[9, cols]))
+    assert np.sqrt(np.mean((row - Z[9]) ** 2)) < 0.05  # exact rank 2: the fold-in recovers the row
+    # A bad eval file is found before the continuous variants are fitted.
+    eval_file(tmp_path, "base", {f"e{j}": True for j in range(200)})
+    (tmp_path / "t0.jsonl").write_text("not json\n")
+    fits = []
+    monkeypatch.setattr(predict_mod, "evaluate_splits", lambda *a, **k: fits.append(1))
+    mat = Matrix(z=Z, task_names=[f"t{i}" for i in range(10)], example_ids=[f"e{j}" for j in range(200)],
+                 done=np.ones(10, bool), steps=5)
+    with pytest.raises(DataError, match=r"t0.jsonl:1"):
+        predict_mod.predict(mat, PredictConfig(binary_eval_dir=str(tmp_path)), None, log=lambda *a: None)
+    assert fits == []

@@ -41,7 +41,7 @@ from remix_ds.forgetting.stats import compare
 from remix_ds.forgetting.store import Matrix, write_text
 
 __all__ = ["METRICS", "row_metrics", "reveal", "folds_of", "evaluate_predictors", "evaluate_splits", "predict",
-           "similarity_inputs"]
+           "similarity_inputs", "complete_row"]
 
 SIMILARITY = ("emb_cos", "rep_dot", "grad_sim")
 COMPLETION = ("row_mean", "col_mean", "additive", "knn", "mf")
@@ -133,6 +133,14 @@ def evaluate_predictors(z_final: np.ndarray, z_reveal: np.ndarray | None, cfg: P
     return evaluate_splits(z_final, z_reveal, cfg, fold_splits(len(z_final), cfg.folds), methods)["folds"]
 
 
+def complete_row(z_train: np.ndarray, cols: np.ndarray, values: np.ndarray, cfg: PredictConfig,
+                 method: str = "mf") -> np.ndarray:
+    """One new task's full (C,) row from ``values`` revealed at ``cols``, by ``method`` fitted on
+    ``z_train`` (T, C) with ``cfg``'s settings: ``make_predictor(...).fit(z_train).fold_in(cols, values)``."""
+    p = _make(method, cfg, {}, z_train.shape[1], method in ("lmf", "lmf_additive"))
+    return p.fit(z_train).fold_in(np.asarray(cols), np.asarray(values, dtype=np.float64))
+
+
 def paired_tests(res: dict, reference: str, alpha: float) -> list[dict]:
     """RMSE and AUROC of every method against ``reference`` over (task, seed), Holm across methods."""
     if reference not in res:
@@ -214,6 +222,11 @@ def predict(matrix: Matrix, cfg: PredictConfig, out_dir: str | Path | None = Non
     m, n = mat.z.shape
     if m < 2:
         raise ConfigError(f"predict: {m} finished task rows; measure at least 2 tasks")
+    # Read and check every input before any fit, so a bad eval file or split never costs finished work.
+    _splits(mat.task_names, cfg)
+    bm, source = _binary(mat, cfg, log)
+    if bm is not None and len(bm.task_names) >= 2:
+        _splits(bm.task_names, cfg)
     sims = similarity_inputs(mat)
     methods = [x for x in cfg.methods if x not in SIMILARITY or x in sims]
     skipped = [x for x in cfg.methods if x not in methods]
@@ -236,7 +249,6 @@ def predict(matrix: Matrix, cfg: PredictConfig, out_dir: str | Path | None = Non
         best = min(first, key=lambda k: first[k]["mean"]["rmse"])
         log(f"[forgetting] predict {variant}: best RMSE {best} {first[best]['mean']['rmse']:.4f}; "
             + ", ".join(f"{k} {v['mean']['rmse']:.4f}" for k, v in first.items()))
-    bm, source = _binary(mat, cfg, log)
     if bm is not None:
         if len(bm.task_names) < 2 or bm.z.shape[1] <= cfg.revealed:
             log(f"[forgetting] predict binary: skipped ({len(bm.task_names)} tasks x {bm.z.shape[1]} base-correct examples)")
