@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -68,3 +69,21 @@ def test_zero3_hook_same_metrics_on_all_ranks_and_restores_training(zero3_out):
         t = json.loads((out / f"train_rank{r}.json").read_text())
         assert t["after"] == t["before"]
         assert t["stepped"] < t["before"]
+
+
+def test_zero3_gradient_features_equal_single_process(zero3_out):
+    """forgetting/similarity.py's projected LM-head gradients with every parameter partitioned."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from remix_ds.eval.items import make_items
+    from remix_ds.forgetting.similarity import lm_head_gradient_reference, lm_head_gradients
+
+    out, model_dir = zero3_out
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    pairs = [(it.prompt_ids, it.answer_ids) for it in make_items(kvr_examples()[:11], tok)]
+    one = lm_head_gradients(model, pairs, EvalConfig(), tok.pad_token_id or 0, dims=(8, 4), seed=3, batch_size=3)
+    assert one.shape == (11, 32) and np.abs(one).max() > 1e-6
+    assert one[4] == pytest.approx(lm_head_gradient_reference(model, *pairs[4], (8, 4), seed=3), rel=1e-4, abs=1e-7)
+    for name in ("lockstep", "gathered"):
+        assert np.load(out / f"grad_{name}.npy") == pytest.approx(one, rel=1e-4, abs=1e-6), name

@@ -7,8 +7,15 @@ measured entries predict the rest, and does replaying the predicted ones help?
     store.py     OUT/base.npz, OUT/rows/TASK.npz, assembled OUT/matrix.npz + matrix.json
     measure.py   one Trainer run per task -> one row (resumable task by task)
     analyze.py   spectrum, rank-k R^2, rank-1 and additive fits, heatmap, embedding similarity
-    complete.py  predictors: row/column means, additive, task-kNN, biased MF (ALS)
-    predict.py   held-out-task protocol, offline and online, metrics over seeds
+    complete.py  predictors: row/column means, additive, task-kNN, biased MF (ALS; fold-in or refit),
+                 random, logistic MF / additive (binary), similarity baselines
+    predict.py   held-out-task protocol (named splits or folds, shared revealed columns), offline,
+                 online and binary, metrics over seeds, Holm-corrected paired tests
+    splits.py    named test splits / task folds; the revealed columns per seed
+    metrics.py   per-row RMSE, Pearson, AUROC (rank formula), F1 / precision / recall, top-k
+    stats.py     holm, paired Wilcoxon comparisons over (task, seed)
+    binary.py    the binary matrix 1 - EM after on base-correct examples (eval files or stored EM)
+    similarity.py  projected LM-head gradient features (grad_sim), forward passes only (ZeRO-3 safe)
     replay.py    none / uniform / predicted / oracle replay, paired tests, markdown report
-    commands.py  `remix-ds forgetting measure|analyze|predict|replay-experiment`
+    commands.py  `remix-ds forgetting measure|analyze|predict|replay-experiment|features`
 """

@@ -12,6 +12,8 @@
   Spearman over all entries and Spearman within each task (mean over tasks). Embeddings are mean
   last-layer hidden states of the base model (remix_ds.forgetting.nll.embed); a task's is the mean
   over its first measure.embed_task_examples training examples.
+- Gradient similarity (when OUT/features.npz exists, `forgetting features`): the same
+  correlations for cos(task gradient, example gradient) of projected LM-head gradients.
 
 Writes OUT/analysis.json, OUT/analysis.md, OUT/analysis.npz (a, b, additive biases), OUT/heatmap.png.
 """
@@ -106,6 +108,8 @@ def analyze(matrix: Matrix, cfg: AnalyzeConfig, out_dir: str | Path | None = Non
     if mat.task_embeddings is not None and mat.example_embeddings is not None and m > 0:
         S = embedding_similarity(mat.task_embeddings, mat.example_embeddings)
         result["embedding_similarity"] = similarity_correlation(Z, S)
+    if mat.task_grad is not None and mat.example_grad is not None and np.all(np.isfinite(mat.task_grad)):
+        result["gradient_similarity"] = similarity_correlation(Z, embedding_similarity(mat.task_grad, mat.example_grad))
     log(f"[forgetting] analyze {m}x{n}: rank-1 R^2 {result['rank1']['r2']:.3f}, additive R^2 "
         f"{result['additive']['r2']:.3f}, rank-k R^2 " + ", ".join(f"{v:.3f}" for v in r2_k))
     if out_dir is not None:
@@ -135,5 +139,10 @@ def markdown(r: dict) -> str:
         lines += ["", "Correlation of z with cos(task embedding, example embedding) (mean last-layer hidden state "
                   f"of the base model): Pearson {e['pearson']:+.3f}, Spearman {e['spearman']:+.3f}, "
                   f"Spearman within task (mean) {e['spearman_within_task_mean']:+.3f}."]
+    if "gradient_similarity" in r:
+        g = r["gradient_similarity"]
+        lines += ["", "Correlation of z with cos(task gradient, example gradient) (projected LM-head gradients, "
+                  f"features.npz): Pearson {g['pearson']:+.3f}, Spearman {g['spearman']:+.3f}, "
+                  f"Spearman within task (mean) {g['spearman_within_task_mean']:+.3f}."]
     lines += ["", "Heatmap: heatmap.png (rows sorted by a, columns by b)."]
     return "\n".join(lines)

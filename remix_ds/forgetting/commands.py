@@ -3,6 +3,7 @@
     remix-ds forgetting measure CONFIG [key=value ...]             fine-tune per task, store the matrix (resumable)
     remix-ds forgetting analyze CONFIG|OUT_DIR [key=value ...]     spectrum, fits, heatmap, embedding similarity
     remix-ds forgetting predict CONFIG|OUT_DIR [key=value ...]     matrix completion for held-out tasks
+    remix-ds forgetting features CONFIG|OUT_DIR [key=value ...]    projected LM-head gradients (grad_sim predictor)
     remix-ds forgetting replay-experiment CONFIG [key=value ...]   none / uniform / predicted / oracle replay
 
 CONFIG is a ForgettingConfig YAML/JSON (remix_ds/forgetting/config.py); OUT_DIR is a study folder
@@ -51,6 +52,15 @@ def run_predict(args) -> int:
     return 0
 
 
+def run_features(args) -> int:
+    from remix_ds.forgetting.similarity import compute_features
+
+    cfg = _load(args)
+    path = compute_features(cfg)
+    print(f"[forgetting] written: {path} (predict reads it for grad_sim)")
+    return 0
+
+
 def run_replay(args) -> int:
     from remix_ds.forgetting.replay import replay_experiment
 
@@ -70,6 +80,7 @@ def add_forgetting_command(subparsers) -> None:
         ("analyze", run_analyze, "CONFIG|OUT_DIR", "SVD spectrum, rank-k R^2, rank-1 and additive fits, heatmap"),
         ("predict", run_predict, "CONFIG|OUT_DIR", "predict held-out task rows from k revealed entries"),
         ("replay-experiment", run_replay, "CONFIG", "no / uniform / predicted / oracle replay with paired tests"),
+        ("features", run_features, "CONFIG|OUT_DIR", "projected LM-head gradients of tasks and upstream examples"),
     ]:
         q = sub.add_parser(name, help=help_)
         q.add_argument("config", metavar=target, help="forgetting config (YAML/JSON) or study folder")

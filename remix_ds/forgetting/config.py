@@ -25,8 +25,12 @@ from remix_ds.configtools import ConfigError
 from remix_ds.data.config import SourceConfig
 from remix_ds.data.config import LOCAL_SUFFIXES
 
-Method = Literal["row_mean", "col_mean", "additive", "knn", "mf"]
-METHODS: tuple[str, ...] = ("row_mean", "col_mean", "additive", "knn", "mf")
+Method = Literal["row_mean", "col_mean", "additive", "knn", "mf", "mf_refit", "random", "emb_cos", "rep_dot",
+                 "grad_sim"]
+METHODS: tuple[str, ...] = ("row_mean", "col_mean", "additive", "knn", "mf", "mf_refit", "random", "emb_cos",
+                            "rep_dot", "grad_sim")
+BinaryMethod = Literal["random", "col_mean", "additive", "mf", "lmf", "lmf_additive"]
+BINARY_METHODS: tuple[str, ...] = ("random", "col_mean", "additive", "mf", "lmf", "lmf_additive")
 Arm = Literal["none", "uniform", "predicted", "oracle"]
 
 
@@ -121,8 +125,8 @@ class PredictConfig:
 
     revealed: int = 30
     """k: entries of a held-out row revealed to the predictor (sampled without replacement)."""
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
-    """Seeds of the revealed-entry draws; metrics are averaged per seed, then mean and std over seeds."""
+    seeds: list[int] = field(default_factory=lambda: list(range(10)))
+    """Seeds of the revealed-entry draws (the paper: 10); metrics are averaged per seed, then mean and std over seeds."""
     folds: int = 0
     """Task folds: each fold's rows are held out while the others train the predictor; 0: leave one task out."""
     variants: list[Literal["offline", "online"]] = field(default_factory=lambda: ["offline", "online"])
@@ -130,7 +134,7 @@ class PredictConfig:
     online_fraction: float = 0.1
     """Which intermediate measurement the online variant reveals (one of measure.at_fractions)."""
     methods: list[Method] = field(default_factory=lambda: list(METHODS))
-    """Predictors: row_mean, col_mean, additive (mu + b_i + b_j), knn (task-kNN on additive residuals), mf (biased MF)."""
+    """Predictors: row_mean, col_mean, additive (mu + b_i + b_j), knn (task-kNN on additive residuals), mf (biased MF, fold-in), mf_refit (biased MF refit per test row, published), random, emb_cos / rep_dot (cosine / dot product of base-model mean hidden states), grad_sim (cosine of projected LM-head gradients, OUT/features.npz); similarity methods without their inputs are skipped."""
     rank: int = 5
     """Biased MF: rank of u_i . v_j."""
     reg: float = 1.0
@@ -141,6 +145,24 @@ class PredictConfig:
     """Task-kNN: neighbours (most similar training tasks by residual cosine on the revealed entries)."""
     top_fraction: float = 0.1
     """Top-k metrics: k = top_fraction x hidden entries (at least 1)."""
+    reveal: Literal["shared", "per_task"] = "shared"
+    """Revealed columns: `shared` (published): the same k columns for every test task within a seed; `per_task`: drawn per (seed, task)."""
+    splits: dict[str, list[str]] = field(default_factory=dict)
+    """Named test splits {name: [task names or patterns such as dolly_*]}; training tasks = those no split names. Empty: predict.folds."""
+    binary_eval_dir: str = ""
+    """Binary matrix (1 - EM after on base-correct examples): a folder of per-example eval files base.jsonl and TASK.jsonl (id, correct); empty: the EM rows the study stored, if any."""
+    binary_methods: list[BinaryMethod] = field(default_factory=lambda: list(BINARY_METHODS))
+    """Predictors of the binary matrix: random, col_mean, additive, mf, lmf (logistic MF), lmf_additive (logistic additive)."""
+    binary_rank: int = 5
+    """Logistic MF: rank."""
+    binary_reg: float = 1.0
+    """Logistic MF: L2 penalty on the factors (biases get binary_reg * 0.01); the published 0.1 goes with early-stopped gradient ascent, a converged L-BFGS fit overfits with it."""
+    binary_iters: int = 500
+    """Logistic MF: L-BFGS iterations."""
+    compare_to: str = "mf"
+    """Paired tests over (task, seed): every other method against this one, Holm-corrected across methods."""
+    alpha: float = 0.05
+    """Significance level of the Holm-corrected paired tests."""
 
     def __post_init__(self):
         if self.revealed < 1:
@@ -157,6 +179,12 @@ class PredictConfig:
             raise ConfigError(f"predict.top_fraction must be in (0, 1], got {self.top_fraction}")
         if not self.methods or not self.variants:
             raise ConfigError("predict.methods and predict.variants must not be empty")
+        if self.binary_rank < 1 or self.binary_iters < 1 or self.binary_reg < 0:
+            raise ConfigError("predict.binary_rank and predict.binary_iters must be >= 1, predict.binary_reg >= 0")
+        if self.compare_to not in self.methods:
+            raise ConfigError(f"predict.compare_to={self.compare_to!r} is not in predict.methods {self.methods}")
+        if not 0 < self.alpha < 1:
+            raise ConfigError(f"predict.alpha must be in (0, 1), got {self.alpha}")
 
 
 @dataclass

@@ -52,6 +52,22 @@ def score_nll(model, items: Sequence[EvalItem], cfg: EvalConfig, pad_id: int, ra
     return _gather([(r.index, r.answer_nll) for r in results], len(items))
 
 
+def score_nll_em(model, items: Sequence[EvalItem], cfg: EvalConfig, pad_id: int, rank: int = 0,
+                 world: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """``score_nll`` plus the fused pass's exact-match verdict of each item (argmax == gold at every
+    counted position; the evaluator's ``fused_correct``) from the same pass: ((N,) NLL, (N,) bool EM).
+    The binary forgetting matrix (forgetting/binary.py) is 1 - EM after on the base-correct items."""
+    shard = [it for it in items if it.index % world == rank]
+    n_steps = None
+    if _lockstep(model, cfg):
+        module, _ = unwrap(model)
+        n_steps = dist.all_reduce_max(num_fused_batches(module, shard, cfg.max_seq_len, cfg.max_batch_tokens))
+    with eval_model(model, gather=cfg.gather_params) as m:
+        results = score_fused(m, shard, cfg.max_seq_len, cfg.max_batch_tokens, pad_id, n_steps=n_steps)
+    both = _gather([(r.index, np.array([r.answer_nll, float(r.correct)])) for r in results], len(items), 2)
+    return both[:, 0], both[:, 1] == 1.0
+
+
 def decoder(model):
     """The transformer under the LM head (its ``last_hidden_state`` is what the head reads).
 

@@ -8,6 +8,12 @@
                            z_step<S> (M, N) per intermediate step, nll_before, nll_after,
                            example_ids, task_names, done (M,), example_embeddings, task_embeddings
     OUT/matrix.json        metadata: example ids, task names and status, steps, lr, timings
+    OUT/features.npz       optional (similarity.py): task_names, example_ids, task_grad (M, D),
+                           example_grad (N, D): projected LM-head gradients (grad_sim predictor)
+
+EM (optional, for the binary matrix): ``em_before`` (N,) bool in base.npz and ``em_after`` (N,)
+bool in a row file, when measure records the fused verdicts; the assembled matrix then holds
+``em_before`` and ``em_after`` (M, N) (NaN where a row has none).
 
 z[i, j] = nll_after[i, j] - nll_before[j]: the mean NLL over example j's counted tokens after
 fine-tuning the base model on task i alone, minus before. A row file exists only once its task
@@ -71,13 +77,26 @@ class Matrix:
     nll_before: np.ndarray | None = None
     example_embeddings: np.ndarray | None = None
     task_embeddings: np.ndarray | None = None
+    em_before: np.ndarray | None = None
+    """(N,) base-model EM (1/0), when measured."""
+    em_after: np.ndarray | None = None
+    """(M, N) EM after each task's fine-tune (NaN: not recorded), when measured."""
+    task_grad: np.ndarray | None = None
+    """(M, D) projected LM-head gradient of each task (OUT/features.npz), when computed."""
+    example_grad: np.ndarray | None = None
+    """(N, D) projected LM-head gradient of each upstream example, when computed."""
 
     def finished(self) -> "Matrix":
         """Only the measured rows."""
         d = self.done
+
+        def rows(a):
+            return None if a is None else a[d]
+
         return Matrix(self.z[d], [n for n, ok in zip(self.task_names, d) if ok], self.example_ids, d[d],
                       {s: z[d] for s, z in self.z_at.items()}, self.steps, self.nll_before, self.example_embeddings,
-                      None if self.task_embeddings is None else self.task_embeddings[d])
+                      rows(self.task_embeddings), self.em_before, rows(self.em_after), rows(self.task_grad),
+                      self.example_grad)
 
     def at_fraction(self, fraction: float) -> tuple[int, np.ndarray]:
         """The intermediate matrix nearest to ``fraction`` of the steps (step, (M, N))."""
@@ -108,9 +127,13 @@ class MatrixStore:
                               "use a new output_dir")
         return base
 
-    def save_base(self, ids: list[str], nll_before: np.ndarray, counted_tokens: np.ndarray, embeddings: np.ndarray) -> None:
+    def save_base(self, ids: list[str], nll_before: np.ndarray, counted_tokens: np.ndarray, embeddings: np.ndarray,
+                  em_before: np.ndarray | None = None) -> None:
+        """``em_before``: the base model's (N,) fused EM (nll.score_nll_em), for the binary matrix; rows then
+        pass ``em_after=`` to ``save_row``."""
+        extra = {} if em_before is None else {"em_before": np.asarray(em_before, dtype=bool)}
         save_npz(self.base_path, example_ids=np.array(ids), nll_before=nll_before, counted_tokens=counted_tokens,
-                 example_embeddings=embeddings)
+                 example_embeddings=embeddings, **extra)
 
     # ---- rows --------------------------------------------------------------------------------
     def row_path(self, name: str) -> Path:
@@ -155,6 +178,8 @@ class MatrixStore:
         emb_up = base["example_embeddings"]
         task_emb = np.full((m, emb_up.shape[1]), np.nan)
         z_at: dict[int, np.ndarray] = {}
+        em_before = base.get("em_before")
+        em_after = np.full((m, n), np.nan) if em_before is not None else None
         tasks_meta = []
         for i, name in enumerate(task_names):
             row = self.load_row(name, task_settings[name])
@@ -166,6 +191,8 @@ class MatrixStore:
                 task_emb[i] = row["task_embedding"]
                 for s, nll in zip(row["steps"].tolist(), row["nll_at"]):
                     z_at.setdefault(s, np.full((m, n), np.nan))[i] = nll - before
+                if em_after is not None and "em_after" in row:
+                    em_after[i] = row["em_after"]
                 for key in ("train_seconds", "nll_seconds", "n_train_examples", "surprise_supervised_frac"):
                     if key in row:
                         meta[key] = row[key].item()
@@ -173,14 +200,15 @@ class MatrixStore:
             tasks_meta.append(meta)
         save_npz(self.root / "matrix.npz", z=z, nll_before=before, nll_after=after, example_ids=np.array(ids),
                  task_names=np.array(task_names), done=done, example_embeddings=emb_up, task_embeddings=task_emb,
-                 steps=np.array(info["steps"]), **{f"z_step{s}": v for s, v in sorted(z_at.items())})
+                 steps=np.array(info["steps"]), **{f"z_step{s}": v for s, v in sorted(z_at.items())},
+                 **({} if em_before is None else {"em_before": em_before, "em_after": em_after}))
         meta = {
             "z": "z[i, j] = mean NLL over the counted tokens of example j after fine-tuning the base model on task i, minus before",
             "shape": [m, n], "done": int(done.sum()), **info,
             "intermediate_steps": sorted(z_at), "tasks": tasks_meta, "example_ids": ids,
         }
         write_text(self.root / "matrix.json", json.dumps(meta, indent=1) + "\n")
-        return Matrix(z, task_names, ids, done, z_at, info["steps"], before, emb_up, task_emb)
+        return Matrix(z, task_names, ids, done, z_at, info["steps"], before, emb_up, task_emb, em_before, em_after)
 
 
 def load_matrix(root: str | Path) -> Matrix:
@@ -192,5 +220,31 @@ def load_matrix(root: str | Path) -> Matrix:
         raise ConfigError(f"{path}: no forgetting matrix; run `remix-ds forgetting measure` first")
     d = load_npz(path)
     z_at = {int(k[len("z_step"):]): v for k, v in d.items() if k.startswith("z_step")}
-    return Matrix(d["z"], d["task_names"].tolist(), d["example_ids"].tolist(), d["done"].astype(bool), z_at,
-                  int(d["steps"]), d.get("nll_before"), d.get("example_embeddings"), d.get("task_embeddings"))
+    mat = Matrix(d["z"], d["task_names"].tolist(), d["example_ids"].tolist(), d["done"].astype(bool), z_at,
+                 int(d["steps"]), d.get("nll_before"), d.get("example_embeddings"), d.get("task_embeddings"),
+                 d.get("em_before"), d.get("em_after"))
+    feats = path.parent / "features.npz"
+    if feats.is_file():
+        mat.task_grad, mat.example_grad = load_features(feats, mat.task_names, mat.example_ids)
+    return mat
+
+
+def save_features(path: Path, task_names: list[str], example_ids: list[str], task_grad: np.ndarray,
+                  example_grad: np.ndarray) -> None:
+    """OUT/features.npz (atomic): the projected gradients of the grad_sim predictor."""
+    save_npz(path, task_names=np.array(task_names), example_ids=np.array(example_ids), task_grad=task_grad,
+             example_grad=example_grad)
+
+
+def load_features(path: Path, task_names: list[str], example_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(task_grad (M, D) in ``task_names`` order, NaN for tasks without features; example_grad (N, D))."""
+    f = load_npz(path)
+    if f["example_ids"].tolist() != list(example_ids):
+        raise ConfigError(f"{path} was computed on another upstream set; delete it and compute the features again")
+    have = {t: i for i, t in enumerate(f["task_names"].tolist())}
+    grad = f["task_grad"]
+    out = np.full((len(task_names), grad.shape[1]), np.nan)
+    for i, t in enumerate(task_names):
+        if t in have:
+            out[i] = grad[have[t]]
+    return out, f["example_grad"]

@@ -7,6 +7,7 @@ and wrapped in a DeepSpeed engine. Writes to OUT_DIR:
   <variant>.json         rank 0: rows of evaluate() for each variant
   hook_rank<R>.json      each rank: the eval hook's metrics and the module's mode around the call
   train_rank<R>.json     each rank: loss on a fixed batch before/after evaluation, after one step
+  grad_<variant>.npy     rank 0: forgetting gradient features, partitioned (lockstep) and gathered
 """
 
 import json
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 import deepspeed
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -24,6 +26,8 @@ from remix_ds.data.datasets import generate_kvr  # noqa: E402
 from remix_ds.eval.config import EvalConfig  # noqa: E402
 from remix_ds.eval.hook import build_eval_hook  # noqa: E402
 from remix_ds.eval.runner import evaluate  # noqa: E402
+from remix_ds.eval.items import make_items  # noqa: E402
+from remix_ds.forgetting.similarity import lm_head_gradients  # noqa: E402
 
 args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
 out, model_dir = Path(args[0]), args[1]
@@ -60,6 +64,14 @@ for name, (m, cfg) in variants.items():
     if rank == 0:
         (out / f"{name}.json").write_text(json.dumps(res.rows))
     assert (rank == 0) == bool(res.rows)
+
+# Projected LM-head gradient features (forgetting/similarity.py), partitioned (lockstep) and gathered.
+pairs = [(it.prompt_ids, it.answer_ids) for it in make_items(examples[:11], tok)]  # 11: uneven shards
+for name, gather in [("lockstep", False), ("gathered", True)]:
+    feats = lm_head_gradients(engine.module, pairs, EvalConfig(gather_params=gather), tok.pad_token_id or 0,
+                              dims=(8, 4), seed=3, batch_size=2, rank=rank, world=world)
+    if rank == 0:
+        np.save(out / f"grad_{name}.npy", feats)
 
 run_cfg = RunConfig()
 run_cfg.data.kvr = KVR
