@@ -27,7 +27,7 @@ from remix_ds.data.config import LOCAL_SUFFIXES
 
 Method = Literal["row_mean", "col_mean", "additive", "knn", "mf"]
 METHODS: tuple[str, ...] = ("row_mean", "col_mean", "additive", "knn", "mf")
-Arm = Literal["none", "uniform", "predicted", "oracle"]
+Arm = Literal["none", "uniform", "predicted", "oracle", "online"]
 
 
 @dataclass
@@ -183,6 +183,20 @@ class ReplayExperimentConfig:
     """Predictor of the `predicted` arm."""
     variant: Literal["offline", "online"] = "offline"
     """Revealed entries of the held-out task from the completed run or from the online_fraction measurement (predict.online_fraction)."""
+    pool: Literal["heldout", "fraction"] = "heldout"
+    """`heldout` (published): the pool is every upstream example except a held-out evaluation set of heldout_size, never replayed; `fraction` (ours): pool_fraction of the N examples."""
+    heldout_size: int = 10000
+    """pool=heldout: upstream examples held out for evaluation (the published 10,000); must be < upstream.num_examples."""
+    draw: Literal["without_replacement", "with_replacement"] = "without_replacement"
+    """`without_replacement` (published): floor(n x ratio) + 1 distinct pool examples drawn once per run with probability softmax(z / T) (uniform arm: uniformly); `with_replacement` (ours): floor(n x ratio) rows drawn i.i.d. again every epoch."""
+    placement: Literal["interleave", "shuffle"] = "interleave"
+    """`interleave` (published): one replay row after every round(1 / ratio) task rows, at fixed positions of each epoch's order; `shuffle` (ours): replay rows permuted in with the task rows."""
+    scale_steps: bool = True
+    """Replay arms train floor(measure.steps x (1 + ratio)) steps (published: replayed rows add steps); false: measure.steps."""
+    save_every: int = 0
+    """Checkpoint replay runs every this many steps and resume a killed one from its run folder (the online arm's switch state is kept beside); 0: no checkpoints, a killed run starts over."""
+    switch_fraction: float = 0.1
+    """`online` arm: train this fraction of the arm's steps with uniform replay, then probe predict.revealed pool examples (current vs initial weights), complete the row and replay by prediction for the rest."""
 
     def __post_init__(self):
         if not self.seeds or not self.arms:
@@ -197,6 +211,19 @@ class ReplayExperimentConfig:
             raise ConfigError(f"replay.pool_fraction must be in (0, 1), got {self.pool_fraction}")
         if len(set(self.arms)) != len(self.arms):
             raise ConfigError(f"replay.arms has duplicates: {self.arms}")
+        if not 0 < self.switch_fraction < 1:
+            raise ConfigError(f"replay.switch_fraction must be in (0, 1), got {self.switch_fraction}")
+        if self.heldout_size < 1 or self.save_every < 0:
+            raise ConfigError(f"replay.heldout_size must be >= 1 and replay.save_every >= 0, got {self.heldout_size}, "
+                              f"{self.save_every}")
+
+    def legacy(self) -> bool:
+        """True when every replay option is ours (the data layer's with-replacement, shuffled-in replay)."""
+        return (self.pool, self.draw, self.placement, self.scale_steps) == ("fraction", "with_replacement", "shuffle", False)
+
+    def arm_steps(self, steps: int) -> int:
+        """Optimizer steps of a replay arm's run: floor(steps x (1 + ratio)) with scale_steps (1000 -> 1031 at 1/32)."""
+        return int(steps * (1 + self.ratio) + 1e-9) if self.scale_steps else steps
 
 
 @dataclass

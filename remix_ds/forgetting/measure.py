@@ -123,13 +123,14 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def run_with_probe(cfg: RunConfig, probe: RowProbe, before_fit=None) -> dict:
-    """Train one task with ``probe`` as eval hook (and the regularizers ``cfg.regularize`` asks for);
-    ``before_fit(trainer)`` runs at step 0 and returns extra entries for the result.
+def run_with_probe(cfg: RunConfig, probe: RowProbe, before_fit=None, hooks=()) -> dict:
+    """Train one task with ``probe`` as eval hook (after ``hooks``, e.g. the replay arms' stream and
+    switch hooks) and the regularizers ``cfg.regularize`` asks for; ``before_fit(trainer)`` runs
+    at step 0 and returns extra entries for the result.
 
     Returns timings, the trainer's dataset size and ``before_fit``'s entries. The trainer is closed and freed.
     """
-    trainer = Trainer(cfg, eval_hooks=[probe], regularizers=build_regularizers(cfg))
+    trainer = Trainer(cfg, eval_hooks=[*hooks, probe], regularizers=build_regularizers(cfg))
     try:
         extra = before_fit(trainer) if before_fit is not None else {}
         start = time.perf_counter()
