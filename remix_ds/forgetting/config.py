@@ -60,11 +60,22 @@ class TaskConfig(SourceConfig):
     """One fine-tuning task (a matrix row): a dataset and its split, as in the `data` section."""
 
     name: str = ""
-    """Row label and file name; empty: the dataset name (a file's stem)."""
+    """Row label and file name; empty: the dataset name (a file's stem), or FAMILY-SUBSET."""
+    family: Literal["", "dolly", "tulu", "flan"] = ""
+    """A task family (forgetting/tasks.py): dolly (a `category`), tulu (a Tulu-v2 `dataset`), flan (a FLAN `task_name`); empty: `dataset` as in the data section. data_files: a local copy of the family's rows."""
+    subset: str = ""
+    """family: the subset, e.g. brainstorming (dolly), oasst1 (tulu), anli_r1 (flan)."""
+
+    def validate(self, prefix: str) -> None:
+        super().validate(prefix)
+        if bool(self.family) != bool(self.subset):
+            raise ConfigError(f"{prefix}: family and subset go together (got family={self.family!r}, subset={self.subset!r})")
 
     def label(self) -> str:
         if self.name:
             return self.name
+        if self.family:
+            return re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{self.family}-{self.subset}")
         path = Path(self.dataset)
         return path.stem if path.suffix.lower() in LOCAL_SUFFIXES else self.dataset
 
@@ -85,6 +96,8 @@ class MeasureConfig:
     """Sequences per forward pass when computing embeddings."""
     keep_task_runs: bool = False
     """Keep each task's run folder (checkpoint, metrics); false deletes it once the row is stored."""
+    max_epochs: float = 0.0
+    """Cap a task's steps at this many epochs of its training rows (published: 1000 steps capped at 3 epochs); 0: no cap."""
 
     def __post_init__(self):
         if self.steps < 1:
@@ -95,6 +108,12 @@ class MeasureConfig:
             raise ConfigError(f"measure.at_fractions must be in (0, 1), got {self.at_fractions}")
         if self.embed_task_examples < 1 or self.embed_batch_size < 1:
             raise ConfigError("measure.embed_task_examples and measure.embed_batch_size must be >= 1")
+        if self.max_epochs < 0:
+            raise ConfigError(f"measure.max_epochs must be >= 0, got {self.max_epochs}")
+        if self.max_epochs and self.at_fractions:
+            raise ConfigError("measure.max_epochs with measure.at_fractions: a capped task's intermediate row would sit at "
+                              "another step than the others'; set measure.at_fractions=[] (the in-run online replay arm "
+                              "needs none) or measure.max_epochs=0")
 
     def intermediate_steps(self) -> list[int]:
         """The steps strictly inside (0, steps) at which rows are also measured."""

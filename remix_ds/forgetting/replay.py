@@ -43,6 +43,7 @@ from remix_ds.forgetting.predict import reveal
 from remix_ds.forgetting.online import OnlineSwitch, switch_step
 from remix_ds.forgetting.replay_stream import PublishedReplay
 from remix_ds.forgetting.store import load_matrix, write_text
+from remix_ds.forgetting.tasks import as_source
 
 COMPARISONS = (("predicted", "uniform"), ("oracle", "uniform"), ("predicted", "none"), ("uniform", "none"),
                ("oracle", "predicted"))
@@ -298,7 +299,7 @@ def replay_experiment(fcfg: ForgettingConfig, log=print) -> dict:
     rc = fcfg.replay
     names = mat.task_names
     held, train_rows = heldout_tasks(fcfg, names)
-    tasks_by_name = dict(zip(fcfg.task_names(), fcfg.tasks))
+    tasks_by_name = {n: as_source(t, out) for n, t in zip(fcfg.task_names(), fcfg.tasks)}
     dist.init_distributed(fcfg.finetune.deepspeed.backend)
     rank, world = dist.rank(), dist.world_size()
     if not dist.is_main():
