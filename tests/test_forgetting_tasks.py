@@ -133,3 +133,19 @@ def test_step_cap_at_max_epochs(tmp_path):
     with pytest.raises(ConfigError, match="measure.max_epochs with measure.at_fractions"):
         study(tmp_path, f"[{{dataset: {rows}}}]", "measure.max_epochs=3")
     assert np.isfinite(cfg.measure.max_epochs)
+
+
+def test_upstream_tulu_heldout_sample(tmp_path, hub, tiny_tokenizer):
+    from remix_ds.forgetting.upstream import load_upstream
+    from remix_ds.forgetting.tasks import family_sample
+
+    rows = family_sample("tulu", per_subset=1)
+    assert [(e.id, e.source) for e in rows] == [("lima_1", "tulu:lima"), ("oasst1_7", "tulu:oasst1")]
+    with pytest.raises(DataError, match="skip_per_subset=1"):
+        family_sample("tulu", per_subset=5, skip=1)
+    cfg = load_forgetting_config(None, ["upstream.kind=examples", "upstream.family=tulu", "upstream.num_examples=2"])
+    up = load_upstream(cfg.upstream, tiny_tokenizer, cfg.finetune.data)
+    assert up.ids == ["lima_1", "oasst1_7"]
+    # The counted tokens are the assistant's reply + EOS, as the evaluator's answer_nll counts them.
+    assert tiny_tokenizer.decode(up.items[1].answer_ids[:-1]).strip() == "Hello!"
+    assert int(up.items[1].answer_ids[-1]) == tiny_tokenizer.eos_token_id

@@ -46,6 +46,12 @@ class UpstreamConfig:
     """windows: seed of which windows are drawn (distinct windows, without replacement)."""
     source: SourceConfig = field(default_factory=SourceConfig)
     """examples: the dataset; the first num_examples of its train split are used."""
+    family: Literal["", "dolly", "tulu", "flan"] = ""
+    """examples: take the upstream set from a task family's source (forgetting/tasks.py; the published Tulu held-out sample: tulu) instead of `source`; source.data_files: its local copy."""
+    per_subset: int = 1000
+    """family: at most this many rows per subset (published: <= 1000 per Tulu subset), after skip_per_subset; subsets are interleaved round-robin."""
+    skip_per_subset: int = 0
+    """family: rows of each subset skipped first; >= the same family's tasks' num_examples + heldout_size keeps the two disjoint."""
 
     def __post_init__(self):
         if self.num_examples < 2:
@@ -53,6 +59,8 @@ class UpstreamConfig:
         if self.window_tokens < 2:
             raise ConfigError(f"upstream.window_tokens must be >= 2, got {self.window_tokens}")
         self.source.validate("upstream.source")
+        if self.per_subset < 1 or self.skip_per_subset < 0:
+            raise ConfigError("upstream.per_subset must be >= 1 and upstream.skip_per_subset >= 0")
 
 
 @dataclass

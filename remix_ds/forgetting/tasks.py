@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 from filelock import FileLock
 
 from remix_ds.data.datasets import load_examples
-from remix_ds.data.records import DataError
+from remix_ds.data.records import DataError, Example
 from remix_ds.forgetting.config import ForgettingConfig, TaskConfig
 
 
@@ -184,3 +184,22 @@ def task_steps(fcfg: ForgettingConfig, task: TaskConfig, kvr) -> int:
         return m.steps
     n = len(load_examples(task, kvr, "train"))
     return max(1, min(m.steps, math.ceil(m.max_epochs * n / fcfg.finetune.train.global_batch_size)))
+
+
+def family_sample(family: str, per_subset: int, skip: int = 0, data_files: str | None = None) -> list[Example]:
+    """Up to ``per_subset`` rows of every subset of a family (after its first ``skip``), as
+    records, interleaved round-robin over the subsets (sorted by name) so any prefix is balanced."""
+    fam = FAMILIES[family]
+    by: dict[str, list[Example]] = {}
+    seen: dict[str, int] = {}
+    for row in family_rows(family, data_files):
+        sub = fam.normalize(str(row[fam.key]))
+        k = seen[sub] = seen.get(sub, 0) + 1
+        if skip < k <= skip + per_subset:
+            r = fam.record(row, k - 1)
+            by.setdefault(sub, []).append(Example(id=r["id"], source=f"{family}:{sub}", prompt=r.get("prompt"),
+                                                  answer=r.get("answer"), messages=r.get("messages")))
+    if not by:
+        raise DataError(f"upstream.family={family}: no rows after skip_per_subset={skip} in {data_files or fam.hub_id}")
+    lists = [by[s] for s in sorted(by)]
+    return [x for i in range(max(map(len, lists))) for x in (lst[i] for lst in lists if i < len(lst))]
