@@ -10,5 +10,8 @@ measured entries predict the rest, and does replaying the predicted ones help?
     complete.py  predictors: row/column means, additive, task-kNN, biased MF (ALS)
     predict.py   held-out-task protocol, offline and online, metrics over seeds
     replay.py    none / uniform / predicted / oracle replay, paired tests, markdown report
+    replay_stream.py  replay as published: held-out set outside the pool, draws without replacement, interleaving
+    online.py    the in-run online variant: uniform replay, probe + completed row at the switch step, weighted replay
+    tasks.py     task families (FLAN / Tulu-v2 / Dolly) from the hub or a local copy; the Tulu upstream sample
     commands.py  `remix-ds forgetting measure|analyze|predict|replay-experiment`
 """

@@ -3,9 +3,15 @@ forgotten protect upstream knowledge better than uniform replay?
 
 Setup (needs a measured matrix, `forgetting measure`):
 
-- The N upstream examples are split once (``replay.split_seed``) into a replay pool
-  (``pool_fraction``) and an evaluation set. Evaluation examples are never replayed; every arm is
-  scored only on them: forgetting = mean over the evaluation set of (NLL after - NLL before).
+- The N upstream examples are split once (``replay.split_seed``) into a replay pool and an
+  evaluation set: published (``replay.pool=heldout``): ``heldout_size`` examples held out, the pool
+  is all the others; ours (``fraction``): ``pool_fraction`` of them form the pool. Evaluation
+  examples are never replayed; every arm is scored only on them: forgetting = mean over the
+  evaluation set of (NLL after - NLL before).
+- Replay rows (docs/forgetting.md): published (default): floor(n x ratio) + 1 pool examples drawn
+  without replacement once per run, one after every 1/ratio task rows, floor(steps x (1 + ratio))
+  steps (`replay_stream.py`); ours (``pool=fraction, draw=with_replacement, placement=shuffle,
+  scale_steps=false``): the data layer's per-epoch i.i.d. draws, shuffled in.
 - Held-out tasks (``replay.heldout_tasks`` or the last ``num_heldout``) never train the
   predictor. For each held-out task and seed, ``predict.revealed`` pool entries of its row are
   revealed (offline: from the completed run; online: from the early measurement) and the
@@ -13,7 +19,8 @@ Setup (needs a measured matrix, `forgetting measure`):
 - Arms, each a fresh fine-tune of the base model on the task (seed = the seed), with replay rows
   interleaved at ``replay.ratio`` per task row per epoch:
   ``none`` (no replay), ``uniform`` (uniform over the pool), ``predicted`` (probability
-  softmax(z_hat / T)), ``oracle`` (softmax(z / T), the measured row).
+  softmax(z_hat / T)), ``oracle`` (softmax(z / T), the measured row), ``online`` (the in-run
+  variant, `online.py`: uniform, then the row completed from a probe at ``switch_fraction``).
 - Paired tests over (task, seed) pairs: ``scipy.stats.ttest_rel`` and ``scipy.stats.wilcoxon``.
 
 Every finished run is stored as OUT/replay/runs/TASK/ARM-seedS.json and never recomputed; the
@@ -131,7 +138,8 @@ def report(results: list[dict], tests: list[dict], fcfg: ForgettingConfig, n_poo
     lines = [
         "## Replay experiment: forgetting on held-out upstream examples", "",
         f"Held-out tasks: {', '.join(tasks)}; seeds {rc.seeds}; {fcfg.measure.steps} steps at lr {fcfg.measure.lr:g}; "
-        f"replay ratio {rc.ratio:g} per task row per epoch from a pool of {n_pool} upstream examples; "
+        f"replay ratio {rc.ratio:g} per task row ({rc.draw.replace('_', ' ')}, {rc.placement}"
+        f"{', steps x (1 + ratio)' if rc.scale_steps else ''}) from a pool of {n_pool} upstream examples; "
         f"evaluation on {n_eval} upstream examples never replayed. Weighted arms: softmax(z / {rc.temperature:g}); "
         f"predicted z from {fcfg.predict.revealed} revealed pool entries ({rc.variant}) with `{rc.method}`.", "",
         "Forgetting = mean over the evaluation set of (NLL after - NLL before); lower is better. "
