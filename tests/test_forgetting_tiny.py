@@ -52,6 +52,8 @@ def study(tmp_path_factory, tiny_tokenizer):
         "finetune.optim.warmup_ratio=0.0", "finetune.data.max_seq_len=128",
         "predict.revealed=10", "predict.seeds=[0,1]",
         "replay.num_heldout=1", "replay.seeds=[0]", "replay.ratio=1.0",
+        # ours (the data layer's replay): this toy study's assertions are about it; published: test_forgetting_online.py
+        "replay.pool=fraction", "replay.draw=with_replacement", "replay.placement=shuffle", "replay.scale_steps=false",
     ]
     cfg = load_forgetting_config(None, overrides)
     start = time.perf_counter()

@@ -31,7 +31,7 @@ METHODS: tuple[str, ...] = ("row_mean", "col_mean", "additive", "knn", "mf", "mf
                             "rep_dot", "grad_sim")
 BinaryMethod = Literal["random", "col_mean", "additive", "mf", "lmf", "lmf_additive"]
 BINARY_METHODS: tuple[str, ...] = ("random", "col_mean", "additive", "mf", "lmf", "lmf_additive")
-Arm = Literal["none", "uniform", "predicted", "oracle"]
+Arm = Literal["none", "uniform", "predicted", "oracle", "online"]
 
 
 @dataclass
@@ -50,6 +50,12 @@ class UpstreamConfig:
     """windows: seed of which windows are drawn (distinct windows, without replacement)."""
     source: SourceConfig = field(default_factory=SourceConfig)
     """examples: the dataset; the first num_examples of its train split are used."""
+    family: Literal["", "dolly", "tulu", "flan"] = ""
+    """examples: take the upstream set from a task family's source (forgetting/tasks.py; the published Tulu held-out sample: tulu) instead of `source`; source.data_files: its local copy."""
+    per_subset: int = 1000
+    """family: at most this many rows per subset (published: <= 1000 per Tulu subset), after skip_per_subset; subsets are interleaved round-robin."""
+    skip_per_subset: int = 0
+    """family: rows of each subset skipped first; >= the same family's tasks' num_examples + heldout_size keeps the two disjoint."""
 
     def __post_init__(self):
         if self.num_examples < 2:
@@ -57,6 +63,8 @@ class UpstreamConfig:
         if self.window_tokens < 2:
             raise ConfigError(f"upstream.window_tokens must be >= 2, got {self.window_tokens}")
         self.source.validate("upstream.source")
+        if self.per_subset < 1 or self.skip_per_subset < 0:
+            raise ConfigError("upstream.per_subset must be >= 1 and upstream.skip_per_subset >= 0")
 
 
 @dataclass
@@ -64,11 +72,22 @@ class TaskConfig(SourceConfig):
     """One fine-tuning task (a matrix row): a dataset and its split, as in the `data` section."""
 
     name: str = ""
-    """Row label and file name; empty: the dataset name (a file's stem)."""
+    """Row label and file name; empty: the dataset name (a file's stem), or FAMILY-SUBSET."""
+    family: Literal["", "dolly", "tulu", "flan"] = ""
+    """A task family (forgetting/tasks.py): dolly (a `category`), tulu (a Tulu-v2 `dataset`), flan (a FLAN `task_name`); empty: `dataset` as in the data section. data_files: a local copy of the family's rows."""
+    subset: str = ""
+    """family: the subset, e.g. brainstorming (dolly), oasst1 (tulu), anli_r1 (flan)."""
+
+    def validate(self, prefix: str) -> None:
+        super().validate(prefix)
+        if bool(self.family) != bool(self.subset):
+            raise ConfigError(f"{prefix}: family and subset go together (got family={self.family!r}, subset={self.subset!r})")
 
     def label(self) -> str:
         if self.name:
             return self.name
+        if self.family:
+            return re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{self.family}-{self.subset}")
         path = Path(self.dataset)
         return path.stem if path.suffix.lower() in LOCAL_SUFFIXES else self.dataset
 
@@ -89,6 +108,8 @@ class MeasureConfig:
     """Sequences per forward pass when computing embeddings."""
     keep_task_runs: bool = False
     """Keep each task's run folder (checkpoint, metrics); false deletes it once the row is stored."""
+    max_epochs: float = 0.0
+    """Cap a task's steps at this many epochs of its training rows (published: 1000 steps capped at 3 epochs); 0: no cap."""
 
     def __post_init__(self):
         if self.steps < 1:
@@ -99,6 +120,12 @@ class MeasureConfig:
             raise ConfigError(f"measure.at_fractions must be in (0, 1), got {self.at_fractions}")
         if self.embed_task_examples < 1 or self.embed_batch_size < 1:
             raise ConfigError("measure.embed_task_examples and measure.embed_batch_size must be >= 1")
+        if self.max_epochs < 0:
+            raise ConfigError(f"measure.max_epochs must be >= 0, got {self.max_epochs}")
+        if self.max_epochs and self.at_fractions:
+            raise ConfigError("measure.max_epochs with measure.at_fractions: a capped task's intermediate row would sit at "
+                              "another step than the others'; set measure.at_fractions=[] (the in-run online replay arm "
+                              "needs none) or measure.max_epochs=0")
 
     def intermediate_steps(self) -> list[int]:
         """The steps strictly inside (0, steps) at which rows are also measured."""
@@ -211,6 +238,20 @@ class ReplayExperimentConfig:
     """Predictor of the `predicted` arm."""
     variant: Literal["offline", "online"] = "offline"
     """Revealed entries of the held-out task from the completed run or from the online_fraction measurement (predict.online_fraction)."""
+    pool: Literal["heldout", "fraction"] = "heldout"
+    """`heldout` (published): the pool is every upstream example except a held-out evaluation set of heldout_size, never replayed; `fraction` (ours): pool_fraction of the N examples."""
+    heldout_size: int = 10000
+    """pool=heldout: upstream examples held out for evaluation (the published 10,000); must be < upstream.num_examples."""
+    draw: Literal["without_replacement", "with_replacement"] = "without_replacement"
+    """`without_replacement` (published): floor(n x ratio) + 1 distinct pool examples drawn once per run with probability softmax(z / T) (uniform arm: uniformly); `with_replacement` (ours): floor(n x ratio) rows drawn i.i.d. again every epoch."""
+    placement: Literal["interleave", "shuffle"] = "interleave"
+    """`interleave` (published): one replay row after every round(1 / ratio) task rows, at fixed positions of each epoch's order; `shuffle` (ours): replay rows permuted in with the task rows."""
+    scale_steps: bool = True
+    """Replay arms train floor(measure.steps x (1 + ratio)) steps (published: replayed rows add steps); false: measure.steps."""
+    save_every: int = 0
+    """Checkpoint replay runs every this many steps and resume a killed one from its run folder (the online arm's switch state is kept beside); 0: no checkpoints, a killed run starts over."""
+    switch_fraction: float = 0.1
+    """`online` arm: train this fraction of the arm's steps with uniform replay, then probe predict.revealed pool examples (current vs initial weights), complete the row and replay by prediction for the rest."""
 
     def __post_init__(self):
         if not self.seeds or not self.arms:
@@ -225,6 +266,19 @@ class ReplayExperimentConfig:
             raise ConfigError(f"replay.pool_fraction must be in (0, 1), got {self.pool_fraction}")
         if len(set(self.arms)) != len(self.arms):
             raise ConfigError(f"replay.arms has duplicates: {self.arms}")
+        if not 0 < self.switch_fraction < 1:
+            raise ConfigError(f"replay.switch_fraction must be in (0, 1), got {self.switch_fraction}")
+        if self.heldout_size < 1 or self.save_every < 0:
+            raise ConfigError(f"replay.heldout_size must be >= 1 and replay.save_every >= 0, got {self.heldout_size}, "
+                              f"{self.save_every}")
+
+    def legacy(self) -> bool:
+        """True when every replay option is ours (the data layer's with-replacement, shuffled-in replay)."""
+        return (self.pool, self.draw, self.placement, self.scale_steps) == ("fraction", "with_replacement", "shuffle", False)
+
+    def arm_steps(self, steps: int) -> int:
+        """Optimizer steps of a replay arm's run: floor(steps x (1 + ratio)) with scale_steps (1000 -> 1031 at 1/32)."""
+        return int(steps * (1 + self.ratio) + 1e-9) if self.scale_steps else steps
 
 
 @dataclass

@@ -43,6 +43,7 @@ from remix_ds.forgetting.config import ForgettingConfig, TaskConfig
 from remix_ds.data import tokenize
 from remix_ds.forgetting.nll import embed, score_nll
 from remix_ds.forgetting.store import Matrix, MatrixStore, ids_hash, load_matrix
+from remix_ds.forgetting.tasks import as_source, prepare_tasks, task_steps
 from remix_ds.forgetting.upstream import UpstreamSet, load_upstream
 
 
@@ -114,6 +115,7 @@ def row_settings(fcfg: ForgettingConfig, upstream_ids: list[str], task: TaskConf
            if (task.loss_mode or f.data.loss_mode) == "surprise" else {}),
         "intermediate_steps": fcfg.measure.intermediate_steps(),
         "task": configtools.to_dict(task),
+        **({"max_epochs": fcfg.measure.max_epochs} if fcfg.measure.max_epochs else {}),
     }
 
 
@@ -127,15 +129,16 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def run_with_probe(cfg: RunConfig, probe: RowProbe, before_fit=None) -> dict:
-    """Train one task with ``probe`` as eval hook (and the regularizers ``cfg.regularize`` asks for);
-    ``before_fit(trainer)`` runs at step 0 and returns extra entries for the result.
+def run_with_probe(cfg: RunConfig, probe: RowProbe, before_fit=None, hooks=()) -> dict:
+    """Train one task with ``probe`` as eval hook (after ``hooks``, e.g. the replay arms' stream and
+    switch hooks) and the regularizers ``cfg.regularize`` asks for; ``before_fit(trainer)`` runs
+    at step 0 and returns extra entries for the result.
 
     Returns timings, the trainer's dataset size and ``before_fit``'s entries. The trainer is closed and freed.
     """
     # data.loss_mode=surprise: the mask of the model being fine-tuned, computed before the engine exists
     mask = prepare_surprise_mask(cfg, log=print if dist.rank() == 0 else quiet)
-    trainer = Trainer(cfg, eval_hooks=[probe], regularizers=build_regularizers(cfg))
+    trainer = Trainer(cfg, eval_hooks=[*hooks, probe], regularizers=build_regularizers(cfg))
     try:
         extra = before_fit(trainer) if before_fit is not None else {}
         start = time.perf_counter()
@@ -191,6 +194,9 @@ def measure(fcfg: ForgettingConfig, log=print) -> Matrix:
     rank, world = dist.rank(), dist.world_size()
     if not dist.is_main():
         log = quiet
+    if dist.is_main():
+        prepare_tasks(fcfg, log)  # family tasks -> OUT/tasks/NAME.jsonl (once, under a file lock)
+    dist.barrier()
     out = Path(fcfg.output_dir)
     store = MatrixStore(out)
     upstream, tokenizer = upstream_for(fcfg)
@@ -217,16 +223,20 @@ def measure(fcfg: ForgettingConfig, log=print) -> Matrix:
         if dist.is_main() and run_dir.exists():
             shutil.rmtree(run_dir)  # an interrupted attempt: start the task over
         dist.barrier()
-        cfg = task_run_config(fcfg, task, run_dir, eval_every=eval_every)
+        cfg = task_run_config(fcfg, as_source(task, out), run_dir, eval_every=eval_every)
+        steps = task_steps(fcfg, as_source(task, out), cfg.data.kvr)
+        if steps != fcfg.measure.steps:
+            cfg.train = replace(cfg.train, max_steps=steps)
+            log(f"[forgetting] {name}: {steps} steps (measure.max_epochs={fcfg.measure.max_epochs:g} caps measure.steps)")
         before = None if base is None else base["nll_before"]
-        probe = RowProbe(upstream.items, eval_cfg, pad_id, set(inter), fcfg.measure.steps, rank, world, before)
+        probe = RowProbe(upstream.items, eval_cfg, pad_id, set(inter), steps, rank, world, before)
         log(f"[forgetting] task {k + 1}/{len(todo)}: {name}")
         info = run_with_probe(cfg, probe, partial(at_step0, fcfg=fcfg, upstream=upstream, store=store, probe=probe,
                                                   pad_id=pad_id, log=log))
         if base is None:
             base = {"nll_before": probe.before}  # measured at this task's step 0
         task_emb = info.pop("task_embedding")
-        nll_after = probe.nll[fcfg.measure.steps]
+        nll_after = probe.nll[steps]
         if dist.is_main():
             store.save_row(name, settings[name], nll_after, {s: probe.nll[s] for s in inter}, task_emb, **info)
             if not fcfg.measure.keep_task_runs:

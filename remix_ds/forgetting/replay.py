@@ -3,9 +3,15 @@ forgotten protect upstream knowledge better than uniform replay?
 
 Setup (needs a measured matrix, `forgetting measure`):
 
-- The N upstream examples are split once (``replay.split_seed``) into a replay pool
-  (``pool_fraction``) and an evaluation set. Evaluation examples are never replayed; every arm is
-  scored only on them: forgetting = mean over the evaluation set of (NLL after - NLL before).
+- The N upstream examples are split once (``replay.split_seed``) into a replay pool and an
+  evaluation set: published (``replay.pool=heldout``): ``heldout_size`` examples held out, the pool
+  is all the others; ours (``fraction``): ``pool_fraction`` of them form the pool. Evaluation
+  examples are never replayed; every arm is scored only on them: forgetting = mean over the
+  evaluation set of (NLL after - NLL before).
+- Replay rows (docs/forgetting.md): published (default): floor(n x ratio) + 1 pool examples drawn
+  without replacement once per run, one after every 1/ratio task rows, floor(steps x (1 + ratio))
+  steps (`replay_stream.py`); ours (``pool=fraction, draw=with_replacement, placement=shuffle,
+  scale_steps=false``): the data layer's per-epoch i.i.d. draws, shuffled in.
 - Held-out tasks (``replay.heldout_tasks`` or the last ``num_heldout``) never train the
   predictor. For each held-out task and seed, ``predict.revealed`` pool entries of its row are
   revealed (offline: from the completed run; online: from the early measurement) and the
@@ -13,7 +19,8 @@ Setup (needs a measured matrix, `forgetting measure`):
 - Arms, each a fresh fine-tune of the base model on the task (seed = the seed), with replay rows
   interleaved at ``replay.ratio`` per task row per epoch:
   ``none`` (no replay), ``uniform`` (uniform over the pool), ``predicted`` (probability
-  softmax(z_hat / T)), ``oracle`` (softmax(z / T), the measured row).
+  softmax(z_hat / T)), ``oracle`` (softmax(z / T), the measured row), ``online`` (the in-run
+  variant, `online.py`: uniform, then the row completed from a probe at ``switch_fraction``).
 - Paired tests over (task, seed) pairs: ``scipy.stats.ttest_rel`` and ``scipy.stats.wilcoxon``.
 
 Every finished run is stored as OUT/replay/runs/TASK/ARM-seedS.json and never recomputed; the
@@ -40,7 +47,10 @@ from remix_ds.forgetting.complete import make_predictor
 from remix_ds.forgetting.config import ForgettingConfig
 from remix_ds.forgetting.measure import RowProbe, quiet, run_with_probe, task_run_config, upstream_for
 from remix_ds.forgetting.predict import reveal
+from remix_ds.forgetting.online import OnlineSwitch, switch_step
+from remix_ds.forgetting.replay_stream import PublishedReplay
 from remix_ds.forgetting.store import load_matrix, write_text
+from remix_ds.forgetting.tasks import as_source
 
 COMPARISONS = (("predicted", "uniform"), ("oracle", "uniform"), ("predicted", "none"), ("uniform", "none"),
                ("oracle", "predicted"))
@@ -51,6 +61,23 @@ def split_pool(n: int, pool_fraction: float, seed: int) -> tuple[np.ndarray, np.
     perm = np.random.default_rng([seed, 0x9001]).permutation(n)
     k = min(n - 1, max(1, int(round(pool_fraction * n))))
     return np.sort(perm[:k]), np.sort(perm[k:])
+
+
+def split_heldout(n: int, heldout_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pool columns, evaluation columns) as published: a held-out evaluation set of ``heldout_size``
+    columns (seeded), never replayed; the pool is every other column. Disjoint, sorted."""
+    if heldout_size >= n:
+        raise ConfigError(f"replay.heldout_size={heldout_size} leaves no replay pool of the {n} upstream examples; "
+                          "set replay.heldout_size below upstream.num_examples (or replay.pool=fraction)")
+    perm = np.random.default_rng([seed, 0x4E1D]).permutation(n)
+    return np.sort(perm[heldout_size:]), np.sort(perm[:heldout_size])
+
+
+def pool_and_eval(rc, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The replay pool and the evaluation set of ``replay.pool`` (heldout: published; fraction: ours)."""
+    if rc.pool == "heldout":
+        return split_heldout(n, rc.heldout_size, rc.split_seed)
+    return split_pool(n, rc.pool_fraction, rc.split_seed)
 
 
 def _early(fcfg: ForgettingConfig, mat) -> np.ndarray | None:
@@ -111,7 +138,8 @@ def report(results: list[dict], tests: list[dict], fcfg: ForgettingConfig, n_poo
     lines = [
         "## Replay experiment: forgetting on held-out upstream examples", "",
         f"Held-out tasks: {', '.join(tasks)}; seeds {rc.seeds}; {fcfg.measure.steps} steps at lr {fcfg.measure.lr:g}; "
-        f"replay ratio {rc.ratio:g} per task row per epoch from a pool of {n_pool} upstream examples; "
+        f"replay ratio {rc.ratio:g} per task row ({rc.draw.replace('_', ' ')}, {rc.placement}"
+        f"{', steps x (1 + ratio)' if rc.scale_steps else ''}) from a pool of {n_pool} upstream examples; "
         f"evaluation on {n_eval} upstream examples never replayed. Weighted arms: softmax(z / {rc.temperature:g}); "
         f"predicted z from {fcfg.predict.revealed} revealed pool entries ({rc.variant}) with `{rc.method}`.", "",
         "Forgetting = mean over the evaluation set of (NLL after - NLL before); lower is better. "
@@ -197,16 +225,26 @@ def replay_stats(trainer, *, ratio: float, pool_ids: list[str], true_z_of: dict[
 
 
 def run_arm(fcfg: ForgettingConfig, root: Path, task_cfg, task: str, arm: str, seed: int,
-            replay: list[ReplayConfig], probe: RowProbe, before: np.ndarray, stats) -> dict:
+            replay: list[ReplayConfig], probe: RowProbe, before: np.ndarray, stats, *, steps: int | None = None,
+            hooks=(), eval_every: int = 0, after_run=None) -> dict:
     """Fine-tune one (task, arm, seed) from the base model; its result row (also written to
-    OUT/replay/runs/TASK/ARM-seedS.json by rank 0). ``stats(trainer)`` gives the replay entries."""
+    OUT/replay/runs/TASK/ARM-seedS.json by rank 0). ``stats(trainer)`` gives the replay entries;
+    ``steps``: the run's optimizer steps (default measure.steps; ``probe`` scores at the last);
+    ``hooks``: eval hooks before the probe; ``after_run()``: extra entries for the row. With
+    replay.save_every the run checkpoints and a killed one resumes from its folder."""
+    steps = steps or fcfg.measure.steps
+    save_every = fcfg.replay.save_every
     run_dir = root / "work" / f"{task}-{arm}-seed{seed}"
-    if dist.is_main() and run_dir.exists():
+    if dist.is_main() and run_dir.exists() and not save_every:
         shutil.rmtree(run_dir)
     dist.barrier()
-    cfg = task_run_config(fcfg, task_cfg, run_dir, seed=seed, replay=replay)
-    info = run_with_probe(cfg, probe, stats)
-    after = probe.nll[fcfg.measure.steps]
+    cfg = task_run_config(fcfg, task_cfg, run_dir, seed=seed, replay=replay, eval_every=eval_every)
+    cfg.train = dataclasses.replace(cfg.train, max_steps=steps,
+                                    **({"resume": "auto", "save_every": save_every} if save_every else {}))
+    info = run_with_probe(cfg, probe, stats, hooks=hooks)
+    after = probe.nll[steps]
+    if after_run is not None:
+        info.update(after_run())
     drawn = {k: v for k, v in info.items() if k not in RUN_INFO}
     row = {"task": task, "arm": arm, "seed": seed, "forgetting": float(np.mean(after - before)),
            "eval_nll_after": float(after.mean()), "eval_nll_before": float(before.mean()), **drawn,
@@ -221,6 +259,47 @@ def run_arm(fcfg: ForgettingConfig, root: Path, task_cfg, task: str, arm: str, s
     return row
 
 
+def complete_pool_row(fcfg: ForgettingConfig, mat, predictor, cols: np.ndarray, values: np.ndarray,
+                      pool: np.ndarray) -> np.ndarray:
+    """z_hat over the pool of a row revealed at matrix columns ``cols`` (as `predicted_pool_scores`:
+    variant online folds ``values`` into the early half of [Z_early | Z] and reads the final half)."""
+    n = mat.z.shape[1]
+    pred = predictor.fold_in(np.asarray(cols), np.asarray(values))
+    if _early(fcfg, mat) is not None:
+        pred = pred[n:]
+    return pred[pool]
+
+
+def arm_hooks(fcfg: ForgettingConfig, mat, arm: str, task: int, seed: int, steps: int, pool: np.ndarray, upstream,
+              predictor, true_z_of: dict, pad_id: int, rank: int, world: int, log) -> tuple[list, int, object]:
+    """(eval hooks before the probe, train.eval_every, after_run) of one arm's run: none for ours
+    (replay.legacy()) or the `none` arm; else the published stream, plus the switch for `online`."""
+    rc = fcfg.replay
+    if arm == "none" or rc.legacy():
+        return [], 0, None
+    hooks = [PublishedReplay(ratio=rc.ratio, draw=rc.draw, placement=rc.placement)]
+    if arm != "online":
+        return hooks, 0, None
+    k = fcfg.predict.revealed
+    if k >= len(pool):
+        raise ConfigError(f"predict.revealed={k} must be smaller than the replay pool ({len(pool)} examples)")
+    cols = pool[reveal(len(pool), k, seed, task)]
+    step = switch_step(steps, rc.switch_fraction)
+    switch = OnlineSwitch(step=step, items=[upstream.items[c] for c in cols.tolist()], cols=cols,
+                          pool_ids=[upstream.ids[c] for c in pool.tolist()],
+                          complete=partial(complete_pool_row, fcfg, mat, predictor, pool=pool),
+                          temperature=rc.temperature, eval_cfg=fcfg.finetune.eval, pad_id=pad_id, rank=rank,
+                          world=world, log=log)
+
+    def after_run() -> dict:
+        st = switch.state
+        return {"online_switch_step": st["step"], "online_probe_mean_z": float(np.mean(st["probe_z"])),
+                "online_replayed_true_z": float(np.mean([true_z_of[i] for i in st["draw_ids"]])),
+                "online_replayed_distinct": len(set(st["draw_ids"]))}
+
+    return [*hooks, switch], step, after_run
+
+
 def replay_experiment(fcfg: ForgettingConfig, log=print) -> dict:
     """Run the missing arms x held-out tasks x seeds, then write the report (see module docstring)."""
     out = Path(fcfg.output_dir)
@@ -228,7 +307,7 @@ def replay_experiment(fcfg: ForgettingConfig, log=print) -> dict:
     rc = fcfg.replay
     names = mat.task_names
     held, train_rows = heldout_tasks(fcfg, names)
-    tasks_by_name = dict(zip(fcfg.task_names(), fcfg.tasks))
+    tasks_by_name = {n: as_source(t, out) for n, t in zip(fcfg.task_names(), fcfg.tasks)}
     dist.init_distributed(fcfg.finetune.deepspeed.backend)
     rank, world = dist.rank(), dist.world_size()
     if not dist.is_main():
@@ -237,7 +316,7 @@ def replay_experiment(fcfg: ForgettingConfig, log=print) -> dict:
     if upstream.ids != mat.example_ids:
         raise ConfigError("replay: the configured upstream set differs from the measured matrix's (upstream.* changed)")
     n = len(upstream)
-    pool, evalc = split_pool(n, rc.pool_fraction, rc.split_seed)
+    pool, evalc = pool_and_eval(rc, n)
     pool_ids = [upstream.ids[c] for c in pool]
     root = out / "replay"
     pool_path = upstream.write_pool(pool, root / "pool") if dist.is_main() else None
@@ -245,12 +324,15 @@ def replay_experiment(fcfg: ForgettingConfig, log=print) -> dict:
     eval_items = [dataclasses.replace(upstream.items[c], index=k) for k, c in enumerate(evalc.tolist())]
     before = mat.nll_before[evalc]
     pad_id = tokenize.pad_id(tokenizer)
-    predictor = fit_replay_predictor(fcfg, mat, train_rows) if "predicted" in rc.arms else None
+    if rc.legacy() and "online" in rc.arms:
+        raise ConfigError("replay.arms: the online arm needs the published stream (replay.placement=interleave, "
+                          "replay.draw=without_replacement, replay.pool=heldout or replay.scale_steps=true)")
+    predictor = fit_replay_predictor(fcfg, mat, train_rows) if {"predicted", "online"} & set(rc.arms) else None
     results = []
     for task, seed in product(held, rc.seeds):
         h = names.index(task)
         z_true = mat.z[h, pool]
-        scores = {"oracle": z_true, "uniform": None, "none": None}
+        scores = {"oracle": z_true, "uniform": None, "none": None, "online": None}
         if predictor is not None:
             scores["predicted"], _ = predicted_pool_scores(fcfg, mat, h, pool, seed, predictor)
         true_z_of = dict(zip(pool_ids, z_true.tolist()))
@@ -260,11 +342,15 @@ def replay_experiment(fcfg: ForgettingConfig, log=print) -> dict:
                 results.append(json.loads(path.read_text()))
                 continue
             replay = arm_replay(fcfg, root, task, seed, arm, scores[arm], pool_ids, pool_path)
-            probe = RowProbe(eval_items, fcfg.finetune.eval, pad_id, set(), fcfg.measure.steps, rank, world, before)
+            steps = fcfg.measure.steps if arm == "none" else rc.arm_steps(fcfg.measure.steps)
+            probe = RowProbe(eval_items, fcfg.finetune.eval, pad_id, set(), steps, rank, world, before)
             stats = partial(replay_stats, ratio=rc.ratio, pool_ids=pool_ids, true_z_of=true_z_of,
                             arm_scores=scores[arm], log=log)
+            hooks, eval_every, after_run = arm_hooks(fcfg, mat, arm, h, seed, steps, pool, upstream, predictor,
+                                                     true_z_of, pad_id, rank, world, log)
             log(f"[forgetting] replay {task} / {arm} / seed {seed}")
-            row = run_arm(fcfg, root, tasks_by_name[task], task, arm, seed, replay, probe, before, stats)
+            row = run_arm(fcfg, root, tasks_by_name[task], task, arm, seed, replay, probe, before, stats,
+                          steps=steps, hooks=hooks, eval_every=eval_every, after_run=after_run)
             log(f"[forgetting] replay {task} / {arm} / seed {seed}: forgetting {row['forgetting']:+.5f}")
             results.append(row)
     tests = paired_tests(results, list(rc.arms))

@@ -27,6 +27,7 @@ from remix_ds.data.fingerprint import data_fingerprint
 from remix_ds.data.records import Example
 from remix_ds.eval.items import EvalItem, make_items
 from remix_ds.forgetting.config import UpstreamConfig
+from remix_ds.forgetting.tasks import family_sample
 
 
 @dataclass
@@ -116,10 +117,13 @@ def load_upstream(cfg: UpstreamConfig, tokenizer, data: DataConfig) -> UpstreamS
         return UpstreamSet(ids=ids, items=items, windows=windows)
     from remix_ds.data.datasets import load_examples
 
-    examples = load_examples(cfg.source, data.kvr, "train")
+    if cfg.family:  # e.g. the published Tulu held-out sample
+        examples = family_sample(cfg.family, cfg.per_subset, cfg.skip_per_subset, cfg.source.data_files)
+    else:
+        examples = load_examples(cfg.source, data.kvr, "train")
     if len(examples) < n:
-        raise ConfigError(f"upstream.source {cfg.source.dataset!r} has {len(examples)} train examples; "
-                          f"upstream.num_examples={n} is more")
+        where = f"family {cfg.family!r}" if cfg.family else f"source {cfg.source.dataset!r}"
+        raise ConfigError(f"upstream.{where} has {len(examples)} train examples; upstream.num_examples={n} is more")
     examples = examples[:n]
     ids = [ex.id for ex in examples]
     if len(set(ids)) != n:
