@@ -70,3 +70,19 @@ def test_demo_seeds_option_runs_the_seed_axis():
     assert Grid(load_experiment(DEMO_CONFIG)).cells()[0].key == "kvr_a__kvr_b__none"  # default: one seed, as recorded
     with pytest.raises(ConfigError, match="--seeds"):
         seeds_override(0)
+
+
+
+def test_the_demo_says_whether_mixing_beat_none_beyond_noise():
+    """Issue 20: the recorded demo (kvr_b learned by `none`, only replay significant) prints the toy-scale
+    note; a significant random-mixing gain on a learned D_B, or none on an unlearned one, changes it."""
+    from remix_ds.demo import toy_scale_note
+
+    recorded = json.loads(RESULTS.read_text())
+    note = toy_scale_note(recorded["rows"], recorded["comparisons"])
+    assert note is not None and "only replay did" in note and "EM(D_B) >= 0.8" in note
+    gain = {"d_a": "kvr_a", "d_b": "kvr_b", "strategy": "random@12", "significant": "yes", "diff": -0.3}
+    assert toy_scale_note(recorded["rows"], recorded["comparisons"] + [gain]) is None
+    on_unlearned = {**gain, "d_b": "generic_b"}  # none's EM(D_B) there is 0.0: not a learned D_B
+    assert toy_scale_note(recorded["rows"], recorded["comparisons"] + [on_unlearned]) is not None
+    assert "neither did" in toy_scale_note(recorded["rows"], [])
