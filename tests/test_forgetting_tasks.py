@@ -118,6 +118,12 @@ def test_paper_and_toy_study_configs(tmp_path):
     assert len(rc.heldout_tasks) == 20 and set(rc.heldout_tasks) <= set(names)
     assert paper.upstream.window_tokens == 1024 and paper.upstream.num_examples > rc.heldout_size
     assert len(paper.predict.seeds) == 10 and paper.predict.revealed == 30
+    from remix_ds.forgetting.splits import named_splits
+
+    splits = {s.name: s for s in named_splits(names, paper.predict.splits)}
+    assert {k: len(s.test) for k, s in splits.items()} == {"in_domain": 20, "tulu": 11, "dolly": 8}
+    assert sorted(names[i] for i in splits["in_domain"].test) == sorted(rc.heldout_tasks)
+    assert all(len(s.train) == 46 and all(names[i].startswith("flan-") for i in s.train) for s in splits.values())
     toy = load_forgetting_config("configs/forgetting/toy.yaml")
     assert toy.task_names() == ["kvr-a", "kvr-b", "kvr-c"] and toy.replay.heldout_size < toy.upstream.num_examples
 
