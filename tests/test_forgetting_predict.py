@@ -238,7 +238,7 @@ def test_lm_head_gradient_features_match_autograd(tiny_model):
     feats = lm_head_gradients(tiny_model, pairs, EvalConfig(), pad_id=0, dims=(4, 3), seed=1, batch_size=2)
     assert feats.shape == (3, 12)
     for f, (p, a) in zip(feats, pairs):
-        assert f == pytest.approx(lm_head_gradient_reference(tiny_model, p, a, (4, 3), seed=1), rel=1e-4, abs=1e-7)
+        assert f == pytest.approx(lm_head_gradient_reference(tiny_model, p, a, (4, 3), seed=1), rel=1e-3, abs=1e-6)  # fp32 sums in another order (thread count)
 
 
 def test_binary_matrix_from_em_stored_with_the_study(tmp_path):

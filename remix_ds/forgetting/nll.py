@@ -40,15 +40,20 @@ def _lockstep(model, cfg: EvalConfig) -> bool:
     return (not cfg.gather_params) and is_zero3(module) and dist.world_size() > 1
 
 
-def score_nll(model, items: Sequence[EvalItem], cfg: EvalConfig, pad_id: int, rank: int = 0, world: int = 1) -> np.ndarray:
-    """(len(items),) float64 mean NLL over each item's counted tokens; ``items[c].index == c``."""
+def _fused_shard(model, items: Sequence[EvalItem], cfg: EvalConfig, pad_id: int, rank: int, world: int):
+    """This rank's share of ``items`` through the fused pass (all ranks in lockstep under partitioned ZeRO-3)."""
     shard = [it for it in items if it.index % world == rank]
     n_steps = None
     if _lockstep(model, cfg):
         module, _ = unwrap(model)
         n_steps = dist.all_reduce_max(num_fused_batches(module, shard, cfg.max_seq_len, cfg.max_batch_tokens))
     with eval_model(model, gather=cfg.gather_params) as m:
-        results = score_fused(m, shard, cfg.max_seq_len, cfg.max_batch_tokens, pad_id, n_steps=n_steps)
+        return score_fused(m, shard, cfg.max_seq_len, cfg.max_batch_tokens, pad_id, n_steps=n_steps)
+
+
+def score_nll(model, items: Sequence[EvalItem], cfg: EvalConfig, pad_id: int, rank: int = 0, world: int = 1) -> np.ndarray:
+    """(len(items),) float64 mean NLL over each item's counted tokens; ``items[c].index == c``."""
+    results = _fused_shard(model, items, cfg, pad_id, rank, world)
     return _gather([(r.index, r.answer_nll) for r in results], len(items))
 
 
@@ -57,13 +62,7 @@ def score_nll_em(model, items: Sequence[EvalItem], cfg: EvalConfig, pad_id: int,
     """``score_nll`` plus the fused pass's exact-match verdict of each item (argmax == gold at every
     counted position; the evaluator's ``fused_correct``) from the same pass: ((N,) NLL, (N,) bool EM).
     The binary forgetting matrix (forgetting/binary.py) is 1 - EM after on the base-correct items."""
-    shard = [it for it in items if it.index % world == rank]
-    n_steps = None
-    if _lockstep(model, cfg):
-        module, _ = unwrap(model)
-        n_steps = dist.all_reduce_max(num_fused_batches(module, shard, cfg.max_seq_len, cfg.max_batch_tokens))
-    with eval_model(model, gather=cfg.gather_params) as m:
-        results = score_fused(m, shard, cfg.max_seq_len, cfg.max_batch_tokens, pad_id, n_steps=n_steps)
+    results = _fused_shard(model, items, cfg, pad_id, rank, world)
     both = _gather([(r.index, np.array([r.answer_nll, float(r.correct)])) for r in results], len(items), 2)
     return both[:, 0], both[:, 1] == 1.0
 
@@ -76,6 +75,17 @@ def decoder(model):
     removal of ``eval_model`` on a bare module restores the hook dicts it saved, dropping them.
     """
     return model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
+
+
+def pad_right(seqs: Sequence[np.ndarray], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) token ids padded on the right with ``pad_id`` and their (B, T) attention mask, on ``device``."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = torch.as_tensor(np.asarray(s, dtype=np.int64))
+        mask[r, : len(s)] = 1
+    return ids.to(device), mask.to(device)
 
 
 @torch.no_grad()
@@ -93,13 +103,7 @@ def embed(model, sequences: Sequence[np.ndarray], cfg: EvalConfig, pad_id: int, 
         for b in range(n_steps):
             idx = batches[b] if b < len(batches) else []
             seqs = [sequences[i] for i in idx] or [np.array([pad_id])]  # a rank out of work stays in step
-            width_t = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width_t), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(seqs), width_t), dtype=torch.long)
-            for r, s in enumerate(seqs):
-                ids[r, : len(s)] = torch.as_tensor(np.asarray(s, dtype=np.int64))
-                mask[r, : len(s)] = 1
-            ids, mask = ids.to(device), mask.to(device)
+            ids, mask = pad_right(seqs, pad_id, device)
             hidden = decoder(m)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state.float()  # (B, T, H)
             mean = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # (B, H)
             width = hidden.shape[-1]

@@ -42,7 +42,7 @@ from remix_ds.engine import dist
 from remix_ds.eval.config import EvalConfig
 from remix_ds.forgetting.config import ForgettingConfig
 from remix_ds.forgetting.measure import upstream_for
-from remix_ds.forgetting.nll import _gather, _lockstep, decoder
+from remix_ds.forgetting.nll import _gather, _lockstep, decoder, pad_right
 from remix_ds.forgetting.store import save_features
 from remix_ds.eval.zero import eval_model
 
@@ -77,13 +77,7 @@ def lm_head_gradients(model, pairs: Sequence[tuple[np.ndarray, np.ndarray]], cfg
             idx = batches[b] if b < len(batches) else []
             seqs = [np.concatenate([pairs[i][0], pairs[i][1]]) for i in idx] or [np.array([pad_id, pad_id])]
             starts = [len(pairs[i][0]) for i in idx] or [1]
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for r, s in enumerate(seqs):
-                ids[r, : len(s)] = torch.as_tensor(np.asarray(s, dtype=np.int64))
-                mask[r, : len(s)] = 1
-            ids, mask = ids.to(device), mask.to(device)
+            ids, mask = pad_right(seqs, pad_id, device)
             hidden = decoder(m)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state  # (B, T, H)
             logits = _head(m)(hidden).float()  # (B, T, V)
             if r1 is None:
