@@ -166,3 +166,14 @@ def _read_wandb_run(run_dir: Path) -> dict:
         elif kind == "exit":
             out["exited"] = True
     return out
+
+
+# The run config of the small test grids (tests/test_experiments_grid.py, test_slurm.py, test_experiments_seeds.py).
+GRID_RUN = {
+    "model": {"name_or_path": "tiny"},
+    "optim": {"lr": 3.0e-3, "warmup_ratio": 0.05, "min_lr_ratio": 0.1},
+    "train": {"global_batch_size": 8, "micro_batch_size": 8, "log_every": 5, "progress_bar": False,
+              "tensorboard": False, "keep_last": 1},
+    "data": {"max_seq_len": 256},
+    "eval": {"mode": "fused"},
+}

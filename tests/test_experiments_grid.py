@@ -17,24 +17,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import REPO, run_cmd
+from helpers import GRID_RUN, REPO, run_cmd
 
 pytestmark = pytest.mark.slow  # launches deepspeed / subprocesses
 
-BASE_RUN = {
-    "model": {"name_or_path": "tiny"},
-    "optim": {"lr": 3.0e-3, "warmup_ratio": 0.05, "min_lr_ratio": 0.1},
-    "train": {"global_batch_size": 8, "micro_batch_size": 8, "log_every": 5, "progress_bar": False,
-              "tensorboard": False, "keep_last": 1},
-    "data": {"max_seq_len": 256},
-    "eval": {"mode": "fused"},
-}
 
 
 def _write_cfg(tmp_path: Path, **extra) -> Path:
     cfg = {
         "output_dir": str(tmp_path / "grid"),
-        "run": BASE_RUN,
+        "run": GRID_RUN,
         "data_a": [{"name": "fa", "dataset": "kvr", "num_examples": 8}],
         "data_b": [{"name": "fb", "dataset": "kvr", "num_examples": 8}],
         "strategies": ["none"],
@@ -108,7 +100,7 @@ def test_grid_table_forgetting_failures_and_rerun(tmp_path):
 
 
 def test_killed_cell_resumes(tmp_path):
-    run = dict(BASE_RUN, train=dict(BASE_RUN["train"], save_every=2))
+    run = dict(GRID_RUN, train=dict(GRID_RUN["train"], save_every=2))
     # one process per stage (launcher: subprocess): killing the grid's process group kills the stage too
     # stage2.eval_b=end: D_B is scored once, on the stage-2 export, by the grid process
     cfg = _write_cfg(tmp_path, run=run, stage1={"max_epochs": 60, "eval_every": 10, "em_threshold": 1.0},

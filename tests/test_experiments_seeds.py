@@ -13,20 +13,12 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import run_cmd, wandb_offline_run
+from helpers import GRID_RUN, run_cmd, wandb_offline_run
 from remix_ds.experiments import stats
 
 pytestmark = pytest.mark.slow  # launches the grid in a subprocess
 
-RUN = {
-    "model": {"name_or_path": "tiny"},
-    "optim": {"lr": 3.0e-3, "warmup_ratio": 0.05, "min_lr_ratio": 0.1},
-    "train": {"global_batch_size": 8, "micro_batch_size": 8, "log_every": 5, "progress_bar": False,
-              "tensorboard": False, "keep_last": 1},
-    "data": {"max_seq_len": 256},
-    "eval": {"mode": "fused"},
-    "metrics": {"wandb": {"project": "remix-test", "mode": "offline"}},
-}
+RUN = {**GRID_RUN, "metrics": {"wandb": {"project": "remix-test", "mode": "offline"}}}
 
 
 def _latest(run_dir: Path, name: str) -> list[dict]:

@@ -22,22 +22,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import REPO
+from helpers import GRID_RUN, REPO
 
-BASE_RUN = {
-    "model": {"name_or_path": "tiny"},
-    "optim": {"lr": 3.0e-3, "warmup_ratio": 0.05, "min_lr_ratio": 0.1},
-    "train": {"global_batch_size": 8, "micro_batch_size": 8, "log_every": 5, "progress_bar": False,
-              "tensorboard": False, "keep_last": 1},
-    "data": {"max_seq_len": 256},
-    "eval": {"mode": "fused"},
-}
 
 
 def _grid_cfg(tmp_path: Path, name: str, **extra) -> Path:
     cfg = {
         "output_dir": str(tmp_path / name),
-        "run": BASE_RUN,
+        "run": GRID_RUN,
         "data_a": [{"name": "fa", "dataset": "kvr", "num_examples": 8}],
         "data_b": [{"name": "fb", "dataset": "kvr", "num_examples": 8}, {"name": "gb", "dataset": "kvr", "num_examples": 8}],
         "strategies": ["none"],
