@@ -3,7 +3,8 @@
 One D_A x one D_B x `none`, stage 2 at two strengths from one shared stage 1 (smallest sizes: 8
 pairs, a short stage 1 that need not reach EM 1.0). The grid's own frontier (frontier.md/.json/.png
 and the report section) and `remix-ds frontier GRID_DIR` must report exactly the EMs of the per-cell
-eval files.
+eval files. The same grid carries `analysis.preserve_bench` (issue 16): each cell's pq_* columns
+must equal a direct `remix-ds preserve BASE STAGE2 --bench SET` of the same models.
 """
 
 import json
@@ -35,6 +36,9 @@ def _em(path: Path) -> float:
 
 def test_two_point_sweep_frontier_end_to_end(tmp_path):
     out = tmp_path / "grid"
+    bench = tmp_path / "qs.jsonl"
+    bench.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"What is the code of item {i}?", "answer": f"C{i}X"}) + "\n"
+                             for i in range(6)))
     cfg = {
         "output_dir": str(out), "run": RUN,
         "data_a": [{"name": "fa", "dataset": "kvr", "num_examples": 8}],
@@ -43,7 +47,7 @@ def test_two_point_sweep_frontier_end_to_end(tmp_path):
         "stage1": {"max_epochs": 30, "eval_every": 30},
         "stage2": {"epochs": 12, "eval_every": 100},
         "stage2_sweep": [{"name": "gentle", "epochs": 1, "overrides": ["optim.lr=3e-4"]}, {"name": "strong"}],
-        "analysis": {"logit_lens": False, "preservation": False},
+        "analysis": {"logit_lens": False, "preservation": False, "preserve_bench": [str(bench)]},
     }
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -82,3 +86,14 @@ def test_two_point_sweep_frontier_end_to_end(tmp_path):
     # `remix-ds frontier GRID_DIR` (here in-process) rereads the cells and writes the same numbers elsewhere
     again = write_frontier([out], tmp_path / "f")
     assert again["points"] == summary["points"] and (tmp_path / "f" / "frontier.png").is_file()
+
+    # pq_* columns (issue 16): the grid's comparison of each stage-2 model with the base model on the
+    # question set equals `remix-ds preserve` of the same two models
+    for r in table:
+        s2 = out / "cells" / f"fa__fb__none__{r['stage2_setting']}" / "stage2" / "final"
+        pres = tmp_path / f"pres-{r['stage2_setting']}"
+        run_cmd([sys.executable, "-m", "remix_ds.cli", "preserve", "tiny", str(s2), "--bench", str(bench),
+                 "--max-new-tokens", "32", "--out", str(pres)], timeout=600)
+        direct = json.loads((pres / "preserve.json").read_text())["sets"]["qs"]
+        for key in ("identical_frac", "em_delta", "mcnemar_p", "nll_drift"):
+            assert r[f"pq_s2_qs_{key.replace('_frac', '')}"] == pytest.approx(direct[key], abs=1e-6), key
