@@ -82,6 +82,10 @@ def test_measured_matrix_is_nontrivial_and_stored(study):
     assert all(i.startswith("window-") for i in meta["example_ids"])
     assert stored["example_embeddings"].shape == (50, 128) and np.isfinite(stored["task_embeddings"]).all()
     assert not (root / "runs" / "sums").exists()  # task runs are deleted once their row is stored
+    # the fused pass's EM verdicts, stored for the binary matrix (issue 18): base and every row; the
+    # untrained base model reproduces no 24-token window exactly
+    assert mat.em_before is not None and mat.em_before.shape == (50,) and not mat.em_before.astype(bool).any()
+    assert mat.em_after.shape == (3, 50) and np.isin(mat.em_after, [0.0, 1.0]).all()
 
 
 def test_resume_skips_finished_rows_and_redoes_a_crashed_task(study):

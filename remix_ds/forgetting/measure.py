@@ -41,7 +41,7 @@ from remix_ds.engine.trainer import Trainer
 from remix_ds.eval.surprise import prepare_surprise_mask
 from remix_ds.forgetting.config import ForgettingConfig, TaskConfig
 from remix_ds.data import tokenize
-from remix_ds.forgetting.nll import embed, score_nll
+from remix_ds.forgetting.nll import embed, score_nll_em
 from remix_ds.forgetting.store import Matrix, MatrixStore, ids_hash, load_matrix
 from remix_ds.forgetting.tasks import as_source, prepare_tasks, task_steps
 from remix_ds.forgetting.upstream import UpstreamSet, load_upstream
@@ -60,6 +60,7 @@ class RowProbe:
         self.rank, self.world = rank, world
         self.before = before
         self.nll: dict[int, np.ndarray] = {}
+        self.em: dict[int, np.ndarray] = {}  # the fused pass's EM verdicts, for the binary matrix
         self.seconds = 0.0
 
     def setup(self, trainer) -> None:
@@ -69,9 +70,9 @@ class RowProbe:
         if step not in self.steps and step != self.final_step:
             return {}
         start = time.perf_counter()
-        nll = score_nll(model, self.items, self.eval_cfg, self.pad_id, self.rank, self.world)
+        nll, em = score_nll_em(model, self.items, self.eval_cfg, self.pad_id, self.rank, self.world)
         self.seconds += time.perf_counter() - start
-        self.nll[step] = nll
+        self.nll[step], self.em[step] = nll, em
         out = {"forgetting/upstream_nll": float(nll.mean())}
         if self.before is not None:
             out["forgetting/mean_z"] = float((nll - self.before).mean())
@@ -158,13 +159,14 @@ def run_with_probe(cfg: RunConfig, probe: RowProbe, before_fit=None, hooks=()) -
 
 def base_measurement(trainer, fcfg: ForgettingConfig, upstream: UpstreamSet, store: MatrixStore, pad_id: int,
                      log=print) -> np.ndarray:
-    """The untouched model's (N,) upstream NLLs; writes them and the upstream embeddings to OUT/base.npz."""
+    """The untouched model's (N,) upstream NLLs; writes them, its fused EM verdicts (the binary matrix's
+    base-correct examples) and the upstream embeddings to OUT/base.npz."""
     t = time.perf_counter()
     model, eval_cfg, m = trainer.engine.module, fcfg.finetune.eval, fcfg.measure
-    nll0 = score_nll(model, upstream.items, eval_cfg, pad_id, trainer.rank, trainer.world)
+    nll0, em0 = score_nll_em(model, upstream.items, eval_cfg, pad_id, trainer.rank, trainer.world)
     emb = embed(model, upstream.sequences(), eval_cfg, pad_id, m.embed_batch_size, trainer.rank, trainer.world)
     if dist.is_main():
-        store.save_base(upstream.ids, nll0, upstream.counted_tokens(), emb)
+        store.save_base(upstream.ids, nll0, upstream.counted_tokens(), emb, em_before=em0)
     dist.barrier()
     log(f"[forgetting] base model: mean upstream NLL {nll0.mean():.4f} ({time.perf_counter() - t:.1f}s)")
     return nll0
@@ -238,7 +240,8 @@ def measure(fcfg: ForgettingConfig, log=print) -> Matrix:
         task_emb = info.pop("task_embedding")
         nll_after = probe.nll[steps]
         if dist.is_main():
-            store.save_row(name, settings[name], nll_after, {s: probe.nll[s] for s in inter}, task_emb, **info)
+            store.save_row(name, settings[name], nll_after, {s: probe.nll[s] for s in inter}, task_emb,
+                           em_after=probe.em[steps], **info)
             if not fcfg.measure.keep_task_runs:
                 shutil.rmtree(run_dir, ignore_errors=True)
             store.assemble(settings, meta)
