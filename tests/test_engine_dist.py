@@ -128,7 +128,8 @@ import remix_ds.engine.dist as d
 d.init_distributed("gloo")  # as an in-process test does: this environment now says RANK=0, WORLD_SIZE=1
 sys.path.insert(0, "tests")
 from helpers import deepspeed_cmd, run_cmd
-probe = "import remix_ds.engine.dist as d; d.init_distributed('gloo'); print('RANK', d.rank(), 'OF', d.world_size())"
+probe = ("import sys, remix_ds.engine.dist as d; d.init_distributed('gloo'); "  # one write: ranks share the pipe
+         "sys.stdout.write(f'RANK {d.rank()} OF {d.world_size()}' + chr(10))")
 open(sys.argv[1], "w").write(probe)
 print(run_cmd(deepspeed_cmd([sys.argv[1]], 2), timeout=240).stdout)
 """
@@ -156,7 +157,7 @@ d.init_distributed("gloo")
 from pathlib import Path
 mine = d.shm_buffer_path(d.rank())
 d.all_reduce_sum([1.0], __import__("torch").device("cpu"))  # collectives still work with the names gone
-print("SHM", d.rank(), mine.exists(), flush=True)
+sys.stdout.write(f"SHM {d.rank()} {mine.exists()}" + chr(10))  # one write: the ranks share the pipe
 """
 
 

@@ -40,7 +40,7 @@ def _steps(out_dir):
 @pytest.mark.slow  # subprocesses, ~2 minutes on 2 shared cores
 def test_dry_run_writes_every_step(tmp_path):
     out = tmp_path / "check"
-    env = {"DRY_RUN": "1", "OUT_DIR": str(out), "OMP_NUM_THREADS": "1", "BUDGET": "900"}
+    env = {"DRY_RUN": "1", "OUT_DIR": str(out), "OMP_NUM_THREADS": "1", "BUDGET": "900", "PYTHON": sys.executable}
     # train: room for DeepSpeed's one-time CPU Adam build on a fresh machine (the GPU run uses torch's AdamW)
     run_cmd(["bash", str(REPO / "launch/gpu_check.sh"), "--timeout", "train=600"], env=env, timeout=960)
     report, steps, md = _steps(out)
