@@ -14,19 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import run_cmd
+from helpers import GRID_RUN, run_cmd
 from remix_ds.experiments.frontier import write_frontier
 
 pytestmark = pytest.mark.slow  # launches a grid in a subprocess
 
-RUN = {
-    "model": {"name_or_path": "tiny"},
-    "optim": {"lr": 3.0e-3, "warmup_ratio": 0.05, "min_lr_ratio": 0.1},
-    "train": {"global_batch_size": 8, "micro_batch_size": 8, "log_every": 5, "progress_bar": False,
-              "tensorboard": False, "keep_last": 1, "save_every": 1000},
-    "data": {"max_seq_len": 256},
-    "eval": {"mode": "fused"},
-}
+RUN = {**GRID_RUN, "train": {**GRID_RUN["train"], "save_every": 1000}}
 
 
 def _em(path: Path) -> float:
