@@ -15,7 +15,6 @@ import math
 import sys
 from pathlib import Path
 
-import deepspeed
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -29,7 +28,9 @@ from remix_ds.eval.runner import evaluate  # noqa: E402
 
 args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
 out, model_dir = Path(args[0]), args[1]
-deepspeed.init_distributed(dist_backend="gloo")
+from remix_ds.engine import dist as _dist  # noqa: E402
+
+_dist.init_distributed("gloo")  # as the package does (it also unlinks DeepSpeed's CPU shm buffer)
 rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
 out.mkdir(parents=True, exist_ok=True)
 

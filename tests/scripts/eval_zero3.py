@@ -14,7 +14,6 @@ import json
 import sys
 from pathlib import Path
 
-import deepspeed
 import numpy as np
 import torch
 
@@ -31,7 +30,9 @@ from remix_ds.forgetting.similarity import lm_head_gradients  # noqa: E402
 
 args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
 out, model_dir = Path(args[0]), args[1]
-deepspeed.init_distributed(dist_backend="gloo")
+from remix_ds.engine import dist as _dist  # noqa: E402
+
+_dist.init_distributed("gloo")  # as the package does (it also unlinks DeepSpeed's CPU shm buffer)
 rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
 out.mkdir(parents=True, exist_ok=True)
 
