@@ -85,3 +85,18 @@ def slurm_cluster(tmp_path_factory):
         pytest.skip(reason)
     with sc.running_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def shard_corpus(tmp_path_factory, bpe_tok):
+    """A small shard directory of 60 generated documents (100-160 words each), built once per session."""
+    import numpy as np
+
+    from helpers import WORDS
+    from remix_ds.data.shard_builder import tokenize_to_shards
+
+    rng = np.random.default_rng(3)
+    texts = [" ".join(rng.choice(WORDS, size=rng.integers(100, 160))) + "." for _ in range(60)]
+    out = tmp_path_factory.mktemp("corpus") / "shards"
+    tokenize_to_shards(texts, out, bpe_tok, progress=False)
+    return str(out)

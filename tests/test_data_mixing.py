@@ -175,19 +175,6 @@ def test_data_section_loads_from_run_config_overrides():
     assert cfg.data.replay[0].ratio == 0.05 and cfg.data.mix.generic_ratio == 2.0 and cfg.data.kvr.num_pairs == 10
 
 
-@pytest.fixture(scope="module")
-def shard_corpus(tmp_path_factory, bpe_tok):
-    """A small shard directory of 60 generated documents (100-160 words each)."""
-    from remix_ds.data.shard_builder import tokenize_to_shards
-    from helpers import WORDS
-
-    rng = np.random.default_rng(3)
-    texts = [" ".join(rng.choice(WORDS, size=rng.integers(100, 160))) + "." for _ in range(60)]
-    out = tmp_path_factory.mktemp("corpus") / "shards"
-    tokenize_to_shards(texts, out, bpe_tok, progress=False)
-    return str(out)
-
-
 def test_generic_completion_and_random_raw_rows(bpe_tok, shard_corpus):
     from remix_ds.data.config import MixConfig
 

@@ -16,19 +16,6 @@ from remix_ds.data.mixing import stratified_plan
 
 
 @pytest.fixture(scope="module")
-def shard_corpus(tmp_path_factory, bpe_tok):
-    """60 generated documents of 100-160 words (the same corpus as tests/test_data_mixing.py)."""
-    from remix_ds.data.shard_builder import tokenize_to_shards
-    from helpers import WORDS
-
-    rng = np.random.default_rng(3)
-    texts = [" ".join(rng.choice(WORDS, size=rng.integers(100, 160))) + "." for _ in range(60)]
-    out = tmp_path_factory.mktemp("corpus") / "shards"
-    tokenize_to_shards(texts, out, bpe_tok, progress=False)
-    return str(out)
-
-
-@pytest.fixture(scope="module")
 def old_facts(tmp_path_factory):
     """An earlier stage's dataset (ids old-0 ...) to replay."""
     path = tmp_path_factory.mktemp("replay") / "old.jsonl"
