@@ -51,6 +51,13 @@ from remix_ds.models import load_model, load_tokenizer, resolve_dtype
 # ----------------------------------------------------------------------------- helpers
 
 
+def write_result(result: dict, out: str | None) -> None:
+    """Write a benchmark's JSON result to ``out`` (no-op when None), creating its folder."""
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+
+
 def machine_info() -> dict:
     import torch
 
@@ -519,9 +526,7 @@ def run(out: str | Path | None = None, *, tokenizer: str = "tiny", quick: bool =
         result["pack"] = bench_pack(mix.epoch_items(0), n_examples=64 if quick else 512, repeats=1 if quick else 7)
     if "stage" in parts:
         result["stage"] = bench_stage(tok, factoids=200 if quick else stage_factoids, repeats=stage_repeats)
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, out)
     return result
 
 

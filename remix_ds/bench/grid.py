@@ -30,6 +30,7 @@ from types import SimpleNamespace
 
 import remix_ds
 from remix_ds.bench.flops import train_flops
+from remix_ds.bench.data import write_result
 from remix_ds.bench.train import machine_info
 from remix_ds.experiments.config import load_experiment, parse_strategy
 
@@ -168,9 +169,7 @@ def run(out: str | Path | None = None, *, repeats: int = 2, overrides: list[str]
         finally:
             if not keep:
                 shutil.rmtree(work, ignore_errors=True)
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, out)
     return result
 
 

@@ -21,7 +21,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from remix_ds.bench.data import _data_cfg, bench_consumption, machine_info
+from remix_ds.bench.data import _data_cfg, bench_consumption, machine_info, write_result
 from remix_ds.data import corpus
 from remix_ds.data.loader import build_train_loader
 from remix_ds.models import load_tokenizer
@@ -93,9 +93,7 @@ def run(out: str | Path | None = None, *, quick: bool = False, tokenizer: str = 
         "stage_start": bench_stage_start(tok, pairs=pairs, repeats=reps),
         "loader": bench_loader(tok, pairs=pairs, repeats=reps, consumption_steps=1 if quick else 6),
     }
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, out)
     return result
 
 
