@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -176,3 +179,56 @@ def test_no_rank_leaves_a_deepspeed_shm_buffer_behind(tmp_path):
     out = run_cmd(cmd, timeout=240).stdout
     assert sorted(x for x in out.splitlines() if x.startswith("SHM")) == ["SHM 0 False", "SHM 1 False"], out[-3000:]
     assert glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*") == []
+
+
+def _lock(tmp_path, monkeypatch, age_s: float):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    lock = tmp_path / dist.SHM_OP / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text("")
+    t = time.time() - age_s
+    os.utime(lock, (t, t))
+    return lock
+
+
+def test_a_killed_builds_lock_is_removed_with_one_line(tmp_path, monkeypatch):
+    lock = _lock(tmp_path, monkeypatch, age_s=3600)
+    assert dist.extension_build_dir(dist.SHM_OP) == lock.parent
+    lines = []
+    assert dist.clear_stale_build_lock(dist.SHM_OP, log=lambda m, **_: lines.append(m)) is True
+    assert not lock.exists()
+    assert len(lines) == 1 and str(lock) in lines[0] and "60 min old" in lines[0]
+    assert dist.clear_stale_build_lock(dist.SHM_OP, log=lines.append) is False and len(lines) == 1  # no lock: silent
+
+
+def test_a_young_lock_is_waited_on_until_its_build_ends(tmp_path, monkeypatch):
+    lock = _lock(tmp_path, monkeypatch, age_s=0)
+    threading.Timer(0.5, lock.unlink).start()  # the build in progress finishes
+    lines, t = [], time.time()
+    assert dist.clear_stale_build_lock(dist.SHM_OP, poll_s=0.05, log=lambda m, **_: lines.append(m)) is False
+    assert time.time() - t >= 0.5 and len(lines) == 1 and "waiting for" in lines[0] and str(lock) in lines[0]
+
+
+def test_a_young_lock_that_outlives_any_build_is_removed(tmp_path, monkeypatch):
+    lock = _lock(tmp_path, monkeypatch, age_s=0)
+    lines = []
+    assert dist.clear_stale_build_lock(dist.SHM_OP, max_age_s=0.4, poll_s=0.05, log=lambda m, **_: lines.append(m))
+    assert not lock.exists() and [m.split()[1] for m in lines] == ["waiting", "removed"]
+
+
+@pytest.mark.slow
+def test_init_distributed_on_cpu_does_not_hang_on_a_killed_builds_lock():
+    """The real init (DeepSpeed's CPU shm op load waits on the lock): it clears the lock and starts."""
+    import subprocess
+    import sys
+
+    lock = dist.extension_build_dir(dist.SHM_OP) / "lock"  # the suite's own extensions dir (conftest)
+    lock.write_text("")
+    os.utime(lock, (time.time() - 7200,) * 2)
+    code = "from remix_ds.engine import dist; dist.init_distributed(); print('world', dist.world_size()); dist.shutdown()"
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    finally:
+        lock.unlink(missing_ok=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"[remix-ds] removed {lock}" in proc.stdout and "world 1" in proc.stdout

@@ -123,11 +123,8 @@ def _worker(args) -> None:
     import deepspeed
     from transformers.integrations import HfDeepSpeedConfig
 
-    cuda = torch.cuda.is_available()
-    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
-    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_distributed()
+    rank, world = dist.rank(), dist.world_size()
     dtype = models.resolve_dtype("auto")
     ds = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
           "bf16": {"enabled": dtype == torch.bfloat16},

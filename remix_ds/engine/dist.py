@@ -5,6 +5,7 @@ from __future__ import annotations
 import numbers
 import os
 import socket
+import time
 from pathlib import Path
 
 import torch
@@ -37,6 +38,8 @@ def init_distributed(backend: str = "auto") -> None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
+    else:
+        clear_stale_build_lock(SHM_OP)
     for attempt in range(5):
         try:
             deepspeed.init_distributed(dist_backend=backend)
@@ -49,6 +52,45 @@ def init_distributed(backend: str = "auto") -> None:
             if not own_port or "EADDRINUSE" not in str(e) or attempt == 4:
                 raise
             _claim_world_of_one(str(_free_port()))
+
+
+SHM_OP = "deepspeed_shm_comm"  # the op DeepSpeed's CPU accelerator JIT-builds inside init_distributed
+STALE_LOCK_S = 600.0  # that build takes about a minute on 2 CPU cores
+
+
+def extension_build_dir(name: str) -> Path:
+    """Where torch's JIT extension loader builds ``name`` (TORCH_EXTENSIONS_DIR or its cache)."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    return Path(_get_build_directory(name, verbose=False))
+
+
+def clear_stale_build_lock(name: str, max_age_s: float = STALE_LOCK_S, poll_s: float = 1.0, log=print) -> bool:
+    """Wait while extension ``name``'s build lock is younger than any build of it takes; remove it
+    once it is older (True: a stale lock was removed).
+
+    NOTE: torch's JIT loader marks a build in progress with a `lock` file, and every other process
+    waits, with no timeout and no word, until that file goes. A build that is killed (Ctrl-C, a
+    killed job) leaves it behind, and every later CPU run then hung forever inside DeepSpeed's
+    init_distributed (seen here: a lock left in ~/.cache/torch_extensions by a killed run).
+    """
+    lock = extension_build_dir(name) / "lock"
+    said = False
+    while True:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        if age >= max_age_s:
+            lock.unlink(missing_ok=True)
+            log(f"[remix-ds] removed {lock}: torch's build lock of {name}, {age / 60:.0f} min old, left by a "
+                "killed build (every run would have waited on it forever)", flush=True)
+            return True
+        if not said:
+            log(f"[remix-ds] waiting for {lock} (torch's build lock of {name}: a build in progress, or a "
+                f"killed one's, then removed once it is {max_age_s:.0f} s old)", flush=True)
+            said = True
+        time.sleep(poll_s)
 
 
 def _claim_world_of_one(port: str) -> None:
