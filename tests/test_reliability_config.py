@@ -90,6 +90,27 @@ def test_drifted_resume_is_refused_with_the_keys_then_allowed_and_recorded(tmp_p
     rows = [json.loads(x) for x in (run_dir / "config_changes.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["step"] == 2 and rows[0]["changes"] == {"optim.lr": [0.003, 0.0001]}
     assert json.loads((run_dir / "config.json").read_text())["optim"]["lr"] == 1e-4
+    # the changed rate is the one used from the resumed step on: step 3 at the new schedule's rate
+    # (before, the checkpoint's optimizer and scheduler state kept 0.003's schedule)
+    used = {r["step"]: r["lr"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+    assert sorted(used) == [1, 2, 3]
+    assert used[3] == pytest.approx(_scheduled_lr(load_config(CONFIG, _args(run_dir, "optim.lr=1e-4")), 3), rel=1e-6)
+    assert used[2] == pytest.approx(_scheduled_lr(load_config(CONFIG, _args(run_dir)), 2), rel=1e-6)
+    assert used[3] < used[2] / 10
+
+
+def _scheduled_lr(cfg, step: int) -> float:
+    """The rate that optimizer step `step` (1-based) of a fresh run of `cfg` uses (max_steps = 3)."""
+    import torch
+
+    from remix_ds.engine.schedule import make_scheduler
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optim.lr)
+    sched = make_scheduler(cfg.optim, 3)(opt)
+    for _ in range(step - 1):
+        opt.step()
+        sched.step()
+    return opt.param_groups[0]["lr"]
 
 
 @pytest.mark.slow

@@ -32,3 +32,25 @@ def make_scheduler(cfg: OptimConfig, total_steps: int):
         )
 
     return build
+
+
+def apply_to_resumed(optimizer, scheduler, params: dict, cfg: OptimConfig, total_steps: int):
+    """The run's optimizer hyperparameters and LR schedule on an optimizer and scheduler that a
+    checkpoint restored; returns the scheduler to use, at the checkpoint's step.
+
+    NOTE: a checkpoint restores the optimizer's param groups (lr, betas, eps, weight_decay) and the
+    scheduler's base rates and step, so a resume that was allowed to change `optim.*`
+    (`train.allow_config_change`) silently kept training with the checkpoint's values. This sets
+    the groups to ``params`` (the engine's `optimizer.params`: the run's config, or the DeepSpeed
+    JSON's own values) and rebuilds the schedule from ``cfg`` and ``total_steps`` (a changed
+    `train.max_steps`/`epochs` moves its horizon) at the restored step. The moments (Adam's m and v)
+    are the checkpoint's: they are the state of the training so far, not settings.
+    """
+    step = scheduler.last_epoch
+    for group in optimizer.param_groups:
+        group.update(lr=params["lr"], initial_lr=params["lr"], betas=tuple(params["betas"]), eps=params["eps"],
+                     weight_decay=params["weight_decay"])
+    fresh = make_scheduler(cfg, total_steps)(optimizer)  # at step 0; base rates = the groups' initial_lr
+    fresh.last_epoch = step - 1
+    fresh.step()  # the rate of `step`, as if the schedule had run from the start
+    return fresh

@@ -26,7 +26,7 @@ from remix_ds.engine.export import clean_stale_exports, export_checkpoint, expor
 from remix_ds.engine.hooks import EvalHook, Regularizer
 from remix_ds.engine.loss import token_loss_sum
 from remix_ds.engine.metrics import MetricsWriter
-from remix_ds.engine.schedule import make_scheduler
+from remix_ds.engine.schedule import apply_to_resumed, make_scheduler
 from remix_ds.errors import CheckpointError
 
 RUN_CONFIG = "run_config.json"  # the resolved RunConfig a checkpoint was written with (drift check)
@@ -169,8 +169,12 @@ class Trainer:
                                        refusal="train.resume names this checkpoint, so there is no fallback")
         if ckpt is None:
             return
-        self._check_drift(ckpt)
+        drifted = self._check_drift(ckpt)
         state = ckpt_lib.load_checkpoint(self.engine, ckpt)
+        if drifted:  # allowed: the changed optim.* / schedule keys take effect from this step on
+            self.engine.lr_scheduler = apply_to_resumed(self.engine.basic_optimizer, self.engine.lr_scheduler,
+                                                        self.ds_config["optimizer"]["params"], self.cfg.optim,
+                                                        self.total_steps)
         self.loader.load_state_dict(state["loader"])
         self.step = self._saved_step = state["step"]
         self.stopped_early = state.get("stopped_early", False)
@@ -179,21 +183,22 @@ class Trainer:
             print(f"[remix-ds] resumed from {ckpt} at step {self.step}"
                   + (f" (dropped {dropped} metrics rows after it)" if dropped else ""), flush=True)
 
-    def _check_drift(self, ckpt: Path) -> None:
+    def _check_drift(self, ckpt: Path) -> bool:
         """Refuse a resume whose trajectory keys changed since the checkpoint (RESUME_NEUTRAL_KEYS aside),
-        unless train.allow_config_change, which records the change in RUN_DIR/config_changes.jsonl."""
+        unless train.allow_config_change, which records the change in RUN_DIR/config_changes.jsonl.
+        True when the config changed (and that was allowed)."""
         saved_path = ckpt / RUN_CONFIG
         if not saved_path.is_file():  # checkpoints from before run_config.json: the run's config.json
             saved_path = self.out / "config.json"
         if not saved_path.is_file():
-            return
+            return False
         try:
             saved = json.loads(saved_path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{saved_path}: unreadable ({e})") from None
         changes = config_drift(saved, json.loads(self._cfg_text))
         if not changes:
-            return
+            return False
         listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
         if not self.cfg.train.allow_config_change:
             raise ConfigError(f"the config changed since {ckpt} ({listed}); resuming would mix two runs. "
@@ -204,6 +209,7 @@ class Trainer:
                    "changes": {k: [a, b] for k, (a, b) in changes.items()}}
             with open(self.out / "config_changes.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
+        return True
 
     # ---- one optimizer step -----------------------------------------------------------------
     def _to_device(self, batch: dict) -> dict:
