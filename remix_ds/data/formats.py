@@ -145,7 +145,8 @@ def render_chat_template(messages: list[dict], tokenizer) -> list[Segment]:
     done = ""  # text rendered so far
     for k in turns:
         prefix, _ = _fill(tokenizer.apply_chat_template(marked[:k], add_generation_prompt=True, tokenize=False), contents)
-        full, ranges = _fill(tokenizer.apply_chat_template(marked[: k + 1], tokenize=False), contents)
+        full_k = full_marked if k == turns[-1] else tokenizer.apply_chat_template(marked[: k + 1], tokenize=False)
+        full, ranges = _fill(full_k, contents)
         if not prefix.startswith(done) or not full.startswith(prefix):
             raise ValueError("the tokenizer's chat template is not prefix-stable; use data.prompt_format=plain")
         turn = full[len(prefix) :]
