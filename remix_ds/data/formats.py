@@ -3,7 +3,8 @@
 The plain format is the one the REMIX reference trains base models with (open-instruct's tulu
 markers): ``<|user|>\\n{prompt}\\n<|assistant|>\\n{answer}<eos>``, turn contents stripped, and
 ``\\n`` between an assistant's EOS and the next turn. With ``prompt_format="chat_template"`` the
-tokenizer's own chat template renders the same turns.
+tokenizer's own chat template renders the same turns, and each segment records which of its
+characters are message content (encoded as text, whatever special token it spells).
 
 A rendered chat is a list of `Segment`s. Each segment is tokenized on its own and the ids are
 concatenated (see `remix_ds.data.tokenize`), so supervision boundaries are exact and a prompt's

@@ -24,8 +24,15 @@ Examples longer than `max_len` tokens are dropped and counted, never truncated.
 Special-token text inside data is text: with the plain format every segment is encoded with
 ``split_special_tokens=True``, so a literal ``</s>``, ``<s>``, ``<unk>`` or ``<|endoftext|>`` in a
 prompt or answer becomes ordinary pieces, never the special id; the real BOS comes from
-``add_special_tokens`` and the real EOS is appended by id. (A chat template's own markers *are*
-special tokens written as text, so `chat_template` segments keep the tokenizer's default.)
+``add_special_tokens`` and the real EOS is appended by id. With ``chat_template`` the template's
+own markers *are* special tokens written as text and keep their ids, while message content is
+still text: `formats.render_chat_template` marks each segment's content ranges (`Segment.content`),
+segments are encoded with the tokenizer's default (markers kept), and only the segments whose
+content spells a special token (a substring test) are re-encoded: every special id whose characters
+are content sends the text between its two neighbouring template markers (one piece for the
+tokenizer, template text and content together) back through a copy of the Rust backend with
+``encode_special_tokens`` (one batched call); pieces without special text keep their ids, so data
+without special-token text gets exactly the ids it had before.
 
 `key_spans` exactness: special tokens are taken from the tokenizer's special-tokens mask, not
 from empty offsets, because byte-level BPEs whose post-processor trims offsets give whitespace-only
@@ -33,7 +40,7 @@ tokens an empty offset too; a zero-width token strictly inside a marked span is 
 
 Evaluator API: `encode_prompt_answer(examples, tokenizer, prompt_format)` returns, for each
 example, `prompt_ids` (feed these to generation) and `answer_ids` (the gold answer's tokens + EOS).
-For a single-turn example in `answer` mode, the training sequence is exactly
+For a single-turn example in `answer` mode (either prompt format), the training sequence is exactly
 ``prompt_ids + answer_ids`` and its supervised ids are exactly ``answer_ids``.
 """
 
