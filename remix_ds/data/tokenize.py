@@ -203,6 +203,8 @@ def _text_encoder(tokenizer):
         raise DataError("prompt_format=chat_template with special-token text in message content needs a fast "
                         "(Rust) tokenizer")
     enc = Tokenizer.from_str(backend.to_str())
+    enc.no_truncation()  # a saved tokenizer.json may carry truncation/padding; HF turns them off per call
+    enc.no_padding()
     enc.add_tokens([AddedToken(_JOIN, special=False, normalized=False)])
     enc.encode_special_tokens = True
     return enc, enc.token_to_id(_JOIN)
