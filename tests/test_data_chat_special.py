@@ -202,8 +202,14 @@ def test_bad_templates_raise_one_line_errors():
     drop = chat_tok("bytelevel_bpe", "{% for m in messages %}{% if m['role'] == 'assistant' %}"
                                      "<|assistant|>{{ m['content'] }}<|end|>{% endif %}{% endfor %}"
                                      "{% if add_generation_prompt %}<|assistant|>{% endif %}")
-    with pytest.raises(ValueError, match=r"drops, repeats or reorders message contents \(sentinels rendered in order \[1\]"):
-        tokenize_examples([ex], drop, prompt_format="chat_template")
+    # a template that leaves a message out (here the prompt) renders what it renders, as before
+    kept = tokenize_examples([Example(id="0", source="t", prompt="q </s>", answer="a </s>")], drop,
+                             prompt_format="chat_template").examples[0]
+    assert drop.decode(kept.input_ids) == "<|assistant|>a </s><|end|>"
+    assert drop.convert_ids_to_tokens(kept.input_ids.tolist()).count("</s>") == 0  # the answer's is text
+    twice = chat_tok("bytelevel_bpe", TEMPLATE.replace("{{ m['content'] }}", "{{ m['content'] }}{{ m['content'] }}"))
+    with pytest.raises(ValueError, match=r"repeats or reorders message contents \(contents rendered in order \[0, 0"):
+        tokenize_examples([ex], twice, prompt_format="chat_template")
     alter = chat_tok("bytelevel_bpe", TEMPLATE.replace("m['content']", "m['content'] | upper"))
     with pytest.raises(ValueError, match="alters message content"):
         tokenize_examples([ex], alter, prompt_format="chat_template")
