@@ -24,8 +24,15 @@ Examples longer than `max_len` tokens are dropped and counted, never truncated.
 Special-token text inside data is text: with the plain format every segment is encoded with
 ``split_special_tokens=True``, so a literal ``</s>``, ``<s>``, ``<unk>`` or ``<|endoftext|>`` in a
 prompt or answer becomes ordinary pieces, never the special id; the real BOS comes from
-``add_special_tokens`` and the real EOS is appended by id. (A chat template's own markers *are*
-special tokens written as text, so `chat_template` segments keep the tokenizer's default.)
+``add_special_tokens`` and the real EOS is appended by id. With ``chat_template`` the template's
+own markers *are* special tokens written as text and keep their ids, while message content is
+still text: `formats.render_chat_template` marks each segment's content ranges (`Segment.content`),
+segments are encoded with the tokenizer's default (markers kept), and only the segments whose
+content spells a special token (a substring test) are re-encoded: every special id whose characters
+are content sends the text between its two neighbouring template markers (one piece for the
+tokenizer, template text and content together) back through a copy of the Rust backend with
+``encode_special_tokens`` (one batched call); pieces without special text keep their ids, so data
+without special-token text gets exactly the ids it had before.
 
 `key_spans` exactness: special tokens are taken from the tokenizer's special-tokens mask, not
 from empty offsets, because byte-level BPEs whose post-processor trims offsets give whitespace-only
@@ -33,12 +40,13 @@ tokens an empty offset too; a zero-width token strictly inside a marked span is 
 
 Evaluator API: `encode_prompt_answer(examples, tokenizer, prompt_format)` returns, for each
 example, `prompt_ids` (feed these to generation) and `answer_ids` (the gold answer's tokens + EOS).
-For a single-turn example in `answer` mode, the training sequence is exactly
+For a single-turn example in `answer` mode (either prompt format), the training sequence is exactly
 ``prompt_ids + answer_ids`` and its supervised ids are exactly ``answer_ids``.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
@@ -128,16 +136,151 @@ def _segment_ids(segmented: list[list[Segment]], tokenizer, first_special: bool)
     """ids[e][s] for segment s of example e, with two batched tokenizer calls in all.
 
     ``first_special`` is True exactly for the plain format, whose text is all data (split special
-    text); chat-template segments contain the template's own special markers (keep them)."""
+    text). Chat-template segments are encoded with the template's special markers kept; the
+    segments whose content spells a special token are then re-encoded by `_content_as_text`."""
     firsts = [segs[0].text for segs in segmented if segs]
     rest = [s.text for segs in segmented for s in segs[1:]]
     first_ids = iter(batch_encode(tokenizer, firsts, add_special_tokens=first_special, split_special=first_special))
     rest_ids = iter(batch_encode(tokenizer, rest, add_special_tokens=False, split_special=first_special))
-    return [[next(first_ids) if j == 0 else next(rest_ids) for j in range(len(segs))] for segs in segmented]
+    out = [[next(first_ids) if j == 0 else next(rest_ids) for j in range(len(segs))] for segs in segmented]
+    if not first_special:
+        where = _special_in_content(segmented, tokenizer)
+        if where:
+            texts = [segmented[e][s].text for e, s in where]
+            enc = _encode_with_offsets(tokenizer, texts, split_special=False)
+            items = [(segmented[e][s].text, segmented[e][s].content, ids, offs) for (e, s), (ids, offs) in zip(where, enc)]
+            for (e, s), (ids, _) in zip(where, _content_as_text(tokenizer, items)):
+                out[e][s] = ids
+    return out
 
 
-def _split_spans(text: str, open_: str, close: str, where: str) -> tuple[str, list[tuple[int, int]]]:
-    """Remove span markers; return the clean text and the marked (start, end) character ranges."""
+def _special_ids(tokenizer) -> set[int]:
+    """Ids of the tokenizer's special tokens (declared ones and added tokens flagged special)."""
+    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+    ids.update(int(i) for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items() if t.special)
+    return ids
+
+
+def _special_in_content(segmented: list[list[Segment]], tokenizer) -> list[tuple[int, int]]:
+    """(example, segment) of every chat-template segment whose message content spells a special token.
+
+    A plain substring test (one regex over each content range): cheap on 100k-example sets that
+    hold none, which then keep the tokenizer's ids untouched."""
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    texts = {t.content for t in decoder.values() if t.special} | set(getattr(tokenizer, "all_special_tokens", []) or [])
+    texts = sorted((t for t in texts if t), key=len, reverse=True)
+    if not texts:
+        return []
+    pattern = re.compile("|".join(map(re.escape, texts)))
+    return [(e, s) for e, segs in enumerate(segmented) for s, seg in enumerate(segs)
+            if any(pattern.search(seg.text, a, b) for a, b in seg.content)]
+
+
+def _encode_with_offsets(tokenizer, texts: Sequence[str], split_special: bool) -> list[tuple[list[int], list]]:
+    """(ids, offsets) of each text without added special tokens, batched in chunks."""
+    out = []
+    for start in range(0, len(texts), _CHUNK):
+        enc = tokenizer(list(texts[start : start + _CHUNK]), add_special_tokens=False, return_offsets_mapping=True,
+                        split_special_tokens=split_special)
+        out.extend(zip(enc["input_ids"], enc["offset_mapping"]))
+    return out
+
+
+_JOIN = "\ue002"  # a private-use character, added to a copy of the tokenizer as a plain (non-special) token
+
+
+def _text_encoder(tokenizer):
+    """A copy of the tokenizer's Rust backend that encodes special-token text as text
+    (`encode_special_tokens`) and knows one extra non-special added token, `_JOIN`.
+
+    `_JOIN + piece` is split by the added-token pass exactly as a template marker splits the rendered
+    text, so the piece is normalized and pre-tokenized as it is after a marker (NOTE: a piece
+    encoded alone sits at offset 0, where e.g. Metaspace's ``prepend_scheme="first"`` adds a ▁)."""
+    from tokenizers import AddedToken, Tokenizer
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise DataError("prompt_format=chat_template with special-token text in message content needs a fast "
+                        "(Rust) tokenizer")
+    enc = Tokenizer.from_str(backend.to_str())
+    enc.no_truncation()  # a saved tokenizer.json may carry truncation/padding; HF turns them off per call
+    enc.no_padding()
+    enc.add_tokens([AddedToken(_JOIN, special=False, normalized=False)])
+    enc.encode_special_tokens = True
+    return enc, enc.token_to_id(_JOIN)
+
+
+def _content_as_text(tokenizer, items) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """Each item's (ids, offsets) with special ids spelled by message content re-encoded as text.
+
+    items: (text, content ranges, ids, offsets), the ids/offsets from encoding `text` with the
+    template's markers kept (``split_special_tokens=False``). The special tokens outside content are
+    the template's markers and keep their ids; the text between two markers (a "run", template text
+    and content together, exactly what the tokenizer encoded as one piece) is re-encoded with
+    special-token text as text when it holds a special id from content, else its ids are kept, so a
+    run without special text keeps exactly the old ids. One batched call for all re-encoded runs."""
+    special = _special_ids(tokenizer)
+    plans, runs = [], []  # plans[i]: list of ("ids", ids, offs) | ("run", index into runs)
+    for text, content, ids, offs in items:
+        offs = [tuple(o) for o in offs]
+
+        def from_content(a: int, b: int) -> bool:  # most of the token's characters are message content
+            return 2 * sum(max(0, min(b, cb) - max(a, ca)) for ca, cb in content) > b - a
+
+        plan, start_tok, start_chr, dirty = [], 0, 0, False
+        for t, (tid, (a, b)) in enumerate(zip(ids, offs)):
+            if tid not in special:
+                continue
+            if from_content(a, b):
+                dirty = True
+                continue
+            plan.append(_run(text, ids, offs, start_tok, t, start_chr, a, dirty, runs))
+            plan.append(("ids", [tid], [(a, b)]))
+            start_tok, start_chr, dirty = t + 1, b, False
+        plan.append(_run(text, ids, offs, start_tok, len(ids), start_chr, len(text), dirty, runs))
+        plans.append(plan)
+    encoded = []
+    if runs:
+        enc, join_id = _text_encoder(tokenizer)
+        for start in range(0, len(runs), _CHUNK):
+            encoded.extend(enc.encode_batch([(_JOIN if joined else "") + piece for piece, _, joined in
+                                             runs[start : start + _CHUNK]], add_special_tokens=False))
+    out = []
+    for plan in plans:
+        ids_out, offs_out = [], []
+        for part in plan:
+            if part[0] == "ids":
+                ids_out.extend(part[1])
+                offs_out.extend(part[2])
+                continue
+            piece, at, joined = runs[part[1]]
+            e = encoded[part[1]]
+            ids, offs = list(e.ids), list(e.offsets)
+            if joined:
+                if not ids or ids[0] != join_id:
+                    raise DataError("the tokenizer does not split text at an added token; cannot encode special-token "
+                                    "text inside chat_template content as text")
+                ids, offs = ids[1:], offs[1:]
+            shift = at - len(_JOIN) if joined else at
+            ids_out.extend(ids)
+            offs_out.extend((a + shift, b + shift) for a, b in offs)
+        out.append((ids_out, offs_out))
+    return out
+
+
+def _run(text, ids, offs, t0, t1, c0, c1, dirty, runs):
+    """One run of a plan: the kept ids/offsets of tokens [t0, t1), or text[c0:c1] queued for re-encoding."""
+    if not dirty:
+        return ("ids", list(ids[t0:t1]), list(offs[t0:t1]))
+    runs.append((text[c0:c1], c0, t0 > 0))
+    return ("run", len(runs) - 1)
+
+
+def _split_spans(text: str, open_: str, close: str, where: str,
+                 cuts: list[tuple[int, int]] | None = None) -> tuple[str, list[tuple[int, int]]]:
+    """Remove span markers; return the clean text and the marked (start, end) character ranges.
+
+    ``cuts``, when given, receives each removed marker as (position in `text`, length)."""
     out, spans, pos = [], [], 0
     length = 0
     while True:
@@ -159,6 +302,8 @@ def _split_spans(text: str, open_: str, close: str, where: str) -> tuple[str, li
         if open_ in inner:
             raise DataError(f"{where}: nested key-span markers")
         spans.append((length, length + len(inner)))
+        if cuts is not None:
+            cuts.extend([(i, len(open_)), (j, len(close))])
         out.append(inner)
         length += len(inner)
         pos = j + len(close)
@@ -170,17 +315,35 @@ def strip_markers(text: str, delimiters: tuple[str, str] = ("[[", "]]"), where: 
     return _split_spans(text, *delimiters, where)[0] if delimiters[0] in text or delimiters[1] in text else text
 
 
+def _after_cuts(p: int, cuts: list[tuple[int, int]]) -> int:
+    """Position `p` of a text once the `cuts` (position, length) are removed."""
+    return p - sum(min(max(p - c, 0), n) for c, n in cuts)
+
+
 def _key_span_ids(segmented, tokenizer, first_special, delimiters, ids_of_examples):
     """(ids, supervised-mask, per-span token ranges) per segment using offsets over each whole segment.
 
     The ids are the clean (marker-free) segment's ids with the same special-token settings as
-    `_segment_ids`, so they equal `_segment_ids` of the stripped text."""
+    `_segment_ids`, so they equal `_segment_ids` of the stripped text (message content spelling a
+    special token included: `_content_as_text` over the clean text and its content ranges)."""
     open_, close = delimiters
     flat: list[tuple[int, int, str, list[tuple[int, int]]]] = []
+    content: dict[tuple[int, int], tuple[tuple[int, int], ...]] = {}
     for e, segs in enumerate(segmented):
         for s, seg in enumerate(segs):
-            clean, spans = _split_spans(seg.text, open_, close, f"example {ids_of_examples[e]!r}")
+            cuts: list[tuple[int, int]] = []
+            clean, spans = _split_spans(seg.text, open_, close, f"example {ids_of_examples[e]!r}", cuts)
             flat.append((e, s, clean, spans))
+            if seg.content:
+                content[e, s] = tuple((_after_cuts(a, cuts), _after_cuts(b, cuts)) for a, b in seg.content)
+    fixed = {}
+    if not first_special:
+        clean_segs = [[Segment(t[2], False, content=content.get((t[0], t[1]), ()))] for t in flat]
+        hits = [i for i, _ in _special_in_content(clean_segs, tokenizer)]  # indices into `flat`
+        if hits:
+            enc = _encode_with_offsets(tokenizer, [flat[i][2] for i in hits], split_special=False)
+            items = [(flat[i][2], content[flat[i][:2]], ids, offs) for i, (ids, offs) in zip(hits, enc)]
+            fixed = {flat[i][:2]: r for i, r in zip(hits, _content_as_text(tokenizer, items))}
     result = [[None] * len(segs) for segs in segmented]
     for first in (True, False):
         items = [t for t in flat if (t[1] == 0) == first]
@@ -192,6 +355,9 @@ def _key_span_ids(segmented, tokenizer, first_special, delimiters, ids_of_exampl
             )
             for (e, s, _, spans), ids, offs, special in zip(chunk, enc["input_ids"], enc["offset_mapping"],
                                                             enc["special_tokens_mask"]):
+                if (e, s) in fixed:  # chat content spelling a special token: re-encoded as text
+                    ids, offs = fixed[e, s]
+                    special = [0] * len(ids)  # as the tokenizer reports without add_special_tokens
                 mask = np.zeros(len(ids), dtype=bool)
                 ranges = []
                 if spans:
