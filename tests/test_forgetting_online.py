@@ -1,6 +1,6 @@
 """The in-run online variant (forgetting/online.py) end to end on the tiny model: uniform replay for
 the first steps, the probe and completed row at the configured step, prediction-weighted replay
-after it, and a real kill after the switch that resumes to the same replay draw and final loss.
+after it, and a real kill before and after the switch that resumes to the same replay draw and losses.
 
 The forgetting matrix is synthetic (written with MatrixStore): the online arm reads only the
 training rows, the base NLLs and the upstream ids, so no `measure` run is needed."""
@@ -22,7 +22,7 @@ from remix_ds.forgetting.config import load_forgetting_config
 pytestmark = pytest.mark.slow  # a killed subprocess and two tiny fine-tunes
 
 WORDS = "apple river music table green light stone happy quick seven water paper dream cloud house bread".split()
-STEPS, SWITCH, KILL_AT = 12, 3, 4  # measure.steps 10 x (1 + 0.25); switch_fraction 0.25; checkpoint every 2
+STEPS, SWITCH = 12, 3  # measure.steps 10 x (1 + 0.25); switch_fraction 0.25; checkpoints every 2 steps
 
 
 def write_jsonl(path, rows):
@@ -83,7 +83,8 @@ def losses(run_dir):
             if "loss" in r}
 
 
-def test_online_switch_at_its_step_survives_a_kill_and_resume(tmp_path, tiny_tokenizer):
+@pytest.mark.parametrize("kill_at", [2, 4], ids=["before-switch", "after-switch"])
+def test_online_switch_at_its_step_survives_a_kill_and_resume(tmp_path, tiny_tokenizer, kill_at):
     cfg = make_study(tmp_path, tiny_tokenizer)
     killed = tmp_path / "killed"
     shutil.copytree(tmp_path / "study", killed)
@@ -104,18 +105,23 @@ def test_online_switch_at_its_step_survives_a_kill_and_resume(tmp_path, tiny_tok
     ref_losses = losses(tmp_path / "study" / work)
     assert sorted(ref_losses) == list(range(1, STEPS + 1))
 
-    # A real SIGKILL right after the checkpoint at step 4 (after the switch), then a resume.
-    proc = run_cmd([sys.executable, str(REPO / "tests" / "scripts" / "kill_after_checkpoint.py"), str(KILL_AT),
+    # A real SIGKILL right after the checkpoint at `kill_at` (step 2: before the switch, which the
+    # resumed run then makes; step 4: after it, which the resumed run must reuse), then a resume.
+    proc = run_cmd([sys.executable, str(REPO / "tests" / "scripts" / "kill_after_checkpoint.py"), str(kill_at),
                     "forgetting", "replay-experiment", str(killed), f"output_dir={killed}"], check=False)
     assert proc.returncode == -9, proc.stderr[-3000:]
-    assert (killed / work / "checkpoint-4").is_dir() and not (killed / "replay" / "runs").exists()
-    assert json.loads((killed / work / "online_switch.json").read_text()) == state
+    assert (killed / work / f"checkpoint-{kill_at}").is_dir() and not (killed / "replay" / "runs").exists()
+    switch = killed / work / "online_switch.json"
+    if kill_at < SWITCH:
+        assert not switch.exists()
+    else:
+        assert json.loads(switch.read_text()) == state
     resumed = run_in_process(load_forgetting_config(killed, [f"output_dir={killed}"]))
-    assert json.loads((killed / work / "online_switch.json").read_text())["draw"] == state["draw"]
+    assert json.loads(switch.read_text()) == state  # the same probe, completed row and draw
     got = losses(killed / work)
     assert sorted(got) == list(range(1, STEPS + 1))
     assert got[STEPS] == pytest.approx(ref_losses[STEPS], rel=1e-6)
-    assert [got[s] for s in range(KILL_AT + 1, STEPS + 1)] == pytest.approx(
-        [ref_losses[s] for s in range(KILL_AT + 1, STEPS + 1)], rel=1e-6)
+    assert [got[s] for s in range(kill_at + 1, STEPS + 1)] == pytest.approx(
+        [ref_losses[s] for s in range(kill_at + 1, STEPS + 1)], rel=1e-6)
     assert resumed["forgetting"] == pytest.approx(ref["forgetting"], rel=1e-6)
     assert resumed["online_replayed_true_z"] == pytest.approx(ref["online_replayed_true_z"])
