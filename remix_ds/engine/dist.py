@@ -36,10 +36,11 @@ def init_distributed(backend: str = "auto") -> None:
         _claim_world_of_one(str(_free_port()))
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+    clear_stale_build_locks()
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
     else:
-        clear_stale_build_lock(SHM_OP)
+        _skip_shm_comm_op()
     for attempt in range(5):
         try:
             deepspeed.init_distributed(dist_backend=backend)
@@ -55,42 +56,61 @@ def init_distributed(backend: str = "auto") -> None:
 
 
 SHM_OP = "deepspeed_shm_comm"  # the op DeepSpeed's CPU accelerator JIT-builds inside init_distributed
-STALE_LOCK_S = 600.0  # that build takes about a minute on 2 CPU cores
+STALE_LOCK_S = 600.0  # older than any build of an op takes (the shm op: 47 s on 2 idle cores)
 
 
-def extension_build_dir(name: str) -> Path:
-    """Where torch's JIT extension loader builds ``name`` (TORCH_EXTENSIONS_DIR or its cache)."""
-    from torch.utils.cpp_extension import _get_build_directory
+def _skip_shm_comm_op() -> None:
+    """Tell DeepSpeed not to build its CPU shared-memory all-reduce op.
 
-    return Path(_get_build_directory(name, verbose=False))
-
-
-def clear_stale_build_lock(name: str, max_age_s: float = STALE_LOCK_S, poll_s: float = 1.0, log=print) -> bool:
-    """Wait while extension ``name``'s build lock is younger than any build of it takes; remove it
-    once it is older (True: a stale lock was removed).
-
-    NOTE: torch's JIT loader marks a build in progress with a `lock` file, and every other process
-    waits, with no timeout and no word, until that file goes. A build that is killed (Ctrl-C, a
-    killed job) leaves it behind, and every later CPU run then hung forever inside DeepSpeed's
-    init_distributed (seen here: a lock left in ~/.cache/torch_extensions by a killed run).
+    NOTE: DeepSpeed's CPU backend JIT-compiles `deepspeed_shm_comm` in every process's
+    init_distributed (47 s on 2 idle cores on a fresh machine, a C++ compiler required) and maps a
+    69 MB /dev/shm file per rank that it never unlinks. The op serves only
+    `inference_all_reduce` (DeepSpeed's tensor-parallel inference); ZeRO training and our
+    collectives go through torch.distributed. Marking it incompatible makes DeepSpeed skip it
+    (`build_shm_op` checks `deepspeed.ops.__compatible_ops__`). A DeepSpeed without that entry
+    builds it as before, and `_release_shm_buffer` then unlinks the file.
     """
-    lock = extension_build_dir(name) / "lock"
-    said = False
-    while True:
+    import deepspeed.ops
+
+    if SHM_OP in getattr(deepspeed.ops, "__compatible_ops__", {}):
+        deepspeed.ops.__compatible_ops__[SHM_OP] = False
+
+
+def extension_build_root() -> Path:
+    """The folder torch's JIT extension loader builds in (TORCH_EXTENSIONS_DIR, else its cache)."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+
+
+def clear_stale_build_locks(max_age_s: float = STALE_LOCK_S, log=print) -> list[Path]:
+    """Remove the build locks of torch JIT extensions that are older than any build takes; name
+    the younger ones. Returns the removed locks.
+
+    NOTE: torch's JIT loader marks a build in progress with a `lock` file in the op's build folder,
+    and every other process that needs the op waits, with no timeout and no word, until that file
+    goes. A build that is killed (Ctrl-C, a killed job) leaves it behind, and every later run that
+    needs the op then hangs forever (seen here: DeepSpeed's shm op, a lock 131 min old in
+    ~/.cache/torch_extensions; ops such as cpu_adam are built inside deepspeed.initialize).
+    """
+    if os.environ.get("LOCAL_RANK", "0") != "0":  # one process per node looks (the others may wait on it)
+        return []
+    root = extension_build_root()
+    removed = []
+    for lock in sorted({*root.glob("*/lock"), *root.glob("*/*/lock")}):  # root/op or root/py311_cpu/op
         try:
             age = time.time() - lock.stat().st_mtime
         except FileNotFoundError:
-            return False
+            continue
         if age >= max_age_s:
             lock.unlink(missing_ok=True)
-            log(f"[remix-ds] removed {lock}: torch's build lock of {name}, {age / 60:.0f} min old, left by a "
-                "killed build (every run would have waited on it forever)", flush=True)
-            return True
-        if not said:
-            log(f"[remix-ds] waiting for {lock} (torch's build lock of {name}: a build in progress, or a "
-                f"killed one's, then removed once it is {max_age_s:.0f} s old)", flush=True)
-            said = True
-        time.sleep(poll_s)
+            removed.append(lock)
+            log(f"[remix-ds] removed {lock}: torch's build lock of {lock.parent.name}, {age / 60:.0f} min old, "
+                "left by a killed build (a run needing that op would have waited on it forever)", flush=True)
+        else:
+            log(f"[remix-ds] note: {lock} is {age:.0f} s old: a build of {lock.parent.name} runs, or was killed; "
+                "a run needing that op waits for it (remove the file if no build runs)", flush=True)
+    return removed
 
 
 def _claim_world_of_one(port: str) -> None:
@@ -137,6 +157,9 @@ def shm_buffer_path(rank_: int, environ=os.environ) -> Path:
 
 def _release_shm_buffer() -> None:
     """Unlink this rank's DeepSpeed CPU all-reduce buffer once every rank has mapped it.
+
+    Only reached where `_skip_shm_comm_op` could not turn the op off (a DeepSpeed without its
+    `__compatible_ops__` entry).
 
     NOTE: DeepSpeed 0.19's CPU accelerator creates a ~69 MB /dev/shm file per rank at init
     (ops/csrc/cpu/comm/shm.cpp: shm_initialize) and never unlinks it. /dev/shm is RAM, so every
