@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 from remix_ds.config import OptimConfig
 
@@ -52,5 +53,7 @@ def apply_to_resumed(optimizer, scheduler, params: dict, cfg: OptimConfig, total
                      weight_decay=params["weight_decay"])
     fresh = make_scheduler(cfg, total_steps)(optimizer)  # at step 0; base rates = the groups' initial_lr
     fresh.last_epoch = step - 1
-    fresh.step()  # the rate of `step`, as if the schedule had run from the start
+    with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": on purpose here
+        warnings.simplefilter("ignore", UserWarning)
+        fresh.step()  # the rate of `step`, as if the schedule had run from the start
     return fresh
