@@ -177,3 +177,17 @@ GRID_RUN = {
     "data": {"max_seq_len": 256},
     "eval": {"mode": "fused"},
 }
+
+
+class CountingTokenizer:
+    """A tokenizer whose batched calls are counted: `calls` holds the batch size of each call."""
+
+    def __init__(self, inner, calls: list):
+        self.inner, self.calls = inner, calls
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, texts, **kw):
+        self.calls.append(len(texts))
+        return self.inner(texts, **kw)

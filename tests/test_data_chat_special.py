@@ -17,7 +17,7 @@ import pytest
 from remix_ds.data.formats import render_chat_template
 from remix_ds.data.records import Example
 from remix_ds.data.tokenize import IGNORE, encode_prompt_answer, tokenize_examples
-from helpers import tokenizers
+from helpers import CountingTokenizer, tokenizers
 
 TOKENIZERS = tokenizers()
 MARKERS = ["<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
@@ -226,20 +226,9 @@ def test_special_text_stays_batched():
     tok = chat_tok("bytelevel_bpe")
     calls = []
 
-    class Counting:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
-        def __call__(self, texts, **kw):
-            calls.append(len(texts))
-            return self.inner(texts, **kw)
-
     exs = [Example(id=str(i), source="t", prompt=f"q{i} <|endoftext|>" if i % 2 else f"q{i}", answer=f"V{i} <|end|>")
            for i in range(300)]
-    res = tokenize_examples(exs, Counting(tok), prompt_format="chat_template").examples
+    res = tokenize_examples(exs, CountingTokenizer(tok, calls), prompt_format="chat_template").examples
     assert len(res) == 300
     assert calls == [300, 300, 450]  # first segments, the rest, then once more the 450 with special text
     end = tok.convert_tokens_to_ids("<|end|>")

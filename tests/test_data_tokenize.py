@@ -10,7 +10,7 @@ import pytest
 from remix_ds.data.formats import render_plain
 from remix_ds.data.records import DataError, Example
 from remix_ds.data.tokenize import IGNORE, encode_prompt_answer, pad_id, tokenize_examples
-from helpers import tokenizers
+from helpers import CountingTokenizer, tokenizers
 
 TOKENIZERS = tokenizers()
 ANSWERS = ["Paris", "8GTF0LDD", "George Rankin (politician)", "two, three and 12345!", " leading and trailing "]
@@ -120,19 +120,8 @@ def test_tokenizes_in_batches_not_per_example():
     tok = TOKENIZERS["bytelevel_bpe"]
     calls = []
 
-    class Counting:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
-        def __call__(self, texts, **kw):
-            calls.append(len(texts))
-            return self.inner(texts, **kw)
-
     exs = [pair(i, f"V{i}") for i in range(500)]
-    res = tokenize_examples(exs, Counting(tok))
+    res = tokenize_examples(exs, CountingTokenizer(tok, calls))
     assert len(res.examples) == 500
     assert len(calls) == 2 and sorted(calls) == [500, 500]  # first segments, then the rest
 
