@@ -155,6 +155,30 @@ def test_run_local_groups_ports_deps_and_failures(tmp_path, monkeypatch):
     assert any("skip  cell b0: stage 1 bad failed" in line for line in lines)
 
 
+def test_stage0_cache_is_keyed_by_the_corpus_it_pretrains_on(tmp_path, monkeypatch, shard_corpus):
+    """The same stage-0 settings on another corpus are another stage 0 (the key held only the
+    corpus setting: a fresh clone reused a stage 0 pretrained on another installation's corpus)."""
+    import shutil
+
+    from remix_ds.data import corpus
+
+    def stage0(generic_corpus: str) -> Path:
+        return Grid(load_experiment(_cfg(tmp_path, "g"), [f"run.data.mix.generic_corpus={generic_corpus}"])).stage0_dir()
+
+    other = tmp_path / "other_shards"
+    shutil.copytree(shard_corpus, other)
+    assert stage0(shard_corpus) == stage0(str(other))  # the same shards (same manifest), wherever they are
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "documents": manifest.get("documents", 0) + 1}))
+    assert stage0(shard_corpus) != stage0(str(other))
+    builtin = {}
+    for name in ("docstrings-aaaa", "docstrings-bbbb"):  # two installations' built-in corpora
+        monkeypatch.setattr(corpus, "corpus_dir", lambda tok, name=name: tmp_path / name)
+        builtin[name] = stage0("builtin")
+    assert builtin["docstrings-aaaa"] != builtin["docstrings-bbbb"]
+    assert builtin["docstrings-aaaa"].parent == stage0(shard_corpus).parent  # the stage-0 cache folder
+
+
 def test_second_grid_with_another_config_is_refused(tmp_path):
     first = Grid(load_experiment(_cfg(tmp_path, "g")))
     first.claim_output()  # writes experiment_config.json, holds this process's marker

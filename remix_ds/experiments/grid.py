@@ -70,6 +70,8 @@ STAGE_COMMON = {
 }
 
 
+STAGE0_VERSION = 2  # bump when the stage-0 recipe (passages, training) changes: cached stage-0 runs are redone
+
 CONFIG_FILE = "experiment_config.json"
 LOCK = ".lock"
 """The lock file inside every stage and cell folder (held while a process trains or runs it)."""
@@ -122,6 +124,7 @@ class Grid:
         self.log = log
         self.launcher = launcher_argv(cfg.launcher)
         self._tokenizer = None
+        self._stage0_dir: Path | None = None
         self._failed_stage1: dict[str, str] = {}
         self.paths: dict[str, Path] = {}
         self.data_errors: dict[str, str] = {}
@@ -353,13 +356,34 @@ class Grid:
                         self.run_stage(self._stage_config(patch, s0.overrides), "stage 0 (generic pretraining)")
 
     def stage0_dir(self) -> Path:
-        """Stage 0 is cached by its config: the same base model and stage-0 settings reuse one run."""
-        key = json.dumps({"model": configtools.to_dict(self.cfg.run.model), "stage0": configtools.to_dict(self.cfg.stage0),
-                          "corpus": self.cfg.run.data.mix.generic_corpus, "max_seq_len": self.cfg.run.data.max_seq_len,
-                          "optim": configtools.to_dict(self.cfg.run.optim), "train": {
-                              k: getattr(self.cfg.run.train, k) for k in ("global_batch_size", "micro_batch_size", "seed")}},
-                         sort_keys=True)
-        return models.cache_root() / "stage0" / hashlib.sha256(key.encode()).hexdigest()[:12]
+        """Stage 0 is cached by its config and by the corpus its passages come from: the same base
+        model, stage-0 settings and corpus reuse one run.
+
+        NOTE: the key held only the corpus *setting* (`builtin`), so a run whose built-in corpus
+        differed (it is harvested from the installation's docstrings: another venv, other
+        packages) silently reused a stage 0 pretrained on another corpus's passages (found on a
+        fresh clone: other passages, other demo rows). The corpus's identity is in the key now.
+        """
+        if self._stage0_dir is None:
+            key = json.dumps({"v": STAGE0_VERSION, "model": configtools.to_dict(self.cfg.run.model),
+                              "stage0": configtools.to_dict(self.cfg.stage0),
+                              "corpus": self._corpus_identity(),
+                              "max_seq_len": self.cfg.run.data.max_seq_len, "optim": configtools.to_dict(self.cfg.run.optim),
+                              "train": {k: getattr(self.cfg.run.train, k) for k in ("global_batch_size", "micro_batch_size", "seed")}},
+                             sort_keys=True)
+            self._stage0_dir = models.cache_root() / "stage0" / hashlib.sha256(key.encode()).hexdigest()[:12]
+        return self._stage0_dir
+
+    def _corpus_identity(self) -> str:
+        """What stage 0's passages are drawn from: the built-in corpus's cache name (its key: Python
+        version, harvested roots, tokenizer) or a shard folder's manifest hash."""
+        corpus = self.cfg.run.data.mix.generic_corpus
+        if corpus == "builtin":
+            from remix_ds.data.corpus import corpus_dir
+
+            return corpus_dir(self.tokenizer).name
+        manifest = Path(corpus) / "manifest.json"
+        return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16] if manifest.is_file() else str(Path(corpus).resolve())
 
     # ---- one cell ----------------------------------------------------------------------------
     def cell_dir(self, cell: Cell) -> Path:
