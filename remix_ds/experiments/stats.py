@@ -9,7 +9,7 @@ it is the ordinary bootstrap over items.
 
     bootstrap_ci(per_seed)                   -> (estimate, lo, hi)
     paired_comparison(a_per_seed, b_per_seed) -> {diff, lo, hi, p, n_seeds, n_pairs}
-    holm(pvalues)                            -> Holm-Bonferroni adjusted p-values
+    holm(pvalues)                            -> Holm-Bonferroni adjusted p-values (eval.significance)
 
 Everything is deterministic given `seed` (numpy `default_rng`, never the global RNG).
 """
@@ -20,6 +20,8 @@ import itertools
 from typing import Callable, Sequence
 
 import numpy as np
+
+from remix_ds.eval.significance import holm  # noqa: F401  (stats.holm: the report's and the frontier's)
 
 EXACT_MAX_PAIRS = 16
 """The sign-flip test enumerates all 2^m sign patterns up to this many non-zero differences."""
@@ -145,20 +147,3 @@ def paired_comparison(a_per_seed: Sequence[np.ndarray], b_per_seed: Sequence[np.
     units = np.sum(diffs, axis=0) if shared_items else np.concatenate(diffs)
     p = sign_flip_pvalue(units, n_perm=n_perm, seed=seed)
     return {"diff": diff, "lo": lo, "hi": hi, "p": p, "n_seeds": len(diffs), "n_pairs": int(sum(d.size for d in diffs))}
-
-
-def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values, in the input order (Holm 1979; strong FWER control).
-
-    With the m p-values sorted ascending, p_(k) becomes max over j <= k of min(1, (m - j + 1) p_(j));
-    reject hypothesis k at level alpha when its adjusted value is <= alpha.
-    """
-    p = np.asarray(pvalues, dtype=float)
-    if p.size == 0:
-        return []
-    order = np.argsort(p, kind="stable")
-    m = p.size
-    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
-    out = np.empty(m)
-    out[order] = adjusted
-    return [float(v) for v in out]

@@ -10,8 +10,7 @@ differences (method - reference) over the (task, seed) pairs both have, the two-
 signed-rank p (``scipy.stats.wilcoxon``) and paired t-test p (``scipy.stats.ttest_rel``), and
 the Holm-adjusted Wilcoxon p across the compared methods.
 
-This lives in ``forgetting`` (not ``experiments``): forgetting may not import experiments (the
-layers contract), and the replay experiment can use the same ``holm``.
+``holm`` is `remix_ds.eval.significance.holm`, the one the grid's report uses too.
 """
 
 from __future__ import annotations
@@ -19,19 +18,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-
-def holm(pvalues) -> np.ndarray:
-    """Holm step-down adjusted p-values, in input order (NaN stays NaN, outside the family)."""
-    p = np.asarray(pvalues, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(~np.isnan(p))
-    m = len(ok)
-    if m == 0:
-        return out
-    order = ok[np.argsort(p[ok], kind="stable")]
-    adj = np.minimum(1.0, (m - np.arange(m)) * p[order])
-    out[order] = np.maximum.accumulate(adj)
-    return out
+from remix_ds.eval.significance import holm
 
 
 def _pvalues(diff: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
