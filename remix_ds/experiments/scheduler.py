@@ -69,11 +69,12 @@ def device_groups(devices: list[str], gpus_per_cell: int, max_concurrent: int = 
     return [DeviceGroup(tuple(devices[i * gpus_per_cell:(i + 1) * gpus_per_cell])) for i in range(n)]
 
 
-def free_port(exclude: set[int] = frozenset()) -> int:
-    """A port nothing listens on now and that no other running job of this scheduler was given."""
+def free_port(exclude: set[int] = frozenset(), host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (on ``host``; "": every interface, for a multi-node master)
+    and that no other running job of this scheduler was given."""
     while True:
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
+            s.bind((host, 0))
             port = s.getsockname()[1]
         if port not in exclude:
             return port

@@ -35,7 +35,6 @@ import getpass
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -50,6 +49,7 @@ from remix_ds.cachedir import write_text_atomic
 from remix_ds.errors import RemixError
 from remix_ds.experiments.config import SchedulerConfig, SlurmConfig
 from remix_ds.experiments.plan import Job
+from remix_ds.experiments.scheduler import free_port
 
 RECORD = "submitted.json"
 NEVER = ("DependencyNeverSatisfied",)
@@ -80,7 +80,7 @@ class SlurmTask(submitit.helpers.Checkpointable):
         if env.global_rank != 0:  # multi-node: the first node's task runs the launcher for all
             return 0
         devices, launcher = placement(self.nodes, self.gpus_per_node, os.environ, Path(self.output_dir) / "slurm")
-        cmd = job_command(self.output_dir, self.job_id, devices, _free_port(), launcher)
+        cmd = job_command(self.output_dir, self.job_id, devices, free_port(), launcher)
         print(f"[experiment] slurm job {env.job_id}: {shlex.join(cmd)}", flush=True)
         rc = subprocess.run(cmd).returncode
         if rc != 0:  # the Slurm job fails, so its `afterok` dependants never start
@@ -104,17 +104,11 @@ def placement(nodes: int, gpus_per_node: int, environ, scratch: Path) -> tuple[s
             raise SlurmError(f"scontrol show hostnames {environ['SLURM_JOB_NODELIST']} failed: {proc.stderr.strip()}")
         hostfile = scratch / f"hostfile-{environ.get('SLURM_JOB_ID', 'job')}"
         write_text_atomic(hostfile, "".join(f"{h} slots={max(gpus_per_node, 1)}\n" for h in hosts))
-        return None, f"deepspeed --hostfile {hostfile} --master_addr {hosts[0]} --master_port {_free_port()}"
+        return None, f"deepspeed --hostfile {hostfile} --master_addr {hosts[0]} --master_port {free_port(host='')}"
     if gpus_per_node > 0:
         visible = environ.get("CUDA_VISIBLE_DEVICES", "")
         return (visible or ",".join(str(i) for i in range(gpus_per_node))), None
     return None, None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 # ---- submission parameters ----------------------------------------------------------------------
