@@ -158,7 +158,9 @@ import sys
 import remix_ds.engine.dist as d
 from deepspeed.comm import comm
 d.init_distributed("gloo")
-mine = d.shm_buffer_path(d.rank())
+import os
+from pathlib import Path
+mine = Path("/dev/shm") / f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ['MASTER_ADDR']}_{os.environ['MASTER_PORT']}_{d.rank()}"
 total = d.all_reduce_sum([1.0], __import__("torch").device("cpu"))  # the collectives work without the op
 sys.stdout.write(f"SHM {d.rank()} {mine.exists()} {comm.cdb.shm_comm_op is None} {total}" + chr(10))  # one write
 """

@@ -111,7 +111,7 @@ from remix_ds.experiments import lens
 args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
 out, model_dir = args[0], args[1]
 from remix_ds.engine import dist as _dist
-_dist.init_distributed("gloo")  # as the package does (it also unlinks DeepSpeed's CPU shm buffer)
+_dist.init_distributed("gloo")  # as the package does (no DeepSpeed CPU shm op, no shm buffer)
 ds = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
       "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}},
       "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}, "steps_per_print": 10**9}

@@ -44,7 +44,6 @@ def init_distributed(backend: str = "auto") -> None:
     for attempt in range(5):
         try:
             deepspeed.init_distributed(dist_backend=backend)
-            _release_shm_buffer()
             return
         except dist.DistNetworkError as e:
             # NOTE: a free port found by _free_port can be taken by another process before the
@@ -67,13 +66,11 @@ def _skip_shm_comm_op() -> None:
     69 MB /dev/shm file per rank that it never unlinks. The op serves only
     `inference_all_reduce` (DeepSpeed's tensor-parallel inference); ZeRO training and our
     collectives go through torch.distributed. Marking it incompatible makes DeepSpeed skip it
-    (`build_shm_op` checks `deepspeed.ops.__compatible_ops__`). A DeepSpeed without that entry
-    builds it as before, and `_release_shm_buffer` then unlinks the file.
+    (`build_shm_op` checks `deepspeed.ops.__compatible_ops__`, as in every 0.19 release).
     """
     import deepspeed.ops
 
-    if SHM_OP in getattr(deepspeed.ops, "__compatible_ops__", {}):
-        deepspeed.ops.__compatible_ops__[SHM_OP] = False
+    deepspeed.ops.__compatible_ops__[SHM_OP] = False
 
 
 def extension_build_root() -> Path:
@@ -147,35 +144,6 @@ def shutdown(engine=None) -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-
-
-def shm_buffer_path(rank_: int, environ=os.environ) -> Path:
-    """The shared-memory file DeepSpeed's CPU all-reduce makes for ``rank_`` of this world."""
-    return Path("/dev/shm") / (f"deepspeed_allreduce_buffer_{os.getuid()}_{environ.get('MASTER_ADDR', '')}_"
-                               f"{environ.get('MASTER_PORT', '')}_{rank_}")
-
-
-def _release_shm_buffer() -> None:
-    """Unlink this rank's DeepSpeed CPU all-reduce buffer once every rank has mapped it.
-
-    Only reached where `_skip_shm_comm_op` could not turn the op off (a DeepSpeed without its
-    `__compatible_ops__` entry).
-
-    NOTE: DeepSpeed 0.19's CPU accelerator creates a ~69 MB /dev/shm file per rank at init
-    (ops/csrc/cpu/comm/shm.cpp: shm_initialize) and never unlinks it. /dev/shm is RAM, so every
-    CPU run, killed or not, leaked memory until the machine had none left (12 GB after a few
-    hundred test launches). The peers open the files by name only inside init; after a barrier
-    every rank has them mapped, so the names can go and the memory is freed when the last rank
-    exits, however it exits. GPU ranks make no such file and skip this (no barrier either: the
-    choice depends only on the accelerator, the same on every rank).
-    """
-    from deepspeed.comm import comm as dscomm  # (the package re-exports `cdb` as bound at import: None)
-
-    if getattr(dscomm.cdb, "shm_comm_op", None) is None:
-        return
-    if dist.get_world_size() > 1:
-        dist.barrier()
-    shm_buffer_path(dist.get_rank()).unlink(missing_ok=True)
 
 
 def rank() -> int:
