@@ -29,7 +29,8 @@ from scipy import stats
 from remix_ds.configtools import ConfigError
 from remix_ds.forgetting.complete import fit_additive, r2, rank_r2
 from remix_ds.forgetting.config import AnalyzeConfig
-from remix_ds.forgetting.store import Matrix, save_npz, write_text
+from remix_ds.cachedir import write_text_atomic
+from remix_ds.forgetting.store import Matrix, save_npz
 
 
 def rank1_factors(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -115,11 +116,11 @@ def analyze(matrix: Matrix, cfg: AnalyzeConfig, out_dir: str | Path | None = Non
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "analysis.json", json.dumps(result, indent=1) + "\n")
+        write_text_atomic(out / "analysis.json", json.dumps(result, indent=1) + "\n")
         save_npz(out / "analysis.npz", task_names=np.array(mat.task_names), example_ids=np.array(mat.example_ids),
                  a=a, b=b, additive_mu=np.array(mu), additive_task_bias=row_b, additive_example_bias=col_b)
         heatmap(Z, a, b, mat.task_names, out / "heatmap.png", cfg.heatmap_max_columns)
-        write_text(out / "analysis.md", markdown(result) + "\n")
+        write_text_atomic(out / "analysis.md", markdown(result) + "\n")
     return result
 
 

@@ -29,7 +29,7 @@ from remix_ds.data.mixing import softmax
 from remix_ds.engine import dist
 from remix_ds.forgetting.nll import score_nll
 from remix_ds.forgetting.replay_stream import ReplayStream, draw_without_replacement
-from remix_ds.forgetting.store import write_text
+from remix_ds.cachedir import write_text_atomic
 
 STATE_FILE = "online_switch.json"
 _ONLINE_TAG = 0x0711
@@ -101,7 +101,7 @@ class OnlineSwitch:
                       "z_hat": z_hat.tolist(), "draw": draw.tolist(),
                       "draw_ids": [stream.replay_pools[0][i].id for i in draw.tolist()]}
         if dist.is_main():
-            write_text(self._path(), json.dumps(self.state) + "\n")
+            write_text_atomic(self._path(), json.dumps(self.state) + "\n")
         dist.barrier()
         self.log(f"[forgetting] online: switched to predicted replay at step {step} (probe mean z {values.mean():+.4f})")
         return {"online/probe_mean_z": float(values.mean()), "online/switch_step": float(step)}

@@ -38,7 +38,8 @@ from remix_ds.forgetting.config import PredictConfig
 from remix_ds.forgetting.metrics import METRICS, row_metrics
 from remix_ds.forgetting.splits import Split, fold_splits, folds_of, named_splits, reveal, revealed_columns
 from remix_ds.forgetting.stats import compare
-from remix_ds.forgetting.store import Matrix, write_text
+from remix_ds.cachedir import write_text_atomic
+from remix_ds.forgetting.store import Matrix
 
 __all__ = ["METRICS", "row_metrics", "reveal", "folds_of", "evaluate_predictors", "evaluate_splits", "predict",
            "similarity_inputs", "complete_row"]
@@ -264,12 +265,12 @@ def predict(matrix: Matrix, cfg: PredictConfig, out_dir: str | Path | None = Non
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "predict.json", json.dumps(results, indent=1) + "\n")
+        write_text_atomic(out / "predict.json", json.dumps(results, indent=1) + "\n")
         protocol = (f"named splits {', '.join(cfg.splits)}" if cfg.splits else
                     "leave-one-task-out" if not cfg.folds else f"{cfg.folds} task folds")
         header = (f"## Forgetting prediction: {m} tasks x {n} examples, k = {cfg.revealed} revealed entries "
                   f"({'the same columns for every test task of a seed' if cfg.reveal == 'shared' else 'drawn per task'}), "
                   f"{len(cfg.seeds)} seeds, {protocol}\n\n"
                   "Mean ± std over seeds of the per-seed mean over test tasks; metrics on hidden entries.")
-        write_text(out / "predict.md", markdown(results, header) + "\n")
+        write_text_atomic(out / "predict.md", markdown(results, header) + "\n")
     return results

@@ -49,7 +49,8 @@ from remix_ds.forgetting.measure import RowProbe, quiet, run_with_probe, task_ru
 from remix_ds.forgetting.predict import reveal
 from remix_ds.forgetting.online import OnlineSwitch, switch_step
 from remix_ds.forgetting.replay_stream import PublishedReplay
-from remix_ds.forgetting.store import load_matrix, write_text
+from remix_ds.cachedir import write_text_atomic
+from remix_ds.forgetting.store import load_matrix
 from remix_ds.forgetting.tasks import as_source
 
 COMPARISONS = (("predicted", "uniform"), ("oracle", "uniform"), ("predicted", "none"), ("uniform", "none"),
@@ -196,7 +197,7 @@ def arm_replay(fcfg: ForgettingConfig, root: Path, task: str, seed: int, arm: st
         weights_file = root / "weights" / f"{task}-seed{seed}-{arm}.json"
         if dist.is_main():
             weights_file.parent.mkdir(parents=True, exist_ok=True)
-            write_text(weights_file, json.dumps(dict(zip(pool_ids, map(float, arm_scores)))))
+            write_text_atomic(weights_file, json.dumps(dict(zip(pool_ids, map(float, arm_scores)))))
         dist.barrier()
     return [ReplayConfig(dataset=str(pool_path), subsample_seed=None, ratio=rc.ratio,
                          weights_file=None if weights_file is None else str(weights_file),
@@ -252,7 +253,7 @@ def run_arm(fcfg: ForgettingConfig, root: Path, task_cfg, task: str, arm: str, s
     if dist.is_main():
         path = root / "runs" / task / f"{arm}-seed{seed}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_text(path, json.dumps(row, indent=1) + "\n")
+        write_text_atomic(path, json.dumps(row, indent=1) + "\n")
         if not fcfg.measure.keep_task_runs:
             shutil.rmtree(run_dir, ignore_errors=True)
     dist.barrier()
@@ -359,6 +360,6 @@ def replay_experiment(fcfg: ForgettingConfig, log=print) -> dict:
                "eval_fingerprint": upstream.fingerprint("upstream-eval", columns=evalc),
                "runs": results, "tests": tests}
     if dist.is_main():
-        write_text(root / "results.json", json.dumps(summary, indent=1) + "\n")
-        write_text(root / "report.md", report(results, tests, fcfg, len(pool), len(evalc)) + "\n")
+        write_text_atomic(root / "results.json", json.dumps(summary, indent=1) + "\n")
+        write_text_atomic(root / "report.md", report(results, tests, fcfg, len(pool), len(evalc)) + "\n")
     return summary

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from remix_ds.cachedir import write_text_atomic
 from remix_ds.configtools import ConfigError
 
 
@@ -48,12 +49,6 @@ def save_npz(path: Path, **arrays) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def load_npz(path: Path) -> dict:
@@ -207,7 +202,7 @@ class MatrixStore:
             "shape": [m, n], "done": int(done.sum()), **info,
             "intermediate_steps": sorted(z_at), "tasks": tasks_meta, "example_ids": ids,
         }
-        write_text(self.root / "matrix.json", json.dumps(meta, indent=1) + "\n")
+        write_text_atomic(self.root / "matrix.json", json.dumps(meta, indent=1) + "\n")
         return Matrix(z, task_names, ids, done, z_at, info["steps"], before, emb_up, task_emb, em_before, em_after)
 
 
