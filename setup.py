@@ -1,9 +1,10 @@
 """remix-ds packaging.
 
-`kernels/` and `ds_configs/` live at the top of the repository (the design card's layout) but
-install under the `remix_ds` namespace: `remix_ds.kernels` (a top-level `kernels` module would
-shadow the Hugging Face package of that name, which transformers probes) and
-`remix_ds.ds_configs` (JSON templates read at run time).
+`kernels/` and `ds_configs/` live at the top of the repository (the design card's layout) and
+install as `remix_ds.kernels` and `remix_ds.ds_configs` through the symlinks `remix_ds/kernels` and
+`remix_ds/ds_configs`. Neither top-level folder has an `__init__.py`: a regular package named
+`kernels` at the root would shadow Hugging Face's `kernels` (a transformers dependency) for
+anything run from the root; a namespace portion never does (kernels/README.md).
 """
 
 from setuptools import setup
@@ -29,7 +30,6 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=PACKAGES,
-    package_dir={"remix_ds.kernels": "kernels", "remix_ds.ds_configs": "ds_configs"},
     package_data={"remix_ds": ["*.yaml"], "remix_ds.ds_configs": ["*.json"]},
     include_package_data=True,
     install_requires=[

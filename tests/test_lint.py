@@ -86,8 +86,8 @@ def test_no_import_cycles_between_modules():
 
 
 def test_kernels_import_nothing_from_the_package():
-    """kernels/ installs as remix_ds.kernels but lives outside remix_ds/, so import-linter cannot see it:
-    it is the lowest layer above config, and imports no other remix_ds module."""
+    """kernels/ installs as remix_ds.kernels (a namespace subpackage through a symlink), which
+    import-linter may not see: it is the lowest layer above config, and imports no other remix_ds module."""
     found = []
     for path in sorted((REPO / "kernels").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -95,5 +95,5 @@ def test_kernels_import_nothing_from_the_package():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
             found += [f"{path.name}:{node.lineno} {n}" for n in names
                       if n.startswith("remix_ds") and not n.startswith("remix_ds.kernels")]
-    assert len(list((REPO / "kernels").glob("*.py"))) >= 3
+    assert len(list((REPO / "kernels").glob("*.py"))) >= 2
     assert found == []
