@@ -13,8 +13,12 @@ def test_ci_runs_the_readme_test_command():
     main, tests = readme_commands()
     ci_lines = [l for l in (REPO / ".ci" / "run").read_text().splitlines() if l and not l.startswith("#")]
     assert tests in ci_lines
-    assert tests.endswith("python -m pytest -q") and "pip install torch==2.13.0" in tests
-    assert main.endswith("remix-ds demo") and "pip install torch==2.13.0" in main
+    assert tests.endswith("python -m pytest -q") and "pip install -c constraints-cpu.txt torch==2.13.0" in tests
+    assert main.endswith("remix-ds demo") and "pip install -c constraints-cpu.txt torch==2.13.0" in main
+    # every install step of both commands uses the lock
+    for command in (main, tests):
+        installs = [part.strip() for part in command.split("&&") if part.strip().startswith("pip install")]
+        assert len(installs) == 2 and all("-c constraints-cpu.txt" in part for part in installs), installs
 
 
 def test_demo_command_exists():
