@@ -30,7 +30,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=PACKAGES,
-    package_data={"remix_ds": ["*.yaml"], "remix_ds.ds_configs": ["*.json"]},
+    package_data={"remix_ds": ["*.yaml"], "remix_ds.ds_configs": ["*.json"],
+                  "remix_ds.data": ["builtin_corpus/*.jsonl.gz", "builtin_corpus/README.md"]},
     include_package_data=True,
     install_requires=[
         # torch is deliberately unpinned here: the CPU path pins torch==2.13.0 before installing

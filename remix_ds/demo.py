@@ -10,12 +10,22 @@ axis) and adds means with 95% CIs and paired comparisons against `none` to the r
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import platform
+import subprocess
+import time
+from datetime import date
 from pathlib import Path
 
 from remix_ds.configtools import ConfigError
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
+LOCK_FILE = "constraints-cpu.txt"
+README_BEGIN, README_END = "<!-- demo-results:begin -->", "<!-- demo-results:end -->"
+ROW_KEYS = ("d_a", "d_b", "strategy", "status", "em_a_stage1", "em_a_stage2", "em_b_stage2", "forgetting",
+            "stage1_epochs", "stage1_steps", "stage2_steps", "pres_s1_nll_change", "pres_s2_nll_change")
 
 
 def seeds_override(n: int) -> list[str]:
@@ -46,15 +56,70 @@ def toy_scale_note(rows: list[dict], comparisons: list[dict], learned: float = 0
     return TOY_SCALE_NOTE.format(learned=learned, replay=replay)
 
 
-def run(config: str | None, overrides: list[str]) -> list[dict]:
-    import warnings
+def _ci(row: dict, m: str) -> str:
+    return f"{row[m]:.3f} [{row[m + '_lo']:.3f}, {row[m + '_hi']:.3f}]"
 
+
+def readme_table(recorded: dict) -> str:
+    """The README's demo table, rendered from a recorded run (docs/demo_results.json)."""
+    ci = {(r["d_b"], r["strategy"]): r for r in recorded["summary"]}
+    lines = ["| D_B | strategy | EM(D_A) stage 1 | EM(D_A) stage 2 [95% CI] | EM(D_B) [95% CI] | forgetting [95% CI] | "
+             "stage-1 epochs | generic NLL change, stage 1 |", "|---|---|---|---|---|---|---|---|"]
+    for r in recorded["rows"]:
+        c = ci[(r["d_b"], r["strategy"])]
+        lines.append(f"| {r['d_b']} | {r['strategy']} | {r['em_a_stage1']:.3f} | {_ci(c, 'em_a_stage2')} | "
+                     f"{_ci(c, 'em_b_stage2')} | {_ci(c, 'forgetting')} | {r['stage1_epochs']:g} | "
+                     f"{r['pres_s1_nll_change']:+.2f} |")
+    return "\n".join(lines)
+
+
+def provenance() -> dict:
+    """What the demo's numbers depend on besides the code: the lock, the built-in corpus, Python, torch."""
+    import torch
+
+    from remix_ds.data import corpus
+
+    lock = Path(LOCK_FILE)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"lock_sha256": hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else None,
+            "corpus_sha256": corpus.BUILTIN_SHA256, "python": platform.python_version(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "commit": commit,
+            "demo_yaml_sha256": hashlib.sha256(DEMO_CONFIG.read_bytes()).hexdigest()}
+
+
+def record(output_dir: Path, path: Path, readme: Path | None, wall_s: float) -> dict:
+    """Write a finished default demo's rows, CIs and comparisons with their provenance to ``path`` and
+    the README's table (between its markers) from them."""
+    results = json.loads((output_dir / "results.json").read_text())
+    summary = json.loads((output_dir / "results_summary.json").read_text())
+    recorded = {"command": "remix-ds demo", "date": date.today().isoformat(), "wall_s": round(wall_s, 1),
+                **provenance(),
+                "rows": [{k: r[k] for k in ROW_KEYS if k in r} for r in results],
+                "summary": summary["summary"], "comparisons": summary["comparisons"]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(recorded, indent=1) + "\n")
+    if readme is not None and readme.is_file():
+        text = readme.read_text()
+        if text.count(README_BEGIN) != 1 or text.count(README_END) != 1:
+            raise ConfigError(f"{readme}: needs one {README_BEGIN} and one {README_END} line around the demo table")
+        head, rest = text.split(README_BEGIN)
+        readme.write_text(f"{head}{README_BEGIN}\n{readme_table(recorded)}\n{README_END}{rest.split(README_END)[1]}")
+    print(f"recorded: {path}" + (f" and the table in {readme}" if readme is not None and readme.is_file() else ""))
+    return recorded
+
+
+def run(config: str | None, overrides: list[str], record_to: str | None = None) -> list[dict]:
     from remix_ds.experiments.config import load_experiment
-
-    # DeepSpeed 0.19's ZeRO-3 calls torch's deprecated collective names on every step; on the
-    # demo's console that drowns the table (the calls themselves are fine).
-    warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+`? is deprecated", category=FutureWarning)
     from remix_ds.experiments.grid import run_experiment
+
+    if record_to and (config or [o for o in overrides if not o.startswith("output_dir=")]):
+        raise ConfigError("--record records the default demo only (no config or overrides other than output_dir=)")
+    start = time.perf_counter()
 
     cfg = load_experiment(config or DEMO_CONFIG, overrides)
     rows = run_experiment(cfg)
@@ -62,6 +127,8 @@ def run(config: str | None, overrides: list[str]) -> list[dict]:
     note = toy_scale_note(rows, json.loads(summary.read_text()).get("comparisons", [])) if summary.is_file() else None
     if note:
         print("\n" + note)
+    if record_to and all(r.get("status") == "done" for r in rows):
+        record(Path(cfg.output_dir), Path(record_to), Path("README.md"), time.perf_counter() - start)
     return rows
 
 
@@ -71,5 +138,8 @@ def add_demo_command(sub) -> None:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. stage2.epochs=10 'strategies=[none,replay=0.5]'")
     p.add_argument("--seeds", type=int, default=1, help="run every cell with seeds 0..N-1 and report 95%% CIs "
                    "(default 1: about 7 minutes on 2 cores; each seed adds about as much)")
-    p.set_defaults(func=lambda args: 0 if all(r.get("status") == "done" for r in
-                                              run(args.config, seeds_override(args.seeds) + args.overrides)) else 1)
+    p.add_argument("--record", nargs="?", const="docs/demo_results.json", metavar="PATH",
+                   help="after a finished default run, write its rows and provenance to PATH (default "
+                   "docs/demo_results.json) and the table in ./README.md (run from the repository root)")
+    p.set_defaults(func=lambda args: 0 if all(r.get("status") == "done" for r in run(
+        args.config, seeds_override(args.seeds) + args.overrides, record_to=args.record)) else 1)

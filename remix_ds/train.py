@@ -1,8 +1,10 @@
 """Training entry point for the deepspeed launcher.
 
-    deepspeed --num_gpus 8 [--hostfile launch/hostfile] --module remix_ds.train CONFIG.yaml [a.b=value ...]
+usage: deepspeed --num_gpus 8 [--hostfile launch/hostfile] --module remix_ds.train CONFIG.yaml [a.b=value ...]
+       python -m remix_ds.train CONFIG.yaml [a.b=value ...]
 
-Same arguments as `remix-ds train`.
+Same arguments as `remix-ds train` (see `remix-ds train --help`): a YAML/JSON run config and dotted
+overrides, which win over the file.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     # The deepspeed launcher appends --local_rank=N; the rank also comes from the environment.
     argv = [a for a in argv if not a.startswith("--local_rank")]
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__.strip())
+        return
     config_path = argv[0] if argv and "=" not in argv[0] else None
     overrides = argv[1:] if config_path else argv
     try:

@@ -172,11 +172,11 @@ def test_stage0_cache_is_keyed_by_the_corpus_it_pretrains_on(tmp_path, monkeypat
     (other / "manifest.json").write_text(json.dumps({**manifest, "documents": manifest.get("documents", 0) + 1}))
     assert stage0(shard_corpus) != stage0(str(other))
     builtin = {}
-    for name in ("docstrings-aaaa", "docstrings-bbbb"):  # two installations' built-in corpora
-        monkeypatch.setattr(corpus, "corpus_dir", lambda tok, name=name: tmp_path / name)
-        builtin[name] = stage0("builtin")
-    assert builtin["docstrings-aaaa"] != builtin["docstrings-bbbb"]
-    assert builtin["docstrings-aaaa"].parent == stage0(shard_corpus).parent  # the stage-0 cache folder
+    for sha in ("a" * 64, "b" * 64):  # two built-in corpora (another shipped text: another sha256)
+        monkeypatch.setattr(corpus, "BUILTIN_SHA256", sha)
+        builtin[sha] = stage0("builtin")
+    assert builtin["a" * 64] != builtin["b" * 64]
+    assert builtin["a" * 64].parent == stage0(shard_corpus).parent  # the stage-0 cache folder
 
 
 def test_second_grid_with_another_config_is_refused(tmp_path):
@@ -285,7 +285,7 @@ def test_shared_caches_built_once(grids):
                  *tmp.glob("local/stage0.job.log"))
     built = [line for line in logs.splitlines() if line.startswith("[cache] built")]
     assert len([b for b in built if "/models/tiny-" in b]) == 1, built
-    assert len([b for b in built if "/corpus/docstrings-" in b]) == 1, built
+    assert len([b for b in built if "/corpus/builtin-" in b]) == 1, built
     assert logs.count("stage 0 (generic pretraining): training") == 1  # one stage-0 cache for all three grids
     stage1 = _logs(*tmp.glob("local/stage1/*/job.log"))
     assert stage1.count("stage 1: training ->") == 1  # the two cooperating grids trained stage 1 once

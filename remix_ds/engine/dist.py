@@ -6,6 +6,7 @@ import numbers
 import os
 import socket
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -21,6 +22,17 @@ def _free_port() -> int:
 _OWN_WORLD = "REMIX_DS_WORLD_OF_ONE_PID"
 
 
+def quiet_dependency_warnings() -> None:
+    """Silence the dependency warnings remix-ds cannot act on, narrowly (by message and module).
+
+    DeepSpeed 0.19's ZeRO-3 calls torch.distributed's deprecated collective names
+    (`all_gather_into_tensor`, `reduce_scatter_tensor`) on every step, and torch warns from its
+    c10d logger in every rank; the calls work, and only a DeepSpeed release can change them.
+    """
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated",
+                            category=FutureWarning, module=r"torch\.distributed\.")
+
+
 def init_distributed(backend: str = "auto") -> None:
     """Initialize the process group through DeepSpeed.
 
@@ -29,6 +41,7 @@ def init_distributed(backend: str = "auto") -> None:
     """
     import deepspeed
 
+    quiet_dependency_warnings()
     if dist.is_available() and dist.is_initialized():
         return
     own_port = "RANK" not in os.environ or _inherited_world_of_one(os.environ, os.getpid())
