@@ -5,7 +5,9 @@
 #
 #   launch/gpu_wheels.sh            # -> wheels/ (ignored by git; a few MB)
 #
-# What goes in (versions: the ones installed in this venv, so the GPU runs what the tests ran):
+# What goes in (versions: the ones installed in this venv, i.e. constraints-cpu.txt's when the venv was
+# made with the README's command, so the GPU runs what the tests ran; the GPU image keeps its own torch,
+# transformers and triton: torch 2.11 / transformers 5.17 on the image seen once, not the lock's):
 #   deepspeed        built from its sdist (--no-deps --no-build-isolation, no ops prebuilt: the
 #                    GPU run uses torch's AdamW, so no op is JIT-built either)
 #   deepspeed's pure-python needs the image lacks: hjson, pydantic (+ pydantic-core, binary cp312,

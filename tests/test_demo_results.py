@@ -1,36 +1,24 @@
 """The README's demo numbers are the recorded run's (docs/demo_results.json), for the current demo.yaml.
 
-The recorded file holds the rows of one real `remix-ds demo` run (one seed, default config) and the
-95% CIs over factoids the report computed from its per-example files. Re-record both (and the
-README table between the `demo-results` markers) when the demo's config or training changes.
+The recorded file holds the rows of one real `remix-ds demo` run (one seed, default config), the
+95% CIs over factoids the report computed from its per-example files, and what the numbers depend on
+besides the code (the lock's and the built-in corpus's sha256, Python, torch). `remix-ds demo --record`
+from the repository root re-records it and the README table between the `demo-results` markers;
+do that when the demo's config, training or the lock changes.
 """
 
 import hashlib
 import json
+import platform
 
 import pytest
 
+from remix_ds import demo
+from remix_ds.data import corpus
 from helpers import REPO
 
 RESULTS = REPO / "docs" / "demo_results.json"
-BEGIN, END = "<!-- demo-results:begin -->", "<!-- demo-results:end -->"
-
-
-def _ci(row: dict, m: str) -> str:
-    return f"{row[m]:.3f} [{row[m + '_lo']:.3f}, {row[m + '_hi']:.3f}]"
-
-
-def readme_table(recorded: dict) -> str:
-    """The README's table, rendered from the recorded file."""
-    ci = {(r["d_b"], r["strategy"]): r for r in recorded["summary"]}
-    lines = ["| D_B | strategy | EM(D_A) stage 1 | EM(D_A) stage 2 [95% CI] | EM(D_B) [95% CI] | forgetting [95% CI] | "
-             "stage-1 epochs | generic NLL change, stage 1 |", "|---|---|---|---|---|---|---|---|"]
-    for r in recorded["rows"]:
-        c = ci[(r["d_b"], r["strategy"])]
-        lines.append(f"| {r['d_b']} | {r['strategy']} | {r['em_a_stage1']:.3f} | {_ci(c, 'em_a_stage2')} | "
-                     f"{_ci(c, 'em_b_stage2')} | {_ci(c, 'forgetting')} | {r['stage1_epochs']:g} | "
-                     f"{r['pres_s1_nll_change']:+.2f} |")
-    return "\n".join(lines)
+BEGIN, END = demo.README_BEGIN, demo.README_END
 
 
 def test_readme_table_is_the_recorded_run():
@@ -38,7 +26,38 @@ def test_readme_table_is_the_recorded_run():
     readme = (REPO / "README.md").read_text()
     assert readme.count(BEGIN) == 1 and readme.count(END) == 1
     quoted = readme.split(BEGIN)[1].split(END)[0].strip()
-    assert quoted == readme_table(recorded)
+    assert quoted == demo.readme_table(recorded)
+
+
+def test_recorded_run_is_for_this_lock_corpus_python_and_torch():
+    """The table depends on the code, the lock and the shipped corpus only; the record says which."""
+    recorded = json.loads(RESULTS.read_text())
+    assert recorded["lock_sha256"] == hashlib.sha256((REPO / demo.LOCK_FILE).read_bytes()).hexdigest(), (
+        f"{demo.LOCK_FILE} changed since docs/demo_results.json was recorded: run `remix-ds demo --record` from the root")
+    assert recorded["corpus_sha256"] == corpus.BUILTIN_SHA256
+    lock_torch = next(l.split("==")[1] for l in (REPO / demo.LOCK_FILE).read_text().splitlines() if l.startswith("torch=="))
+    assert recorded["torch"].split("+")[0] == lock_torch
+    assert recorded["python"].rsplit(".", 1)[0] == "3.11"
+
+
+def test_record_writes_the_json_and_the_readme_table(tmp_path, monkeypatch):
+    """`remix-ds demo --record`: the run's rows, CIs and comparisons with their provenance, and the README table."""
+    recorded = json.loads(RESULTS.read_text())
+    out = tmp_path / "runs"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps([{**r, "stage1_wall_s": 1.0} for r in recorded["rows"]]))
+    (out / "results_summary.json").write_text(json.dumps({"summary": recorded["summary"], "comparisons": recorded["comparisons"]}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{BEGIN}\nold table\n{END}\nrest\n")
+    monkeypatch.chdir(REPO)
+    got = demo.record(out, tmp_path / "docs" / "demo_results.json", readme, wall_s=12.34)
+    assert json.loads((tmp_path / "docs" / "demo_results.json").read_text()) == got
+    assert got["rows"] == recorded["rows"] and got["summary"] == recorded["summary"] and got["wall_s"] == 12.3
+    assert got["lock_sha256"] == hashlib.sha256((REPO / demo.LOCK_FILE).read_bytes()).hexdigest()
+    assert got["corpus_sha256"] == corpus.BUILTIN_SHA256 and got["python"] == platform.python_version()
+    assert readme.read_text() == f"intro\n{BEGIN}\n{demo.readme_table(recorded)}\n{END}\nrest\n"
+    with pytest.raises(Exception, match="--record records the default demo only"):
+        demo.run(None, ["stage2.epochs=1"], record_to="x.json")
 
 
 def test_recorded_run_is_for_the_current_demo_config():
@@ -74,7 +93,7 @@ def test_demo_seeds_option_runs_the_seed_axis():
 
 
 def test_the_demo_says_whether_mixing_beat_none_beyond_noise():
-    """Issue 20: the recorded demo (kvr_b learned by `none`, only replay significant) prints the toy-scale
+    """The recorded demo (kvr_b learned by `none`, only replay significant) prints the toy-scale
     note; a significant random-mixing gain on a learned D_B, or none on an unlearned one, changes it."""
     from remix_ds.demo import toy_scale_note
 
