@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from remix_ds.baselines import build_regularizers
+from remix_ds.cachedir import write_text_atomic
 from remix_ds.config import RunConfig, load_config
 from remix_ds.engine import dist
 from remix_ds.engine.trainer import Trainer
@@ -84,9 +85,7 @@ def run_stage(cfg: RunConfig) -> dict:
         "resumed_from_step": start_step,
     }
     if dist.is_main():
-        tmp = out / (DONE + ".tmp")
-        tmp.write_text(json.dumps(stats, indent=2) + "\n")
-        tmp.replace(out / DONE)
+        write_text_atomic(out / DONE, json.dumps(stats, indent=2) + "\n")
     return stats
 
 
