@@ -1,4 +1,4 @@
-"""Replay as published (forgetting/replay_stream.py): held-out evaluation set outside the pool,
+"""Replay as published (data.replay[].draw=once, data.replay_placement=interleave): held-out evaluation set outside the pool,
 weighted draws without replacement, fixed interleaving positions, step scaling, the online switch."""
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ import pytest
 
 from remix_ds.configtools import ConfigError
 from remix_ds.data.loader import TrainLoader
-from remix_ds.data.mixing import StageStream, softmax
+from remix_ds.data.layout import interleave_positions
+from remix_ds.data.mixing import StageStream
 from remix_ds.data.records import DataError
 from remix_ds.data.tokenize import from_token_ids
 from remix_ds.forgetting.config import load_forgetting_config
 from remix_ds.forgetting.replay import pool_and_eval, split_heldout
-from remix_ds.forgetting.replay_stream import (ReplayStream, draw_without_replacement, interleave_positions,
-                                               published_count)
+from remix_ds.data.replay_rows import draw_without_replacement, published_count, softmax
 
 
 def rows(prefix: str, n: int, length: int = 5):
@@ -24,7 +24,7 @@ def rows(prefix: str, n: int, length: int = 5):
 def stream(n_task=64, n_pool=40, probs=None, seed=3, **kw):
     base = StageStream(dataset=rows("task", n_task), replay_pools=[rows("up", n_pool)], replay_counts=[0],
                        replay_probs=[probs], seed=seed)
-    return ReplayStream.from_stream(base, **{"ratio": 1 / 8, "draw": "without_replacement", "placement": "interleave",
+    return base.published(**{"ratio": 1 / 8, "draw": "without_replacement", "placement": "interleave",
                                              **kw})
 
 
@@ -62,7 +62,7 @@ def test_sampling_never_draws_a_heldout_example_nor_one_twice():
                        replay_probs=[softmax(scores, 0.1)], seed=0)
     for seed in range(5):
         base.seed = seed
-        s = ReplayStream.from_stream(base, ratio=1 / 8, draw="without_replacement", placement="interleave")
+        s = base.published(ratio=1 / 8, draw="without_replacement", placement="interleave")
         drawn = [s.replay_pools[0][i].id for i in s.replay_draw(0, 0)]
         assert len(drawn) == 101 == len(set(drawn))  # floor(800 / 8) + 1, all distinct
         assert not {int(i.split("-")[1]) for i in drawn} & set(heldout.tolist())

@@ -64,17 +64,12 @@ def data_cfg(setting: str, corpus: str, old: str) -> DataConfig:
 
 
 def train_loader(setting: str, cfg: DataConfig, tok):
-    loader = build_train_loader(cfg, tok, micro_batch_size=MICRO, rank=0, world_size=1, seed=7,
-                                step_examples=MICRO * ACCUM)
-    if not setting.startswith("published"):
-        return loader
-    from remix_ds.data.loader import TrainLoader
-    from remix_ds.forgetting.replay_stream import ReplayStream
-
-    placement = setting.split("-")[1]
-    stream = ReplayStream.from_stream(loader.stream, ratio=0.125, draw="without_replacement", placement=placement)
-    return TrainLoader(stream, micro_batch_size=MICRO, rank=0, world_size=1, max_seq_len=cfg.max_seq_len,
-                       pad_id=loader.pad_id, eos_id=loader.eos_id, step_examples=MICRO * ACCUM)
+    if setting.startswith("published"):  # a data option: replay rows drawn once per run (and interleaved)
+        cfg.replay[0].draw = "once"
+        if setting.split("-")[1] == "interleave":
+            cfg.replay_placement = "interleave"
+    return build_train_loader(cfg, tok, micro_batch_size=MICRO, rank=0, world_size=1, seed=7,
+                              step_examples=MICRO * ACCUM)
 
 
 def record(setting: str, tok, model, corpus: str, old: str) -> dict:

@@ -30,7 +30,7 @@ from remix_ds.data.config import GENERATED_DATASETS, DataConfig, SourceConfig, c
 from remix_ds.data.datasets import REGISTRY, generate_kvr, load_examples
 from remix_ds.data.prepare import MANIFEST, read_manifest
 from remix_ds.data.formats import completion_prompt
-from remix_ds.data.mixing import open_generic_corpus
+from remix_ds.data.generic import open_generic_corpus
 from remix_ds.data.records import Example, read_rows
 from remix_ds.data.tokenize import strip_markers
 from remix_ds.experiments.config import DatasetSpec

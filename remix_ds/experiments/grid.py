@@ -58,7 +58,7 @@ from remix_ds.configtools import ConfigError
 from remix_ds.experiments import analysis, datasets, frontier, report, scheduler, slurm
 from remix_ds.experiments import stage as stage_lib
 from remix_ds.experiments.config import ExperimentConfig, launcher_argv, parse_strategy
-from remix_ds.experiments.layout import latest_eval_rows  # moved there; still grid.latest_eval_rows
+from remix_ds.experiments.layout import latest_eval_rows
 from remix_ds.experiments.layout import Cell, GridLayout, cell_dir
 from remix_ds.experiments.plan import Job, cell_id, plan_jobs
 
