@@ -53,12 +53,11 @@ from remix_ds.data.prepare import manifest_sha256
 from remix_ds.engine.metrics import plain_values, start_wandb
 from remix_ds.errors import RemixError
 from remix_ds.eval.data import load_eval_set
-from remix_ds.eval.runner import evaluate, write_results
+from remix_ds.eval.runner import eval_steps, evaluate, latest_eval_rows, read_rows, rows_file, step_dir, write_results
 from remix_ds.configtools import ConfigError
 from remix_ds.experiments import analysis, datasets, frontier, report, scheduler, slurm
 from remix_ds.experiments import stage as stage_lib
 from remix_ds.experiments.config import ExperimentConfig, launcher_argv, parse_strategy
-from remix_ds.experiments.layout import latest_eval_rows
 from remix_ds.experiments.layout import Cell, GridLayout, cell_dir
 from remix_ds.experiments.plan import Job, cell_id, plan_jobs
 
@@ -107,12 +106,7 @@ def span_acc_of(rows: list[dict]) -> float | None:
 
 def em_curve(run_dir: Path, name: str) -> list[tuple[int, float]]:
     """EM of set `name` at every eval step of a run (from the per-example files)."""
-    out = []
-    for p in (run_dir / "eval").glob("step-*"):
-        f = p / f"{name}.jsonl"
-        if f.is_file():
-            out.append((int(p.name.split("-")[1]), em_of([json.loads(l) for l in f.read_text().splitlines()])))
-    return sorted(out)
+    return [(step, em_of(read_rows(f))) for step, f in eval_steps(run_dir, name)]
 
 
 class Grid:
@@ -262,8 +256,8 @@ class Grid:
 
     def final_eval_b(self, s2cfg: RunConfig, name: str, step: int) -> None:
         """stage2.eval_b=end: score D_B once on the stage-2 export, beside the final D_A rows."""
-        folder = Path(s2cfg.train.output_dir) / "eval" / f"step-{step}"
-        if (folder / f"{name}.jsonl").is_file():
+        folder = step_dir(Path(s2cfg.train.output_dir) / "eval", step)
+        if rows_file(folder, name).is_file():
             return
         model = analysis.load_model(Path(s2cfg.train.output_dir) / "final", self.cfg.analysis.device)
         try:
@@ -623,14 +617,12 @@ class Grid:
             if self.cfg.scheduler.kind == "local":
                 self.prepare(stage0=False)  # the data once here; stage 0 is the plan's first job
                 layout = self.layout()
-                scheduler.run_local(plan_jobs(self), self.out, self.cfg.scheduler, finished=self.job_finished,
-                                    job_log=self.job_log, blocked=self.job_blocked, claim=self.job_claim, log=self.log)
+                scheduler.run_local(plan_jobs(self), self.out, self.cfg.scheduler, self, log=self.log)
             elif self.cfg.scheduler.kind == "slurm":
                 self.prepare(stage0=False)  # the data once here; the jobs run on the cluster
                 layout = self.layout()
-                if not slurm.run_slurm(plan_jobs(self), self.out, self.cfg.scheduler, finished=self.job_finished,
-                                       blocked=self.job_blocked, record_lost=self.job_lost, wait_for_jobs=self.wait_for_jobs,
-                                       log=self.log):
+                if not slurm.run_slurm(plan_jobs(self), self.out, self.cfg.scheduler, self,
+                                       wait_for_jobs=self.wait_for_jobs, log=self.log):
                     return []  # submitted, not waited for: a later run collects the table
             else:
                 self.prepare()
