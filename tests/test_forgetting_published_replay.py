@@ -110,3 +110,30 @@ def test_published_defaults_and_step_scaling(tmp_path):
         pool_and_eval(rc, 500)
     with pytest.raises(ConfigError, match="replay.switch_fraction"):
         load_forgetting_config(None, ["replay.switch_fraction=1.0"])
+
+
+def test_published_replay_is_a_data_option_of_the_one_loader(tmp_path, bpe_tok):
+    """data.replay[].draw=once + data.replay_placement=interleave: build_train_loader builds the published
+    stream itself (the same rows as publishing a hand-built stream), so nothing replaces the loader."""
+    import json
+
+    from remix_ds.data.config import DataConfig, KVRConfig, MixConfig, ReplayConfig
+    from remix_ds.data.loader import build_train_loader
+
+    pool = tmp_path / "up.jsonl"
+    pool.write_text("".join(json.dumps({"id": f"up-{i}", "prompt": f"q{i}?", "answer": f"a{i}"}) + "\n"
+                            for i in range(40)))
+    cfg = DataConfig(kvr=KVRConfig(num_pairs=64), max_seq_len=128, replay_placement="interleave",
+                     replay=[ReplayConfig(dataset=str(pool), ratio=1 / 8, draw="once")])
+    s = build_train_loader(cfg, bpe_tok, micro_batch_size=4, rank=0, world_size=1, seed=3).stream
+    kinds, idx = s.layout(0, 8)
+    assert s.replay_counts == [9] and np.flatnonzero(kinds == 3).tolist() == [8, 17, 26, 35, 44, 53, 62, 71, 72]
+    plain = DataConfig(kvr=KVRConfig(num_pairs=64), max_seq_len=128, replay=[ReplayConfig(dataset=str(pool), ratio=1 / 8)])
+    base = build_train_loader(plain, bpe_tok, micro_batch_size=4, rank=0, world_size=1, seed=3).stream
+    hand = base.published(ratio=1 / 8, draw="without_replacement", placement="interleave")
+    for epoch in (0, 1):
+        assert [r.id for r in s.epoch_items(epoch)] == [r.id for r in hand.epoch_items(epoch)]
+    with pytest.raises(ConfigError, match="data.mix.schedule=pooled"):
+        DataConfig(replay_placement="interleave", mix=MixConfig(schedule="stratified"))
+    with pytest.raises(ConfigError, match=r"data.replay\[0\].draw"):
+        DataConfig(replay=[ReplayConfig(draw="twice")])
