@@ -9,13 +9,14 @@ releases the lock. Each build says so on stderr (`[cache] built ...`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import IO, Callable, Iterator
 
 from filelock import FileLock
 
@@ -61,16 +62,33 @@ def build_once(final: Path, build: Callable[[Path], None], marker: str) -> Path:
     return final
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to a unique temp file beside `path`, then rename it over `path`: readers never
-    see a partial file and concurrent writers never share a temp file (the last rename wins)."""
+@contextlib.contextmanager
+def open_atomic(path: Path, mode: str = "w") -> Iterator[IO]:
+    """``open(path, mode)`` that publishes the file only when the block completes: it writes a unique
+    temp file beside `path` (``.tmp-NAME-XXXX``), renamed over `path` at the end of the block, and
+    removed if the block raises. Readers never see a partial file and concurrent writers never share
+    a temp file (the last rename wins). `mode` is ``"w"`` (UTF-8 text, newlines as written) or ``"wb"``."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"open_atomic: mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
+        with (os.fdopen(fd, "w", encoding="utf-8", newline="") if mode == "w" else os.fdopen(fd, "wb")) as f:
+            yield f
         os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically (`open_atomic`)."""
+    with open_atomic(path) as f:
+        f.write(text)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (`open_atomic`)."""
+    with open_atomic(path, "wb") as f:
+        f.write(data)

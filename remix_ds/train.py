@@ -12,20 +12,16 @@ from __future__ import annotations
 import os
 import sys
 
-from remix_ds.baselines import build_regularizers
+from remix_ds.assemble import build_trainer
 from remix_ds.config import load_config
 from remix_ds.configtools import ConfigError
-from remix_ds.engine.trainer import Trainer
 from remix_ds.errors import RemixError, debug_enabled
-from remix_ds.eval.hook import build_eval_hooks
-from remix_ds.eval.surprise import prepare_surprise_mask
 
 
 def run(config_path: str | None, overrides: list[str]) -> None:
     """Parse, build (eval hooks, regularizers, trainer), train, close (also on error)."""
     cfg = load_config(config_path, overrides)  # fails on bad keys before anything is built
-    prepare_surprise_mask(cfg)  # loss_mode=surprise: the base model's mask, once, before the engine exists
-    trainer = Trainer(cfg, eval_hooks=build_eval_hooks(cfg), regularizers=build_regularizers(cfg))
+    trainer = build_trainer(cfg)
     try:
         trainer.fit()
     finally:

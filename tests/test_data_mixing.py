@@ -227,7 +227,7 @@ def reference_generic_rows(cfg, tokenizer, count):
 @pytest.mark.parametrize("which", ["tiny", "bpe"])
 def test_generic_rows_identical_to_decoding_every_document(which, tiny_tokenizer, bpe_tok, shard_corpus):
     from remix_ds.data.config import MixConfig
-    from remix_ds.data.mixing import generic_rows
+    from remix_ds.data.generic import generic_rows
 
     tok, corpus = (tiny_tokenizer, "builtin") if which == "tiny" else (bpe_tok, shard_corpus)
     for words, max_len in [((50, 50), 512), ((20, 10), 512), ((50, 50), 150)]:  # 150: some rows too long

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -130,11 +131,13 @@ def test_run_local_groups_ports_deps_and_failures(tmp_path, monkeypatch):
 
     blocked = []
     lines = []
+    runner = SimpleNamespace(
+        job_finished=finished, job_log=lambda j: tmp_path / "logs" / f"{j.id}.log",
+        job_claim=lambda j: tmp_path / ("other.claim" if j.id == "cell:other" else f"{j.id}.claim"),
+        job_blocked=lambda job, cause, log, code: blocked.append((job.id, cause.id, log.name, code)))
     codes = scheduler.run_local(
-        jobs, tmp_path, SchedulerConfig(kind="local", gpus_per_cell=2), cuda=True, command=command, poll_s=0.05,
-        finished=finished, job_log=lambda j: tmp_path / "logs" / f"{j.id}.log",
-        claim=lambda j: tmp_path / ("other.claim" if j.id == "cell:other" else f"{j.id}.claim"),
-        blocked=lambda job, cause, log, code: blocked.append((job.id, cause.id, log.name, code)), log=lines.append)
+        jobs, tmp_path, SchedulerConfig(kind="local", gpus_per_cell=2), runner, cuda=True, command=command, poll_s=0.05,
+        log=lines.append)
     held.release()
     assert codes == {"stage1:a": 0, "stage1:bad": 3, **{f"cell:a{i}": 0 for i in range(6)}, "cell:b0": 3, "cell:done": 0,
                      "cell:other": 0}

@@ -1,4 +1,4 @@
-"""Replay as published (forgetting/replay_stream.py): held-out evaluation set outside the pool,
+"""Replay as published (data.replay[].draw=once, data.replay_placement=interleave): held-out evaluation set outside the pool,
 weighted draws without replacement, fixed interleaving positions, step scaling, the online switch."""
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ import pytest
 
 from remix_ds.configtools import ConfigError
 from remix_ds.data.loader import TrainLoader
-from remix_ds.data.mixing import StageStream, softmax
+from remix_ds.data.layout import interleave_positions
+from remix_ds.data.mixing import StageStream
 from remix_ds.data.records import DataError
 from remix_ds.data.tokenize import from_token_ids
 from remix_ds.forgetting.config import load_forgetting_config
 from remix_ds.forgetting.replay import pool_and_eval, split_heldout
-from remix_ds.forgetting.replay_stream import (ReplayStream, draw_without_replacement, interleave_positions,
-                                               published_count)
+from remix_ds.data.replay_rows import draw_without_replacement, published_count, softmax
 
 
 def rows(prefix: str, n: int, length: int = 5):
@@ -24,7 +24,7 @@ def rows(prefix: str, n: int, length: int = 5):
 def stream(n_task=64, n_pool=40, probs=None, seed=3, **kw):
     base = StageStream(dataset=rows("task", n_task), replay_pools=[rows("up", n_pool)], replay_counts=[0],
                        replay_probs=[probs], seed=seed)
-    return ReplayStream.from_stream(base, **{"ratio": 1 / 8, "draw": "without_replacement", "placement": "interleave",
+    return base.published(**{"ratio": 1 / 8, "draw": "without_replacement", "placement": "interleave",
                                              **kw})
 
 
@@ -62,7 +62,7 @@ def test_sampling_never_draws_a_heldout_example_nor_one_twice():
                        replay_probs=[softmax(scores, 0.1)], seed=0)
     for seed in range(5):
         base.seed = seed
-        s = ReplayStream.from_stream(base, ratio=1 / 8, draw="without_replacement", placement="interleave")
+        s = base.published(ratio=1 / 8, draw="without_replacement", placement="interleave")
         drawn = [s.replay_pools[0][i].id for i in s.replay_draw(0, 0)]
         assert len(drawn) == 101 == len(set(drawn))  # floor(800 / 8) + 1, all distinct
         assert not {int(i.split("-")[1]) for i in drawn} & set(heldout.tolist())
@@ -110,3 +110,30 @@ def test_published_defaults_and_step_scaling(tmp_path):
         pool_and_eval(rc, 500)
     with pytest.raises(ConfigError, match="replay.switch_fraction"):
         load_forgetting_config(None, ["replay.switch_fraction=1.0"])
+
+
+def test_published_replay_is_a_data_option_of_the_one_loader(tmp_path, bpe_tok):
+    """data.replay[].draw=once + data.replay_placement=interleave: build_train_loader builds the published
+    stream itself (the same rows as publishing a hand-built stream), so nothing replaces the loader."""
+    import json
+
+    from remix_ds.data.config import DataConfig, KVRConfig, MixConfig, ReplayConfig
+    from remix_ds.data.loader import build_train_loader
+
+    pool = tmp_path / "up.jsonl"
+    pool.write_text("".join(json.dumps({"id": f"up-{i}", "prompt": f"q{i}?", "answer": f"a{i}"}) + "\n"
+                            for i in range(40)))
+    cfg = DataConfig(kvr=KVRConfig(num_pairs=64), max_seq_len=128, replay_placement="interleave",
+                     replay=[ReplayConfig(dataset=str(pool), ratio=1 / 8, draw="once")])
+    s = build_train_loader(cfg, bpe_tok, micro_batch_size=4, rank=0, world_size=1, seed=3).stream
+    kinds, idx = s.layout(0, 8)
+    assert s.replay_counts == [9] and np.flatnonzero(kinds == 3).tolist() == [8, 17, 26, 35, 44, 53, 62, 71, 72]
+    plain = DataConfig(kvr=KVRConfig(num_pairs=64), max_seq_len=128, replay=[ReplayConfig(dataset=str(pool), ratio=1 / 8)])
+    base = build_train_loader(plain, bpe_tok, micro_batch_size=4, rank=0, world_size=1, seed=3).stream
+    hand = base.published(ratio=1 / 8, draw="without_replacement", placement="interleave")
+    for epoch in (0, 1):
+        assert [r.id for r in s.epoch_items(epoch)] == [r.id for r in hand.epoch_items(epoch)]
+    with pytest.raises(ConfigError, match="data.mix.schedule=pooled"):
+        DataConfig(replay_placement="interleave", mix=MixConfig(schedule="stratified"))
+    with pytest.raises(ConfigError, match=r"data.replay\[0\].draw"):
+        DataConfig(replay=[ReplayConfig(draw="twice")])

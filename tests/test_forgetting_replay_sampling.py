@@ -10,7 +10,8 @@ import pytest
 from remix_ds.configtools import ConfigError
 from remix_ds.data.config import DataConfig, KVRConfig, ReplayConfig
 from remix_ds.data.loader import build_train_loader
-from remix_ds.data.mixing import StageStream, build_stage_stream, softmax
+from remix_ds.data.mixing import StageStream, build_stage_stream
+from remix_ds.data.replay_rows import softmax
 from remix_ds.data.records import DataError
 from remix_ds.data.tokenize import from_token_ids
 

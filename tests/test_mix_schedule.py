@@ -1,4 +1,4 @@
-"""data.mix.schedule (pooled | stratified) and data.mix.redraw (stage | epoch | step), issue 19."""
+"""data.mix.schedule (pooled | stratified) and data.mix.redraw (stage | epoch | step)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from remix_ds.configtools import ConfigError
 from remix_ds.data.config import DataConfig, KVRConfig, MixConfig, ReplayConfig
 from remix_ds.data.loader import BackgroundLoader, build_train_loader
-from remix_ds.data.mixing import stratified_plan
+from remix_ds.data.layout import stratified_plan
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ def test_redraw_epoch_gives_fresh_rows_every_epoch(bpe_tok, shard_corpus, fmt):
         assert len(e0) == len(e1) == (40 if prefix == "generic" else 20)
         assert e0 != e1
         # without replacement: only draws past the end of the first pass over the corpus can repeat
-        wrap = max(0, 80 - len(l.stream.drawer._units)) if prefix == "generic" else 0
+        wrap = max(0, 80 - len(l.stream.generic_source._units)) if prefix == "generic" else 0
         assert len(set(e0) & set(e1)) <= wrap, prefix
     # redraw=stage keeps them fixed
     fixed = loaders(mixed_cfg(shard_corpus, fmt), bpe_tok, 1, 16)[0]
@@ -201,10 +201,10 @@ def test_kill_and_resume_sees_the_same_fresh_rows(bpe_tok, shard_corpus, redraw,
 @pytest.mark.parametrize("fmt", ["completion", "raw"])
 def test_redraw_never_repeats_a_unit_within_a_pass(bpe_tok, shard_corpus, fmt):
     l = loaders(mixed_cfg(shard_corpus, fmt, redraw="step"), bpe_tok, 1, 16)[0]
-    drawer = l.stream.drawer
+    drawer = l.stream.generic_source
     n_units = len(drawer._units)
-    per_epoch = drawer.generic_per_epoch
-    draws = np.concatenate([drawer.generic_units(e, np.arange(per_epoch)) for e in range(6)])  # 240 draws, > 3 passes
+    per_epoch = drawer.per_epoch
+    draws = np.concatenate([drawer.units(e, np.arange(per_epoch)) for e in range(6)])  # 240 draws, > 3 passes
     for p in range(len(draws) // n_units):
         one_pass = draws[p * n_units:(p + 1) * n_units]
         assert sorted(one_pass.tolist()) == sorted(drawer._units.tolist())  # each unit exactly once
@@ -212,7 +212,7 @@ def test_redraw_never_repeats_a_unit_within_a_pass(bpe_tok, shard_corpus, fmt):
     if fmt == "raw":
         row = next(r for r in l.rows_for(2, 0) if kind(r.id) == "generic")
         slot = int(row.id.rsplit("-", 1)[1])
-        unit = int(drawer.generic_units(2, np.array([slot]))[0])
+        unit = int(drawer.units(2, np.array([slot]))[0])
         assert row.input_ids.tolist() == drawer._reader.window(unit, 64).tolist()
     assert drawer.substituted == 0
 

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -214,9 +215,10 @@ def test_wait_cancels_the_cells_of_a_failed_stage1_and_records_lost_cells(tmp_pa
     monkeypatch.setattr(slurm, "final_state", lambda sid: {"13": "OUT_OF_MEMORY"}[sid])
     cancelled, blocked, lost, logged = [], [], [], []
     monkeypatch.setattr(slurm, "cancel", cancelled.append)
-    slurm.wait(queued, jobs, tmp_path, finished=lambda job: 0 if job.id == "stage1:b" else None,
-               blocked=lambda job, dep, log, code: blocked.append((job.id, dep.id, log, code)),
-               record_lost=lambda job, message: lost.append((job.id, message)), log=logged.append, poll_s=0)
+    runner = SimpleNamespace(job_finished=lambda job: 0 if job.id == "stage1:b" else None,
+                             job_blocked=lambda job, dep, log, code: blocked.append((job.id, dep.id, log, code)),
+                             job_lost=lambda job, message: lost.append((job.id, message)))
+    slurm.wait(queued, jobs, tmp_path, runner, log=logged.append, poll_s=0)
     assert cancelled == ["12"]
     assert blocked == [("cell:x", "stage1:a", tmp_path / "slurm" / "11" / "11_0_log.err", 1)]
     assert lost == [("cell:y", f"slurm job 13 ended (OUT_OF_MEMORY) without finishing its cell; log {tmp_path}/slurm/13/13_0_log.err")]
@@ -233,7 +235,7 @@ def test_no_wait_returns_after_submission(tmp_path, monkeypatch):
     monkeypatch.setattr(slurm, "wait", lambda *a, **k: pytest.fail("--no-wait must not wait"))
     lines = []
     sched = SchedulerConfig(kind="slurm", slurm=SlurmConfig(partition="p"))
-    kw = dict(finished=lambda job: None, blocked=None, record_lost=None, log=lines.append)
+    kw = dict(runner=SimpleNamespace(job_finished=lambda job: None), log=lines.append)
     assert slurm.run_slurm(jobs, tmp_path, sched, wait_for_jobs=False, **kw) is False  # not collected yet
     assert lines == ["[experiment] slurm: 2 jobs queued; `remix-ds experiment` with this config again collects "
                      "the table once they are done"]

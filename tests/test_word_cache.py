@@ -103,7 +103,7 @@ def test_condition_read_from_the_tokenizer(tiny_tokenizer):
 
 def test_random_completion_rows_use_the_same_path(tiny_tokenizer):
     from remix_ds.data.config import DataConfig, KVRConfig, MixConfig
-    from remix_ds.data.mixing import random_rows
+    from remix_ds.data.random_rows import random_rows
     from remix_ds.data.random_words import RandomWords
 
     mix = MixConfig(random_ratio=1.0, random_format="completion", prompt_words=7, answer_words=5, random_vocab_size=500)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from remix_ds import models
-from remix_ds.data.mixing import generic_rows
+from remix_ds.data.generic import generic_rows
 from remix_ds.data.packing import pack
 from remix_ds.data.tokenize import TokenizedExample, tokenize_examples
 from remix_ds.engine import dist

@@ -27,7 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from remix_ds.baselines import build_regularizers
 from remix_ds.bench.train import machine_info
 from remix_ds.config import load_config
 from remix_ds.engine import dist
@@ -61,8 +60,7 @@ def bench(config: str | None, overrides: list[str], variants: list[str], steps: 
 
     # NOTE: imported here: `remix-ds --help` imports this module for its subcommand, and the
     # trainer and evaluator pull in transformers (seconds).
-    from remix_ds.engine.trainer import Trainer
-    from remix_ds.eval.hook import build_eval_hooks
+    from remix_ds.assemble import build_trainer
 
     trainers, setup = {}, {}
     dist.init_distributed()
@@ -72,7 +70,7 @@ def bench(config: str | None, overrides: list[str], variants: list[str], steps: 
         extra = VARIANTS[name] + ([f"regularize.ewc.num_examples={fisher_examples}"] if "ewc" in name else [])
         cfg = load_config(config, [*DEFAULTS, *overrides, *extra, f"train.output_dir={root / name}"])
         t0 = time.perf_counter()
-        trainers[name] = Trainer(cfg, eval_hooks=build_eval_hooks(cfg), regularizers=build_regularizers(cfg))
+        trainers[name] = build_trainer(cfg)
         setup[name] = time.perf_counter() - t0
     times = {name: [] for name in variants}
     extras = {name: {} for name in variants}

@@ -409,7 +409,8 @@ def bench_pack(rows, *, n_examples: int = 512, max_seq_len: int = 2048, group_ba
 def decode_all_generic_rows(cfg, tokenizer, count: int):
     """`generic_rows` before issue 14 (the "before" column): decode every drawn document with
     transformers' `batch_decode`, keep those with enough words (same draws, same rows)."""
-    from remix_ds.data.mixing import _tokenize, completion_examples, open_generic_corpus
+    from remix_ds.data.generic import completion_examples, open_generic_corpus
+    from remix_ds.data.tokenize import tokenize_for
     from remix_ds.data.tokenize import TokenizedExample
 
     reader = open_generic_corpus(cfg, tokenizer)
@@ -421,7 +422,7 @@ def decode_all_generic_rows(cfg, tokenizer, count: int):
         docs = reader.sample_documents(rng, 2 * want + 8)
         rows = [w[:need] for w in (t.split() for t in tokenizer.batch_decode(docs, skip_special_tokens=True))
                 if len(w) >= need]
-        toks, dropped = _tokenize(completion_examples(rows, cfg, "generic"), cfg, tokenizer, "answer")
+        toks, dropped = tokenize_for(completion_examples(rows, cfg, "generic"), cfg, tokenizer, "answer")
         too_long += dropped
         kept += toks[:want]
         if len(kept) == count:
@@ -432,7 +433,7 @@ def decode_all_generic_rows(cfg, tokenizer, count: int):
 def bench_stage(tokenizer, *, factoids: int = 32_000, generic_ratio: float = 1.0, repeats: int = 1) -> dict:
     """Generic completion rows of a REMIX stage (`factoids` x `generic_ratio`), before/after issue 14,
     alternating; asserts both give the same rows."""
-    from remix_ds.data.mixing import generic_rows
+    from remix_ds.data.generic import generic_rows
 
     cfg = _data_cfg(factoids, 2048, generic_ratio=generic_ratio, generic_format="completion")
     count = int(factoids * generic_ratio)
@@ -459,7 +460,8 @@ def bench_completion_tokenize(cfg, tokenizer, count: int, repeats: int = 1) -> d
     """The tokenizing step alone, on the same generic word rows, alternating: per-word units
     (`CompletionRows`, a fresh cache each time) vs the formatted rows through the batched Rust
     tokenizer (`tokenize_examples`, what the stage build did before, the strongest plain rival)."""
-    from remix_ds.data.mixing import _tokenize, completion_examples, open_generic_corpus
+    from remix_ds.data.generic import completion_examples, open_generic_corpus
+    from remix_ds.data.tokenize import tokenize_for
     from remix_ds.data.word_cache import CompletionRows
 
     reader = open_generic_corpus(cfg, tokenizer)
@@ -469,7 +471,7 @@ def bench_completion_tokenize(cfg, tokenizer, count: int, repeats: int = 1) -> d
             if len(w) >= need][:count]
     p, a = cfg.mix.prompt_words, cfg.mix.answer_words
     fns = {"units": lambda: CompletionRows(tokenizer, cfg.mix.instruction).rows(rows, p, a, "generic", cfg.max_seq_len),
-           "whole_rows": lambda: _tokenize(completion_examples(rows, cfg, "generic"), cfg, tokenizer, "answer")}
+           "whole_rows": lambda: tokenize_for(completion_examples(rows, cfg, "generic"), cfg, tokenizer, "answer")}
     times: dict[str, list[float]] = {k: [] for k in fns}
     got = {}
     for _ in range(repeats):

@@ -54,6 +54,7 @@ import torch
 from remix_ds import models
 from remix_ds.bench import train as bench_train
 from remix_ds.bench.eval import run_setting
+from remix_ds.cachedir import write_text_atomic
 from remix_ds.config import TrainConfig
 from remix_ds.data.packing import pack
 from remix_ds.data.tokenize import TokenizedExample
@@ -106,12 +107,6 @@ def _installed(module: str) -> bool:
     except Exception:  # a broken optional install counts as missing
         return False
     return True
-
-
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ---- a. attention parity --------------------------------------------------------------------------
@@ -456,7 +451,7 @@ def run_step(name: str, toy: bool, result_path: Path, hang: bool = False, **kw) 
                    "traceback": traceback.format_exc()[-4000:]}
     if torch.cuda.is_available() and not toy:
         out["peak_memory_gib_process"] = torch.cuda.max_memory_allocated() / 2**30
-    atomic_write(result_path, json.dumps(out, indent=2, default=str) + "\n")
+    write_text_atomic(result_path, json.dumps(out, indent=2, default=str) + "\n")
     return 0
 
 
@@ -516,8 +511,8 @@ def render_markdown(report: dict) -> str:
 
 
 def write_report(out_dir: Path, report: dict) -> None:
-    atomic_write(out_dir / "gpu_check.json", json.dumps(report, indent=2, default=str) + "\n")
-    atomic_write(out_dir / "gpu_check.md", render_markdown(report))
+    write_text_atomic(out_dir / "gpu_check.json", json.dumps(report, indent=2, default=str) + "\n")
+    write_text_atomic(out_dir / "gpu_check.md", render_markdown(report))
 
 
 def _run_child(cmd: list[str], timeout: float, log: Path, env: dict) -> tuple[int | None, float]:

@@ -1,4 +1,4 @@
-"""`remix-ds bench mix --out FILE.json`: what data.mix.redraw / data.mix.schedule cost (issue 19).
+"""`remix-ds bench mix --out FILE.json`: what data.mix.redraw / data.mix.schedule cost.
 
 Measures, on one process, the paper's stage (2,000 kvr facts, ratio 2.0, global batch 32,
 max_seq_len 512) on the built-in generic corpus and the tiny tokenizer:

@@ -89,9 +89,13 @@ class ReplayConfig(SourceConfig):
     """Softmax temperature of the weights_file scores (in the scores' units, e.g. predicted NLL increase)."""
     surprise_mask: str | None = None
     """`surprise` mode (this entry's loss_mode, else data.loss_mode): the pool's mask, set by the entry point against the stage's starting model (see remix_ds.data.surprise)."""
+    draw: Literal["per_epoch", "once"] = "per_epoch"
+    """`per_epoch`: floor(n x ratio) rows redrawn every epoch (as above); `once` (replay as published, Jin & Ren): floor(n x ratio) + 1 distinct rows drawn once per run (weighted by weights_file without replacement), replayed every epoch."""
 
     def validate(self, prefix: str) -> None:
         super().validate(prefix)
+        if self.draw not in ("per_epoch", "once"):
+            raise ConfigError(f"{prefix}.draw must be 'per_epoch' or 'once', got {self.draw!r}")
         if self.ratio < 0:
             raise ConfigError(f"{prefix}.ratio must be >= 0, got {self.ratio}")
         if not self.temperature > 0:
@@ -204,6 +208,8 @@ class DataConfig(SourceConfig):
     """REMIX generic / random-word mixing."""
     replay: list[ReplayConfig] = field(default_factory=list)
     """Earlier stages' datasets replayed into this stage, each at its own ratio."""
+    replay_placement: Literal["schedule", "interleave"] = "schedule"
+    """Where replay rows go in an epoch: `schedule`: as every other kind (data.mix.schedule); `interleave` (replay as published): one replay row after every round(1 / total replay ratio) stage rows, at fixed positions of each epoch's order (needs data.mix.schedule=pooled)."""
     pad_to_multiple_of: int = 1
     """Round a packed micro-batch's row length up to a multiple of this (8 helps tensor cores)."""
     reference_compat: bool = False
@@ -231,6 +237,12 @@ class DataConfig(SourceConfig):
             check_filtered(self.dataset, "data.dataset")
         for i, r in enumerate(self.replay):
             r.validate(f"data.replay[{i}]")
+        if self.replay_placement not in ("schedule", "interleave"):
+            raise ConfigError(f"data.replay_placement must be 'schedule' or 'interleave', got {self.replay_placement!r}")
+        published = self.replay_placement == "interleave" or any(r.draw == "once" for r in self.replay)
+        if published and self.mix.schedule != "pooled":
+            raise ConfigError("data.replay_placement=interleave and data.replay[].draw=once order the epoch themselves; "
+                              "use data.mix.schedule=pooled")
 
     def source(self) -> SourceConfig:
         """The stage dataset as a plain SourceConfig (what the registry loads)."""

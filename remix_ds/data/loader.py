@@ -41,7 +41,6 @@ import torch
 from remix_ds.data.config import DataConfig
 from remix_ds.data.mixing import StageStream, build_stage_stream
 from remix_ds.data.packing import empty_batch, first_fit_decreasing, pack, pad_reference
-from remix_ds.data.redraw import attach_drawer
 from remix_ds.data.tokenize import IGNORE, TokenizedExample, eos_id, pad_id
 
 STATE_VERSION = 1
@@ -336,7 +335,6 @@ def build_train_loader(data_cfg: DataConfig, tokenizer, *, micro_batch_size: int
     Loads and validates all data before returning, so bad input fails before training starts.
     """
     stream = build_stage_stream(data_cfg, tokenizer, seed)
-    attach_drawer(stream, data_cfg, tokenizer)
     if any(stream.dropped.values()):
         log.warning("dropped examples (by kind: longer than data.max_seq_len=%d, never truncated; "
                     "bad_records: data.on_bad_record=drop): %s", data_cfg.max_seq_len, stream.dropped)

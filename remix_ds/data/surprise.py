@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from remix_ds.cachedir import cache_root
+from remix_ds.cachedir import cache_root, open_atomic
 from remix_ds.data.config import LOCAL_SUFFIXES
 from remix_ds.data.records import DataError
 from remix_ds.data.tokenize import IGNORE, TokenizedExample
@@ -46,14 +44,8 @@ def write_mask(path: Path, ids: Sequence[str], keeps: Sequence[np.ndarray], meta
     path.parent.mkdir(parents=True, exist_ok=True)
     offsets = np.concatenate([[0], np.cumsum([len(k) for k in keeps])]).astype(np.int64)
     keep = np.concatenate(keeps).astype(bool) if keeps else np.zeros(0, bool)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
-        np.savez(tmp, ids=np.asarray(list(ids), dtype=str), offsets=offsets, keep=keep, meta=np.asarray(json.dumps(meta)))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with open_atomic(path, "wb") as f:
+        np.savez(f, ids=np.asarray(list(ids), dtype=str), offsets=offsets, keep=keep, meta=np.asarray(json.dumps(meta)))
     return path
 
 

@@ -457,3 +457,11 @@ def encode_prompt_answer(examples: Sequence[Example], tokenizer, prompt_format: 
         spans = tuple(per_seg[e][last][2]) if marked else ()
         out.append(PromptAnswer(ex.id, np.asarray(prompt, np.int32), np.asarray(answer, np.int32), spans))
     return out
+
+
+def tokenize_for(examples: Sequence[Example], cfg, tokenizer, mode: LossMode) -> tuple[list[TokenizedExample], int]:
+    """`tokenize_examples` with a `DataConfig`'s prompt format, max_seq_len and key-span delimiters:
+    (rows that fit, how many were dropped as too long)."""
+    res = tokenize_examples(examples, tokenizer, mode=mode, prompt_format=cfg.prompt_format, max_len=cfg.max_seq_len,
+                            key_span_delimiters=cfg.key_span_delimiters)
+    return res.examples, res.dropped

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from remix_ds.cachedir import write_text_atomic
 from remix_ds.engine import dist
 from remix_ds.errors import CheckpointError
 
@@ -136,12 +137,6 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def rng_state() -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -186,7 +181,7 @@ def save_checkpoint(engine, run_dir: Path, step: int, rank_state: dict, hf_files
         if final.exists():  # re-saving the same step (e.g. after a resume)
             shutil.rmtree(final)
         os.rename(tmp, final)
-        _write_atomic(run_dir / "latest", name + "\n")
+        write_text_atomic(run_dir / "latest", name + "\n")
         for old in list_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()

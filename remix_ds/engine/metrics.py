@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
+from remix_ds.cachedir import write_text_atomic
 from remix_ds.config import WandbConfig
 from remix_ds.configtools import ConfigError
 
@@ -90,9 +90,7 @@ class MetricsWriter:
             else:
                 kept.append(line + "\n")
         if dropped:
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_text("".join(kept))
-            os.replace(tmp, self.path)
+            write_text_atomic(self.path, "".join(kept))
         self._file = open(self.path, "a", buffering=1)
         return dropped
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from remix_ds.eval.data import EvalSet, load_eval_sets
-from remix_ds.eval.runner import evaluate, write_results
+from remix_ds.eval.runner import evaluate, step_dir, write_results
 
 
 class EvalSetsHook:
@@ -44,7 +44,7 @@ class EvalSetsHook:
             if "fused_generate_agreement" in result.metrics:
                 metrics[f"eval/{s.name}/fused_generate_agreement"] = result.metrics["fused_generate_agreement"]
             if self.cfg.write_rows and self.rank == 0:
-                write_results(result, Path(out_dir) / f"step-{step}", s.name, extra={"step": step},
+                write_results(result, step_dir(out_dir, step), s.name, extra={"step": step},
                               fingerprint=s.fingerprint)
         return metrics
 

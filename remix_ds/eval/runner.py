@@ -168,6 +168,37 @@ def _gather_rows(rows: list[tuple[int, dict]]) -> list[dict]:
     return [r for _, r in sorted(merged, key=lambda x: x[0])]
 
 
+# ---- a run's eval results: RUN/eval/step-N/NAME.jsonl (written by the eval hook, read by the grid) ----
+def step_dir(eval_dir: str | Path, step: int) -> Path:
+    """The folder of step `step`'s results under a run's eval folder (RUN/eval): ``step-N``."""
+    return Path(eval_dir) / f"step-{step}"
+
+
+def rows_file(folder: str | Path, name: str) -> Path:
+    """The per-example rows file of set `name` in a results folder (what `write_results` writes)."""
+    return Path(folder) / f"{name.replace('/', '_').replace(':', '_')}.jsonl"
+
+
+def eval_steps(run_dir: str | Path, name: str) -> list[tuple[int, Path]]:
+    """(step, rows file) of every eval of set `name` in a run folder, by step."""
+    found = ((int(p.name.split("-")[1]), rows_file(p, name)) for p in (Path(run_dir) / "eval").glob("step-*"))
+    return sorted((step, f) for step, f in found if f.is_file())
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """The per-example rows of a rows file."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def latest_eval_rows(run_dir: str | Path, name: str) -> tuple[int, list[dict]]:
+    """(step, per-example rows) of the newest eval of set `name` in a run folder."""
+    steps = eval_steps(run_dir, name)
+    if not steps:
+        raise FileNotFoundError(f"no eval rows of {name!r} under {run_dir}/eval")
+    step, path = steps[-1]
+    return step, read_rows(path)
+
+
 def write_results(result: EvalResult, out_dir: str | Path, name: str, extra: dict | None = None,
                   fingerprint: dict | None = None) -> Path:
     """``OUT/NAME.jsonl`` (one row per example) and ``OUT/NAME.metrics.json``. Call on rank 0.
@@ -177,11 +208,11 @@ def write_results(result: EvalResult, out_dir: str | Path, name: str, extra: dic
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    safe = name.replace("/", "_").replace(":", "_")
+    path = rows_file(out, name)
     tag = {"data_fingerprint": short(fingerprint)} if fingerprint else {}
-    with (out / f"{safe}.jsonl").open("w", encoding="utf-8") as f:
+    with path.open("w", encoding="utf-8") as f:
         for row in result.rows:
             f.write(json.dumps({**row, **tag}, ensure_ascii=False) + "\n")
     meta = {**(extra or {}), **({"data_fingerprint": fingerprint} if fingerprint else {})}
-    (out / f"{safe}.metrics.json").write_text(json.dumps({**meta, **result.metrics}, indent=2) + "\n")
-    return out / f"{safe}.jsonl"
+    path.with_name(f"{path.stem}.metrics.json").write_text(json.dumps({**meta, **result.metrics}, indent=2) + "\n")
+    return path

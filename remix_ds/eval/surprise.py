@@ -31,7 +31,7 @@ from remix_ds import models
 from remix_ds.config import RunConfig
 from remix_ds.data.datasets import load_examples
 from remix_ds.data.fingerprint import data_fingerprint, source_params
-from remix_ds.data.mixing import replay_pool
+from remix_ds.data.replay_rows import replay_pool
 from remix_ds.data.surprise import mask_path, read_mask, write_mask
 from remix_ds.data.tokenize import IGNORE, TokenizedExample, eos_id, pad_id, tokenize_examples
 from remix_ds.eval.fused import score_fused

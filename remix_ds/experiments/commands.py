@@ -25,7 +25,7 @@ def _run(args) -> int:
         for job in plan_jobs(grid):
             print(f"  {job.id}" + (f"  after {', '.join(job.deps)}" if job.deps else ""))
         if cfg.scheduler.kind == "slurm":
-            print("\n".join(slurm.describe(plan_jobs(grid), grid.out, cfg.scheduler.slurm, grid.job_finished)))
+            print("\n".join(slurm.describe(plan_jobs(grid), grid.out, cfg.scheduler.slurm, grid)))
         return 0
     grid = Grid(cfg)
     grid.wait_for_jobs = not args.no_wait

@@ -20,19 +20,17 @@ old contrast instead, said in one log line: `<name>.spans.jsonl` wraps every who
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from remix_ds.cachedir import umask_mode
+from remix_ds.cachedir import open_atomic
 from remix_ds.data.config import GENERATED_DATASETS, DataConfig, SourceConfig, check_filtered
 from remix_ds.data.datasets import REGISTRY, generate_kvr, load_examples
 from remix_ds.data.prepare import MANIFEST, read_manifest
 from remix_ds.data.formats import completion_prompt
-from remix_ds.data.mixing import open_generic_corpus
+from remix_ds.data.generic import open_generic_corpus
 from remix_ds.data.records import Example, read_rows
 from remix_ds.data.tokenize import strip_markers
 from remix_ds.experiments.config import DatasetSpec
@@ -59,16 +57,9 @@ def _example_row(ex: Example) -> dict:
 
 def write_jsonl(path: Path, rows) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)  # unique: writers never share it
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        os.chmod(tmp, umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with open_atomic(path) as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
     return path
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from remix_ds.data.records import DataError
+from remix_ds.eval.runner import eval_steps, rows_file, step_dir
 from remix_ds.experiments import stats
 from remix_ds.experiments.report import markdown_table
 
@@ -65,10 +66,9 @@ class Point:
 def _rows_file(stage2: Path, name: str, step: int | None) -> Path | None:
     """stage2/eval/step-<step>/<name>.jsonl, or the newest step's when `step` is None."""
     if step is not None:
-        f = stage2 / "eval" / f"step-{step}" / f"{name}.jsonl"
+        f = rows_file(step_dir(stage2 / "eval", step), name)
         return f if f.is_file() else None
-    steps = sorted((int(p.name.split("-")[1]), p / f"{name}.jsonl") for p in (stage2 / "eval").glob("step-*")
-                   if (p / f"{name}.jsonl").is_file())
+    steps = eval_steps(stage2, name)
     return steps[-1][1] if steps else None
 
 

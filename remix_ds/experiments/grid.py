@@ -46,29 +46,19 @@ from filelock import FileLock, Timeout
 
 from remix_ds import configtools, models
 from remix_ds.cachedir import write_text_atomic
-from remix_ds.baselines.strategies import strategy_patch
 from remix_ds.config import RunConfig
-from remix_ds.data.mixing import mix_count
 from remix_ds.data.prepare import manifest_sha256
 from remix_ds.engine.metrics import plain_values, start_wandb
 from remix_ds.errors import RemixError
 from remix_ds.eval.data import load_eval_set
-from remix_ds.eval.runner import evaluate, write_results
+from remix_ds.eval.runner import eval_steps, evaluate, latest_eval_rows, read_rows, rows_file, step_dir, write_results
 from remix_ds.configtools import ConfigError
 from remix_ds.experiments import analysis, datasets, frontier, report, scheduler, slurm
 from remix_ds.experiments import stage as stage_lib
 from remix_ds.experiments.config import ExperimentConfig, launcher_argv, parse_strategy
-from remix_ds.experiments.layout import latest_eval_rows  # moved there; still grid.latest_eval_rows
 from remix_ds.experiments.layout import Cell, GridLayout, cell_dir
 from remix_ds.experiments.plan import Job, cell_id, plan_jobs
-
-# Every stage trains its own dataset file (no subsampling, no held-out split) for whole epochs
-# and resumes from its newest checkpoint after an interruption.
-STAGE_COMMON = {
-    "train.max_steps": 0, "train.resume": "auto",
-    "data.data_files": None, "data.num_examples": 0, "data.heldout_size": 0,
-}
-
+from remix_ds.experiments.stage_configs import STAGE_COMMON, StageConfigs
 
 STAGE0_VERSION = 2  # bump when the stage-0 recipe (passages, training) changes: cached stage-0 runs are redone
 
@@ -83,11 +73,6 @@ class GridBusyError(ConfigError):
 
 def _write_json(path: Path, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def seed_patch(cell: Cell) -> dict:
-    """A seeded cell's stages: train.seed (data order, any training randomness) and data.mix.seed (mixing draws)."""
-    return {} if cell.seed is None else {"train.seed": cell.seed, "data.mix.seed": cell.seed}
 
 
 def seed_column(cell: Cell) -> dict:
@@ -107,12 +92,7 @@ def span_acc_of(rows: list[dict]) -> float | None:
 
 def em_curve(run_dir: Path, name: str) -> list[tuple[int, float]]:
     """EM of set `name` at every eval step of a run (from the per-example files)."""
-    out = []
-    for p in (run_dir / "eval").glob("step-*"):
-        f = p / f"{name}.jsonl"
-        if f.is_file():
-            out.append((int(p.name.split("-")[1]), em_of([json.loads(l) for l in f.read_text().splitlines()])))
-    return sorted(out)
+    return [(step, em_of(read_rows(f))) for step, f in eval_steps(run_dir, name)]
 
 
 class Grid:
@@ -174,96 +154,20 @@ class Grid:
                 return int(words[words.index(flag) + 1])
         return int(os.environ.get("WORLD_SIZE", "1"))
 
-    # ---- stage configs -----------------------------------------------------------------------
-    def _stage_config(self, patch: dict, overrides: list[str]) -> RunConfig:
-        d = configtools.to_dict(self.cfg.run)
-        if d["metrics"]["wandb"] is not None and not d["metrics"]["wandb"]["group"]:
-            d["metrics"]["wandb"]["group"] = self.wandb_group()  # the grid's stages and cells: one W&B group
-        for dotted, value in patch.items():
-            node = d
-            *head, last = dotted.split(".")
-            for part in head:
-                node = node[part]
-            node[last] = value
-        return configtools.from_dict(RunConfig, configtools.apply_overrides(d, list(overrides)),
-                                     source=f"{self.cfg.output_dir} (derived stage config)")
-
-    def _train_path(self, name: str, loss_mode: str | None) -> str:
-        p = self.paths[name]
-        if loss_mode == "key_spans":
-            return str(p.with_name(f"{name}.spans.jsonl"))
-        clean = datasets.clean_path(p)  # marked data: the other modes train on the text without markers
-        return str(clean) if clean.is_file() else str(p)
-
-    def _eval_every(self, n: int, ratios: tuple[float, ...], setting: int) -> int:
-        """`setting`, or about one epoch of optimizer steps (dataset rows plus mixed/replayed rows)."""
-        if setting:
-            return setting
-        rows = n + sum(mix_count(r, n) for r in ratios)
-        return max(1, round(rows / self.cfg.run.train.global_batch_size))
-
-    def _n(self, name: str) -> int:
-        with self.paths[name].open() as f:
-            return sum(1 for line in f if line.strip())
+    # ---- stage configs (experiments/stage_configs.py) -----------------------------------------
+    def stage_configs(self) -> StageConfigs:
+        return StageConfigs(self.cfg, self.out, self.paths, self.base_model)
 
     def stage1_config(self, cell: Cell) -> RunConfig:
-        s, a = cell.strategy, cell.d_a.name
-        n = self._n(a)
-        patch = {
-            **STAGE_COMMON,
-            "model.init_from": self.base_model or self.cfg.run.model.init_from,
-            "train.output_dir": str(self.out / "stage1" / cell.stage1_key),
-            "train.epochs": self.cfg.stage1.max_epochs,
-            "train.eval_every": self._eval_every(n, (s.random[0], s.generic[0]), self.cfg.stage1.eval_every),
-            "train.early_stop_metric": f"eval/{a}/em",
-            "train.early_stop_value": self.cfg.stage1.em_threshold,
-            "data.dataset": self._train_path(a, cell.loss_mode),
-            "data.mix.random_ratio": s.random[0],
-            "data.mix.generic_ratio": s.generic[0],
-            "data.replay": [],
-            "eval.datasets": [str(self.paths[a])],
-            "eval.write_rows": True,
-            **s.mix_patch(),
-        }
-        if cell.loss_mode:
-            patch["data.loss_mode"] = cell.loss_mode
-        patch.update(seed_patch(cell))
-        return self._stage_config(patch, self.cfg.stage1.overrides)
+        return self.stage_configs().stage1(cell)
 
     def stage2_config(self, cell: Cell) -> RunConfig:
-        s, a, b = cell.strategy, cell.d_a.name, cell.d_b.name
-        n = self._n(b)
-        setting = self.cfg.stage2_setting(cell.stage2)
-        epochs = setting.epochs if setting and setting.epochs is not None else self.cfg.stage2.epochs
-        replay = [{"dataset": self._train_path(a, cell.loss_mode), "ratio": s.replay}] if s.replay else []
-        patch = {
-            **STAGE_COMMON,
-            "model.init_from": str(self.out / "stage1" / cell.stage1_key / "final"),
-            "train.output_dir": str(self.cell_dir(cell) / "stage2"),
-            "train.epochs": epochs,
-            "train.eval_every": self._eval_every(n, (s.random[1], s.generic[1], s.replay), self.cfg.stage2.eval_every),
-            "train.early_stop_metric": None,
-            "data.dataset": self._train_path(b, cell.loss_mode),
-            "data.mix.random_ratio": s.random[1],
-            "data.mix.generic_ratio": s.generic[1],
-            "data.replay": replay,
-            "eval.datasets": [str(self.paths[a])] + ([str(self.paths[b])] if self.cfg.stage2.eval_b == "every_eval" else []),
-            "eval.write_rows": True,
-            **s.mix_patch(),
-        }
-        if s.regularize:
-            # Cells sharing a stage-1 model share one Fisher/anchor estimate (the first computes it).
-            patch.update(strategy_patch(s.regularize, stage1_dataset=str(self.paths[a]),
-                                        ewc_state_dir=str(self.out / "stage1" / cell.stage1_key / "ewc-fisher")))
-        if cell.loss_mode:
-            patch["data.loss_mode"] = cell.loss_mode
-        patch.update(seed_patch(cell))
-        return self._stage_config(patch, list(self.cfg.stage2.overrides) + (list(setting.overrides) if setting else []))
+        return self.stage_configs().stage2(cell)
 
     def final_eval_b(self, s2cfg: RunConfig, name: str, step: int) -> None:
         """stage2.eval_b=end: score D_B once on the stage-2 export, beside the final D_A rows."""
-        folder = Path(s2cfg.train.output_dir) / "eval" / f"step-{step}"
-        if (folder / f"{name}.jsonl").is_file():
+        folder = step_dir(Path(s2cfg.train.output_dir) / "eval", step)
+        if rows_file(folder, name).is_file():
             return
         model = analysis.load_model(Path(s2cfg.train.output_dir) / "final", self.cfg.analysis.device)
         try:
@@ -353,7 +257,7 @@ class Grid:
                         path = datasets.stage0_passages(self.tokenizer, self.cfg.run.data, s0.num_passages,
                                                         s0.passage_words, skip, self.stage0_dir().parent / f"{self.stage0_dir().name}-data")
                         patch["data.dataset"] = str(path)
-                        self.run_stage(self._stage_config(patch, s0.overrides), "stage 0 (generic pretraining)")
+                        self.run_stage(self.stage_configs().stage_config(patch, s0.overrides), "stage 0 (generic pretraining)")
 
     def stage0_dir(self) -> Path:
         """Stage 0 is cached by its config and by the corpus its passages come from: the same base
@@ -446,9 +350,7 @@ class Grid:
         return {} if cell.stage2 is None else {"stage2_setting": cell.stage2}
 
     def wandb_group(self) -> str:
-        """metrics.wandb.group, default: the name of the grid's output folder."""
-        w = self.cfg.run.metrics.wandb
-        return (w.group if w and w.group else None) or self.out.resolve().name
+        return self.stage_configs().wandb_group()
 
     def track_cell(self, cell: Cell, row: dict, stages: dict) -> None:
         """With metrics.wandb: the cell as a W&B run (job_type `cell`) in the grid's group, its config and
@@ -623,14 +525,12 @@ class Grid:
             if self.cfg.scheduler.kind == "local":
                 self.prepare(stage0=False)  # the data once here; stage 0 is the plan's first job
                 layout = self.layout()
-                scheduler.run_local(plan_jobs(self), self.out, self.cfg.scheduler, finished=self.job_finished,
-                                    job_log=self.job_log, blocked=self.job_blocked, claim=self.job_claim, log=self.log)
+                scheduler.run_local(plan_jobs(self), self.out, self.cfg.scheduler, self, log=self.log)
             elif self.cfg.scheduler.kind == "slurm":
                 self.prepare(stage0=False)  # the data once here; the jobs run on the cluster
                 layout = self.layout()
-                if not slurm.run_slurm(plan_jobs(self), self.out, self.cfg.scheduler, finished=self.job_finished,
-                                       blocked=self.job_blocked, record_lost=self.job_lost, wait_for_jobs=self.wait_for_jobs,
-                                       log=self.log):
+                if not slurm.run_slurm(plan_jobs(self), self.out, self.cfg.scheduler, self,
+                                       wait_for_jobs=self.wait_for_jobs, log=self.log):
                     return []  # submitted, not waited for: a later run collects the table
             else:
                 self.prepare()

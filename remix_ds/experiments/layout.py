@@ -7,7 +7,6 @@ neither needs the runner itself.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -43,15 +42,6 @@ class Cell:
     @property
     def _seed_suffix(self) -> str:
         return "" if self.seed is None else f"__s{self.seed}"
-
-
-def latest_eval_rows(run_dir: Path, name: str) -> tuple[int, list[dict]]:
-    """(step, per-example rows) of the newest eval of set `name` in a run folder."""
-    steps = sorted((int(p.name.split("-")[1]), p) for p in (run_dir / "eval").glob("step-*") if (p / f"{name}.jsonl").is_file())
-    if not steps:
-        raise FileNotFoundError(f"no eval rows of {name!r} under {run_dir}/eval")
-    step, folder = steps[-1]
-    return step, [json.loads(line) for line in (folder / f"{name}.jsonl").read_text().splitlines()]
 
 
 def cell_dir(out: Path, cell: Cell) -> Path:

@@ -13,7 +13,8 @@ Finished work still appears in the plan; running a finished job is a quick no-op
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Literal, Protocol
 
 STAGE0 = "stage0"
 
@@ -29,6 +30,25 @@ class Job:
     """Ids of the jobs that must be done before this one starts."""
     label: str
     """What the scheduler prints, e.g. `cell fa__fb__none`."""
+
+
+class JobRunner(Protocol):
+    """What a scheduler (local, Slurm) asks of the owner of the jobs it runs: one object, passed whole."""
+
+    def job_finished(self, job: Job) -> int | None:
+        """0 (done) or 1 (failed, not to be retried) for work finished earlier; None: to run."""
+
+    def job_log(self, job: Job) -> Path:
+        """Where the job's stdout/stderr go."""
+
+    def job_claim(self, job: Job) -> Path | None:
+        """A lock file held while the job runs (cooperating schedulers skip each other's), or None."""
+
+    def job_blocked(self, job: Job, cause: Job, log: Path, code: int) -> None:
+        """`job` will not run (or died without recording why) because `cause` failed with `code`."""
+
+    def job_lost(self, job: Job, message: str) -> None:
+        """`job` left the queue without finishing (Slurm: killed, out of time)."""
 
 
 def stage1_id(stage1_key: str) -> str:

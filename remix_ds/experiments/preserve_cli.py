@@ -40,7 +40,7 @@ from remix_ds.engine import dist
 from remix_ds.eval.commands import resolve_model, resolve_run_config
 from remix_ds.eval.config import EvalConfig
 from remix_ds.data.fingerprint import data_fingerprint
-from remix_ds.data.mixing import completion_examples
+from remix_ds.data.generic import completion_examples
 from remix_ds.eval.data import EvalSet, load_eval_set
 from remix_ds.experiments.datasets import ELIGIBLE_WORDS, PRESERVE_SLOTS, corpus_documents
 from remix_ds.eval.runner import evaluate

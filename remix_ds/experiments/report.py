@@ -25,9 +25,10 @@ from typing import Callable
 import numpy as np
 
 from remix_ds.cachedir import write_text_atomic
+from remix_ds.eval.runner import latest_eval_rows
 from remix_ds.experiments import stats
 from remix_ds.experiments.config import Stage1Config, Stage2Config
-from remix_ds.experiments.layout import Cell, GridLayout, latest_eval_rows
+from remix_ds.experiments.layout import Cell, GridLayout
 
 COLUMNS = ["d_a", "d_b", "strategy", "loss_mode", "mix_schedule", "mix_redraw", "status", "em_a_stage1", "em_a_stage2", "em_b_stage2", "forgetting",
            "stage1_reached_threshold", "stage1_steps", "stage1_epochs", "stage2_steps"]

@@ -32,7 +32,7 @@ from filelock import FileLock, Timeout
 
 from remix_ds.configtools import ConfigError
 from remix_ds.experiments.config import SchedulerConfig
-from remix_ds.experiments.plan import Job
+from remix_ds.experiments.plan import Job, JobRunner
 
 CPU_CONCURRENT = 2
 """Jobs at once on a machine without GPUs when scheduler.max_concurrent is 0."""
@@ -127,19 +127,18 @@ class _Running:
     claim: FileLock | None
 
 
-def run_local(jobs: list[Job], out: Path, cfg: SchedulerConfig, *, finished: Callable[[Job], int | None],
-              job_log: Callable[[Job], Path], blocked: Callable[[Job, Job, Path, int], None],
-              claim: Callable[[Job], Path | None] = lambda job: None,
+def run_local(jobs: list[Job], out: Path, cfg: SchedulerConfig, runner: JobRunner, *,
               log: Callable[[str], None] = print, cuda: bool | None = None,
               command: Callable[[Path, Job, DeviceGroup, int], list[str]] = job_command,
               poll_s: float = 0.2) -> dict[str, int]:
     """Run the plan; returns every job's exit code (0: done).
 
-    `finished(job)`: 0 / 1 for work finished earlier (not started again), None to run it.
-    `blocked(job, cause, cause_log, code)`: a job that will not run (or died without recording
-    why) because `cause` failed. `claim(job)`: a lock file this scheduler holds while the job runs;
-    a job another scheduler holds (a cooperating grid in the same folder) starts only when nothing
-    else is ready (it then waits for the other's job, and finds it finished)."""
+    `runner` (`plan.JobRunner`): `job_finished(job)`: 0 / 1 for work finished earlier (not started
+    again), None to run it. `job_blocked(job, cause, cause_log, code)`: a job that will not run (or
+    died without recording why) because `cause` failed. `job_claim(job)`: a lock file this scheduler
+    holds while the job runs; a job another scheduler holds (a cooperating grid in the same folder)
+    starts only when nothing else is ready (it then waits for the other's job, and finds it finished)."""
+    finished, job_log, blocked, claim = runner.job_finished, runner.job_log, runner.job_blocked, runner.job_claim
     if cuda is None:
         import torch
 

@@ -40,7 +40,6 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable
 
 import submitit
 from filelock import FileLock
@@ -48,7 +47,7 @@ from filelock import FileLock
 from remix_ds.cachedir import write_text_atomic
 from remix_ds.errors import RemixError
 from remix_ds.experiments.config import SchedulerConfig, SlurmConfig
-from remix_ds.experiments.plan import Job
+from remix_ds.experiments.plan import Job, JobRunner
 from remix_ds.experiments.scheduler import free_port
 
 RECORD = "submitted.json"
@@ -163,13 +162,13 @@ def dependency_of(job: Job, slurm_ids: dict[str, str]) -> str | None:
 
 
 # ---- dry run ------------------------------------------------------------------------------------
-def describe(jobs: list[Job], out: Path, cfg: SlurmConfig, finished: Callable[[Job], int | None]) -> list[str]:
+def describe(jobs: list[Job], out: Path, cfg: SlurmConfig, runner: JobRunner) -> list[str]:
     """What `remix-ds experiment CONFIG --dry-run` adds for Slurm: per job, whether it would be
     submitted, its deps, resources and the #SBATCH lines submitit would write."""
     lines = ["", "slurm jobs (afterok:<plan job id> becomes that job's Slurm id at submission; %j: each job's own id):"]
     pending: set[str] = set()
     for job in jobs:
-        state = {0: "done, skipped", 1: "failed, not retried"}.get(finished(job), "to run")
+        state = {0: "done, skipped", 1: "failed, not retried"}.get(runner.job_finished(job), "to run")
         lines.append(f"{job.id}  [{state}]  deps: {', '.join(job.deps) or '-'}")
         if state != "to run":
             continue
@@ -224,7 +223,7 @@ def log_path(out: Path, slurm_id: str) -> Path:
     return folder(out) / slurm_id / f"{slurm_id}_0_log.err"
 
 
-def submit(jobs: list[Job], out: Path, cfg: SlurmConfig, finished: Callable[[Job], int | None], log=print) -> dict[str, str]:
+def submit(jobs: list[Job], out: Path, cfg: SlurmConfig, runner: JobRunner, log=print) -> dict[str, str]:
     """Submit every unfinished job not already queued; {plan job id: slurm id} of those queued now."""
     out = Path(out).resolve()  # the jobs may start in another working directory
     folder(out).mkdir(parents=True, exist_ok=True)
@@ -233,7 +232,7 @@ def submit(jobs: list[Job], out: Path, cfg: SlurmConfig, finished: Callable[[Job
         alive = queue_states(list(record.values()))
         queued = {jid: sid for jid, sid in record.items() if sid in alive}
         for job in jobs:
-            if finished(job) is not None:
+            if runner.job_finished(job) is not None:
                 continue
             if job.id in queued:
                 log(f"[experiment] slurm: {job.id} is job {queued[job.id]} ({alive[queued[job.id]][0].lower()}), not resubmitted")
@@ -250,10 +249,10 @@ def submit(jobs: list[Job], out: Path, cfg: SlurmConfig, finished: Callable[[Job
     return queued
 
 
-def wait(queued: dict[str, str], jobs: list[Job], out: Path, *, finished: Callable[[Job], int | None],
-         blocked: Callable[[Job, Job, Path, int], None], record_lost: Callable[[Job, str], None],
-         log=print, poll_s: float = 5.0) -> None:
-    """Until none of `queued` is in the queue; then every job's outcome is on disk (or recorded here)."""
+def wait(queued: dict[str, str], jobs: list[Job], out: Path, runner: JobRunner, *, log=print, poll_s: float = 5.0) -> None:
+    """Until none of `queued` is in the queue; then every job's outcome is on disk (or recorded here
+    through `runner.job_lost` / `runner.job_blocked`)."""
+    finished = runner.job_finished
     by_id = {j.id: j for j in jobs}
     left = dict(queued)
     last = ""
@@ -264,7 +263,7 @@ def wait(queued: dict[str, str], jobs: list[Job], out: Path, *, finished: Callab
             if not state:
                 del left[jid]
                 if finished(by_id[jid]) is None and by_id[jid].kind == "cell":
-                    record_lost(by_id[jid], f"slurm job {sid} ended ({final_state(sid)}) without finishing its cell; "
+                    runner.job_lost(by_id[jid], f"slurm job {sid} ended ({final_state(sid)}) without finishing its cell; "
                                             f"log {log_path(out, sid)}")
             elif state == "PENDING" and reason in NEVER:
                 cancel(sid)
@@ -272,7 +271,7 @@ def wait(queued: dict[str, str], jobs: list[Job], out: Path, *, finished: Callab
                 dep = next((by_id[d] for d in by_id[jid].deps if finished(by_id[d]) != 0), by_id[by_id[jid].deps[0]])
                 dep_sid = queued.get(dep.id, "?")
                 log(f"[experiment] slurm: {jid} (job {sid}) cancelled: {dep.id} (job {dep_sid}) failed")
-                blocked(by_id[jid], dep, log_path(out, dep_sid), 1)
+                runner.job_blocked(by_id[jid], dep, log_path(out, dep_sid), 1)
         summary = ", ".join(f"{n} {s.lower()}" for s, n in Counter(state for state, _ in states.values()).items())
         if summary and summary != last:
             log(f"[experiment] slurm: {len(left)} jobs in the queue ({summary})")
@@ -281,17 +280,16 @@ def wait(queued: dict[str, str], jobs: list[Job], out: Path, *, finished: Callab
             time.sleep(poll_s)
 
 
-def run_slurm(jobs: list[Job], out: Path, sched: SchedulerConfig, *, finished: Callable[[Job], int | None],
-              blocked: Callable[[Job, Job, Path, int], None], record_lost: Callable[[Job, str], None],
-              wait_for_jobs: bool = True, log=print) -> bool:
+def run_slurm(jobs: list[Job], out: Path, sched: SchedulerConfig, runner: JobRunner, *, wait_for_jobs: bool = True,
+              log=print) -> bool:
     """Submit the plan; with `wait_for_jobs`, wait for it. True when every job has left the queue."""
     out = Path(out).resolve()
-    queued = submit(jobs, out, sched.slurm, finished, log)
+    queued = submit(jobs, out, sched.slurm, runner, log)
     if not wait_for_jobs:
         if queued:
             log(f"[experiment] slurm: {len(queued)} jobs queued; `remix-ds experiment` with this config again "
                 "collects the table once they are done")
         return not queued
-    wait(queued, jobs, out, finished=finished, blocked=blocked, record_lost=record_lost, log=log, poll_s=sched.slurm.poll_s)
+    wait(queued, jobs, out, runner, log=log, poll_s=sched.slurm.poll_s)
     return True
 

@@ -16,12 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-from remix_ds.baselines import build_regularizers
+from remix_ds.assemble import build_trainer
+from remix_ds.cachedir import write_text_atomic
 from remix_ds.config import RunConfig, load_config
 from remix_ds.engine import dist
-from remix_ds.engine.trainer import Trainer
 from remix_ds.eval.hook import build_eval_hooks
-from remix_ds.eval.surprise import prepare_surprise_mask
 
 DONE = "stage_done.json"
 
@@ -55,9 +54,7 @@ def run_stage(cfg: RunConfig) -> dict:
     """Train one stage to completion (or to its early-stop target); return and write its stats."""
     start = time.perf_counter()
     clock = {"eval_s": 0.0}
-    prepare_surprise_mask(cfg)  # loss_mode=surprise: the base model's mask, before the engine exists
-    hooks = [_Timed(h, clock) for h in build_eval_hooks(cfg)]
-    trainer = Trainer(cfg, eval_hooks=hooks, regularizers=build_regularizers(cfg))
+    trainer = build_trainer(cfg, [_Timed(h, clock) for h in build_eval_hooks(cfg)])
     build_s = time.perf_counter() - start
     start_step = trainer.step
     try:
@@ -84,9 +81,7 @@ def run_stage(cfg: RunConfig) -> dict:
         "resumed_from_step": start_step,
     }
     if dist.is_main():
-        tmp = out / (DONE + ".tmp")
-        tmp.write_text(json.dumps(stats, indent=2) + "\n")
-        tmp.replace(out / DONE)
+        write_text_atomic(out / DONE, json.dumps(stats, indent=2) + "\n")
     return stats
 
 

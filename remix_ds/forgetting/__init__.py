@@ -17,7 +17,6 @@ measured entries predict the rest, and does replaying the predicted ones help?
     binary.py    the binary matrix 1 - EM after on base-correct examples (eval files or stored EM)
     similarity.py  projected LM-head gradient features (grad_sim), forward passes only (ZeRO-3 safe)
     replay.py    none / uniform / predicted / oracle replay, paired tests, markdown report
-    replay_stream.py  replay as published: held-out set outside the pool, draws without replacement, interleaving
     online.py    the in-run online variant: uniform replay, probe + completed row at the switch step, weighted replay
     tasks.py     task families (FLAN / Tulu-v2 / Dolly) from the hub or a local copy; the Tulu upstream sample
     commands.py  `remix-ds forgetting measure|analyze|predict|replay-experiment|features`

@@ -32,13 +32,11 @@ import numpy as np
 import torch
 
 from remix_ds import configtools, models
-from remix_ds.baselines import build_regularizers
+from remix_ds.assemble import build_trainer
 from remix_ds.config import RunConfig
 from remix_ds.data.config import ReplayConfig
 from remix_ds.engine import dist
 from remix_ds.data.surprise import read_mask
-from remix_ds.engine.trainer import Trainer
-from remix_ds.eval.surprise import prepare_surprise_mask
 from remix_ds.forgetting.config import ForgettingConfig, TaskConfig
 from remix_ds.data import tokenize
 from remix_ds.forgetting.nll import embed, score_nll_em
@@ -137,9 +135,9 @@ def run_with_probe(cfg: RunConfig, probe: RowProbe, before_fit=None, hooks=()) -
 
     Returns timings, the trainer's dataset size and ``before_fit``'s entries. The trainer is closed and freed.
     """
-    # data.loss_mode=surprise: the mask of the model being fine-tuned, computed before the engine exists
-    mask = prepare_surprise_mask(cfg, log=print if dist.rank() == 0 else quiet)
-    trainer = Trainer(cfg, eval_hooks=[*hooks, probe], regularizers=build_regularizers(cfg))
+    # data.loss_mode=surprise: build_trainer sets the mask of the model being fine-tuned on cfg.data
+    trainer = build_trainer(cfg, [*hooks, probe], log=print if dist.rank() == 0 else quiet)
+    mask = cfg.data.surprise_mask
     try:
         extra = before_fit(trainer) if before_fit is not None else {}
         start = time.perf_counter()

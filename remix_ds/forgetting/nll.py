@@ -26,7 +26,7 @@ from remix_ds.eval.items import EvalItem
 from remix_ds.eval.zero import eval_model, is_zero3, unwrap
 
 
-def _gather(pairs: list[tuple[int, np.ndarray]], n: int, width: int | None = None) -> np.ndarray:
+def gather_by_index(pairs: list[tuple[int, np.ndarray]], n: int, width: int | None = None) -> np.ndarray:
     """Put (index, value) pairs of all ranks into one array in index order (same on all ranks)."""
     out = np.full((n,) if width is None else (n, width), np.nan)
     for part in dist.all_gather_objects(pairs):
@@ -35,7 +35,8 @@ def _gather(pairs: list[tuple[int, np.ndarray]], n: int, width: int | None = Non
     return out
 
 
-def _lockstep(model, cfg: EvalConfig) -> bool:
+def lockstep(model, cfg: EvalConfig) -> bool:
+    """True when every rank must run the same number of forward passes (a partitioned ZeRO-3 model across ranks)."""
     module, _ = unwrap(model)
     return (not cfg.gather_params) and is_zero3(module) and dist.world_size() > 1
 
@@ -44,7 +45,7 @@ def _fused_shard(model, items: Sequence[EvalItem], cfg: EvalConfig, pad_id: int,
     """This rank's share of ``items`` through the fused pass (all ranks in lockstep under partitioned ZeRO-3)."""
     shard = [it for it in items if it.index % world == rank]
     n_steps = None
-    if _lockstep(model, cfg):
+    if lockstep(model, cfg):
         module, _ = unwrap(model)
         n_steps = dist.all_reduce_max(num_fused_batches(module, shard, cfg.max_seq_len, cfg.max_batch_tokens))
     with eval_model(model, gather=cfg.gather_params) as m:
@@ -54,7 +55,7 @@ def _fused_shard(model, items: Sequence[EvalItem], cfg: EvalConfig, pad_id: int,
 def score_nll(model, items: Sequence[EvalItem], cfg: EvalConfig, pad_id: int, rank: int = 0, world: int = 1) -> np.ndarray:
     """(len(items),) float64 mean NLL over each item's counted tokens; ``items[c].index == c``."""
     results = _fused_shard(model, items, cfg, pad_id, rank, world)
-    return _gather([(r.index, r.answer_nll) for r in results], len(items))
+    return gather_by_index([(r.index, r.answer_nll) for r in results], len(items))
 
 
 def score_nll_em(model, items: Sequence[EvalItem], cfg: EvalConfig, pad_id: int, rank: int = 0,
@@ -63,7 +64,7 @@ def score_nll_em(model, items: Sequence[EvalItem], cfg: EvalConfig, pad_id: int,
     counted position; the evaluator's ``fused_correct``) from the same pass: ((N,) NLL, (N,) bool EM).
     The binary forgetting matrix (forgetting/binary.py) is 1 - EM after on the base-correct items."""
     results = _fused_shard(model, items, cfg, pad_id, rank, world)
-    both = _gather([(r.index, np.array([r.answer_nll, float(r.correct)])) for r in results], len(items), 2)
+    both = gather_by_index([(r.index, np.array([r.answer_nll, float(r.correct)])) for r in results], len(items), 2)
     return both[:, 0], both[:, 1] == 1.0
 
 
@@ -95,7 +96,7 @@ def embed(model, sequences: Sequence[np.ndarray], cfg: EvalConfig, pad_id: int, 
     mine = [i for i in range(len(sequences)) if i % world == rank]
     mine.sort(key=lambda i: -len(sequences[i]))  # similar lengths per batch: little padding
     batches = [mine[s : s + batch_size] for s in range(0, len(mine), batch_size)]
-    n_steps = dist.all_reduce_max(len(batches)) if _lockstep(model, cfg) else len(batches)
+    n_steps = dist.all_reduce_max(len(batches)) if lockstep(model, cfg) else len(batches)
     pairs: list[tuple[int, np.ndarray]] = []
     width = None
     with eval_model(model, gather=cfg.gather_params) as m:
@@ -109,4 +110,4 @@ def embed(model, sequences: Sequence[np.ndarray], cfg: EvalConfig, pad_id: int, 
             width = hidden.shape[-1]
             pairs += [(i, v) for i, v in zip(idx, mean.cpu().double().numpy())]
     width = dist.all_reduce_max(width or 0)
-    return _gather(pairs, len(sequences), width)
+    return gather_by_index(pairs, len(sequences), width)

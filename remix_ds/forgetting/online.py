@@ -7,7 +7,7 @@
 2. completes the task's row from those k entries against the training tasks' matrix (the
    existing completion API: `replay.fit_replay_predictor` + the predictor's ``fold_in``),
 3. draws the prediction-weighted replay (softmax(z_hat / T), without replacement) and switches
-   the `ReplayStream` to it from the current loader position on.
+   the stage stream's replay slots to it from the current loader position on (`StageStream.set_switch`).
 
 Resumable across the switch: the switch state (step, loader position, probed columns and their
 NLLs, the completed pool row, the weighted draw) is written atomically to
@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from remix_ds.data.loader import BackgroundLoader
-from remix_ds.data.mixing import softmax
+from remix_ds.data.mixing import StageStream
+from remix_ds.data.replay_rows import draw_without_replacement, softmax
 from remix_ds.engine import dist
 from remix_ds.forgetting.nll import score_nll
-from remix_ds.forgetting.replay_stream import ReplayStream, draw_without_replacement
 from remix_ds.cachedir import write_text_atomic
 
 STATE_FILE = "online_switch.json"
@@ -41,7 +41,7 @@ def switch_step(total_steps: int, fraction: float) -> int:
 
 
 class OnlineSwitch:
-    """Eval hook of the online arm (module docstring). Install the `PublishedReplay` hook first.
+    """Eval hook of the online arm (module docstring); the run's data config asks for published replay.
 
     ``complete(cols, values) -> (P,)``: the predicted row over ``pool_ids`` from the probed
     columns ``cols`` (``items`` are their upstream examples) and their forgetting ``values``.
@@ -60,11 +60,8 @@ class OnlineSwitch:
     def _path(self) -> Path:
         return Path(self.trainer.cfg.train.output_dir) / STATE_FILE
 
-    def _stream(self) -> ReplayStream:
-        stream = self.trainer.loader.stream
-        if not isinstance(stream, ReplayStream):
-            raise TypeError("OnlineSwitch needs the PublishedReplay hook before it (a ReplayStream loader)")
-        return stream
+    def _stream(self) -> StageStream:
+        return self.trainer.loader.stream
 
     def setup(self, trainer) -> None:
         self.trainer = trainer

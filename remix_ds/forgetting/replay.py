@@ -10,7 +10,7 @@ Setup (needs a measured matrix, `forgetting measure`):
   evaluation set of (NLL after - NLL before).
 - Replay rows (docs/forgetting.md): published (default): floor(n x ratio) + 1 pool examples drawn
   without replacement once per run, one after every 1/ratio task rows, floor(steps x (1 + ratio))
-  steps (`replay_stream.py`); ours (``pool=fraction, draw=with_replacement, placement=shuffle,
+  steps (data.replay[].draw=once, data.replay_placement=interleave); ours (``pool=fraction, draw=with_replacement, placement=shuffle,
   scale_steps=false``): the data layer's per-epoch i.i.d. draws, shuffled in.
 - Held-out tasks (``replay.heldout_tasks`` or the last ``num_heldout``) never train the
   predictor. For each held-out task and seed, ``predict.revealed`` pool entries of its row are
@@ -48,7 +48,6 @@ from remix_ds.forgetting.config import ForgettingConfig
 from remix_ds.forgetting.measure import RowProbe, quiet, run_with_probe, task_run_config, upstream_for
 from remix_ds.forgetting.predict import reveal
 from remix_ds.forgetting.online import OnlineSwitch, switch_step
-from remix_ds.forgetting.replay_stream import PublishedReplay
 from remix_ds.cachedir import write_text_atomic
 from remix_ds.forgetting.store import load_matrix
 from remix_ds.forgetting.tasks import as_source
@@ -201,7 +200,7 @@ def arm_replay(fcfg: ForgettingConfig, root: Path, task: str, seed: int, arm: st
         dist.barrier()
     return [ReplayConfig(dataset=str(pool_path), subsample_seed=None, ratio=rc.ratio,
                          weights_file=None if weights_file is None else str(weights_file),
-                         temperature=rc.temperature)]
+                         temperature=rc.temperature, draw="once" if rc.draw == "without_replacement" else "per_epoch")]
 
 
 def replay_stats(trainer, *, ratio: float, pool_ids: list[str], true_z_of: dict[str, float],
@@ -240,6 +239,8 @@ def run_arm(fcfg: ForgettingConfig, root: Path, task_cfg, task: str, arm: str, s
         shutil.rmtree(run_dir)
     dist.barrier()
     cfg = task_run_config(fcfg, task_cfg, run_dir, seed=seed, replay=replay, eval_every=eval_every)
+    if replay and fcfg.replay.placement == "interleave":
+        cfg.data = dataclasses.replace(cfg.data, replay_placement="interleave")
     cfg.train = dataclasses.replace(cfg.train, max_steps=steps,
                                     **({"resume": "auto", "save_every": save_every} if save_every else {}))
     info = run_with_probe(cfg, probe, stats, hooks=hooks)
@@ -274,13 +275,11 @@ def complete_pool_row(fcfg: ForgettingConfig, mat, predictor, cols: np.ndarray, 
 def arm_hooks(fcfg: ForgettingConfig, mat, arm: str, task: int, seed: int, steps: int, pool: np.ndarray, upstream,
               predictor, true_z_of: dict, pad_id: int, rank: int, world: int, log) -> tuple[list, int, object]:
     """(eval hooks before the probe, train.eval_every, after_run) of one arm's run: none for ours
-    (replay.legacy()) or the `none` arm; else the published stream, plus the switch for `online`."""
+    (replay.legacy()) or the `none` arm; the switch for `online` (the published draw and placement are
+    data options, set by `arm_replay` and `run_arm`)."""
     rc = fcfg.replay
-    if arm == "none" or rc.legacy():
+    if arm != "online" or rc.legacy():
         return [], 0, None
-    hooks = [PublishedReplay(ratio=rc.ratio, draw=rc.draw, placement=rc.placement)]
-    if arm != "online":
-        return hooks, 0, None
     k = fcfg.predict.revealed
     if k >= len(pool):
         raise ConfigError(f"predict.revealed={k} must be smaller than the replay pool ({len(pool)} examples)")
@@ -298,7 +297,7 @@ def arm_hooks(fcfg: ForgettingConfig, mat, arm: str, task: int, seed: int, steps
                 "online_replayed_true_z": float(np.mean([true_z_of[i] for i in st["draw_ids"]])),
                 "online_replayed_distinct": len(set(st["draw_ids"]))}
 
-    return [*hooks, switch], step, after_run
+    return [switch], step, after_run
 
 
 def replay_experiment(fcfg: ForgettingConfig, log=print) -> dict:

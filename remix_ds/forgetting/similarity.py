@@ -42,7 +42,7 @@ from remix_ds.engine import dist
 from remix_ds.eval.config import EvalConfig
 from remix_ds.forgetting.config import ForgettingConfig
 from remix_ds.forgetting.measure import upstream_for
-from remix_ds.forgetting.nll import _gather, _lockstep, decoder, pad_right
+from remix_ds.forgetting.nll import decoder, gather_by_index, lockstep, pad_right
 from remix_ds.forgetting.store import save_features
 from remix_ds.eval.zero import eval_model
 
@@ -68,7 +68,7 @@ def lm_head_gradients(model, pairs: Sequence[tuple[np.ndarray, np.ndarray]], cfg
     mine = [i for i in range(len(pairs)) if i % world == rank]
     mine.sort(key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
     batches = [mine[s : s + batch_size] for s in range(0, len(mine), batch_size)]
-    n_steps = dist.all_reduce_max(len(batches)) if _lockstep(model, cfg) else len(batches)
+    n_steps = dist.all_reduce_max(len(batches)) if lockstep(model, cfg) else len(batches)
     out: list[tuple[int, np.ndarray]] = []
     with eval_model(model, gather=cfg.gather_params) as m:
         device = next(m.parameters()).device
@@ -91,7 +91,7 @@ def lm_head_gradients(model, pairs: Sequence[tuple[np.ndarray, np.ndarray]], cfg
                 e_r1 = probs_r1[r, pos] - r1[ids[r, lo:hi]]  # (|T|, d1)
                 f = e_r1.T @ h_r2[r, pos] / (len(pos) * np.sqrt(dims[0] * dims[1]))  # (d1, d2)
                 out.append((i, f.reshape(-1).double().cpu().numpy()))
-    return _gather(out, len(pairs), dims[0] * dims[1])
+    return gather_by_index(out, len(pairs), dims[0] * dims[1])
 
 
 def lm_head_gradient_reference(model, prompt_ids: np.ndarray, answer_ids: np.ndarray, dims: tuple[int, int],

@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from remix_ds.cachedir import write_text_atomic
+from remix_ds.cachedir import open_atomic, write_text_atomic
 from remix_ds.configtools import ConfigError
 
 
@@ -40,15 +39,10 @@ def ids_hash(ids) -> str:
 
 
 def save_npz(path: Path, **arrays) -> None:
-    """np.savez to a temp file in the same folder, then os.replace (atomic)."""
+    """np.savez to `path` atomically (`cachedir.open_atomic`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with open_atomic(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def load_npz(path: Path) -> dict:

@@ -31,6 +31,7 @@ from typing import Callable, Iterator
 
 from filelock import FileLock
 
+from remix_ds.cachedir import write_text_atomic
 from remix_ds.data.datasets import load_examples
 from remix_ds.data.records import DataError, Example
 from remix_ds.forgetting.config import ForgettingConfig, TaskConfig
@@ -144,10 +145,8 @@ def materialize(tasks: list[tuple[int, TaskConfig]], out: Path) -> None:
         for _, t in ts:
             path = task_file(out, t)
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".tmp-{path.name}")
             keep = rows[sub][: _wanted(t) or None]
-            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep), encoding="utf-8")
-            tmp.replace(path)
+            write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep))
 
 
 def prepare_tasks(fcfg: ForgettingConfig, log=print) -> None:

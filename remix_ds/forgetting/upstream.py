@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from remix_ds.cachedir import open_atomic
 from remix_ds.configtools import ConfigError
 from remix_ds.data.config import DataConfig
 from remix_ds.data.fingerprint import data_fingerprint
@@ -67,20 +68,16 @@ class UpstreamSet:
         path.parent.mkdir(parents=True, exist_ok=True)
         if self.windows is not None:
             path = path.with_suffix(".npz")
-            tmp = path.with_name(f".tmp-{path.name}")
-            with open(tmp, "wb") as f:
+            with open_atomic(path, "wb") as f:
                 np.savez(f, ids=np.array([self.ids[c] for c in columns]), tokens=self.windows[columns])
-            tmp.replace(path)
             return path
         path = path.with_suffix(".jsonl")
-        tmp = path.with_name(f".tmp-{path.name}")
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open_atomic(path) as f:
             for c in columns.tolist():
                 ex = self.examples[c]
                 row = {"id": ex.id, "messages": ex.messages} if ex.messages is not None else {
                     "id": ex.id, "prompt": ex.prompt, "answer": ex.answer}
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        tmp.replace(path)
         return path
 
 
