@@ -30,7 +30,7 @@ from remix_ds.experiments.config import Stage1Config, Stage2Config
 from remix_ds.experiments.layout import Cell, GridLayout, latest_eval_rows
 
 COLUMNS = ["d_a", "d_b", "strategy", "loss_mode", "mix_schedule", "mix_redraw", "status", "em_a_stage1", "em_a_stage2", "em_b_stage2", "forgetting",
-           "stage1_reached_threshold", "stage1_steps", "stage1_epochs", "stage2_steps"]
+           "stage1_reached_threshold", "stage1_steps", "stage1_epochs", "stage1_stop", "stage2_steps", "stage2_stop"]
 
 
 def _fmt(v) -> str:
