@@ -100,10 +100,11 @@ def _add_module_commands(sub) -> None:
     """Subcommands that live with their modules."""
     from remix_ds.baselines.filter_known import add_filter_known_command
     from remix_ds.bench import add_bench_command
-    from remix_ds.data.commands import add_build_shards_command, add_prepare_data_command
+    from remix_ds.data.commands import add_build_shards_command
     from remix_ds.demo import add_demo_command
     from remix_ds.eval.commands import add_eval_command
     from remix_ds.experiments.commands import add_experiment_command, add_frontier_command
+    from remix_ds.experiments.prepare_cli import add_prepare_data_command
     from remix_ds.experiments.preserve_cli import add_preserve_command
     from remix_ds.forgetting.commands import add_forgetting_command
 

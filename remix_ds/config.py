@@ -134,6 +134,12 @@ class TrainConfig:
     """Finish the stage early once this eval-hook metric (e.g. `eval/kvr/em`) reaches early_stop_value."""
     early_stop_value: float = 1.0
     """Threshold for early_stop_metric (checked at every eval, >=)."""
+    stop_loss_below: float = 0.0
+    """Finish the stage once stop_loss_steps optimizer steps had a training loss (mean over all ranks' supervised
+    tokens) below this value, counted cumulatively (never reset); the schedule still spans epochs/max_steps.
+    0 = off. The REMIX reference's `sc=loss`: 1e-4 and 10 steps."""
+    stop_loss_steps: int = 10
+    """How many below-threshold optimizer steps end the stage (with stop_loss_below > 0)."""
     save_every: int = 0
     """Save a checkpoint every N optimizer steps (0: only at the end)."""
     keep_last: int = 2
@@ -163,6 +169,9 @@ class TrainConfig:
             raise ConfigError("train.micro_batch_tokens and train.prefetch_steps must be >= 0")
         if min(self.max_steps, self.stop_at_step) < 0 or self.epochs < 0 or self.eval_every < 0 or self.save_every < 0:
             raise ConfigError("train.max_steps, train.stop_at_step, train.epochs, train.eval_every and train.save_every must be >= 0")
+        if self.stop_loss_below < 0 or self.stop_loss_steps < 1:
+            raise ConfigError(f"train.stop_loss_below must be >= 0 and train.stop_loss_steps >= 1, got "
+                              f"{self.stop_loss_below} and {self.stop_loss_steps}")
         if self.max_steps == 0 and self.epochs == 0:
             raise ConfigError("set train.epochs > 0 or train.max_steps > 0")
 

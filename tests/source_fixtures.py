@@ -82,3 +82,93 @@ def write_lama_zip(path: Path) -> Path:
             z.writestr(f"data/TREx/{pid}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         z.writestr("data/Google_RE/place_of_birth_test.jsonl", "{}\n")
     return path
+
+
+# ---- local copies of the hub repositories, laid out as `huggingface-cli download --repo-type dataset
+# HUB_ID --local-dir DIR` leaves them (files per the dataset cards / repository trees)
+
+def _parquet(path: Path, rows: list[dict]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+def _jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def _popqa_tsv(path: Path, rows: list[dict]) -> None:
+    """akariasai/PopQA's test.tsv as pandas `to_csv(sep="\\t", index=False)` writes it: a header, one row per line,
+    list columns (s_aliases, o_aliases, possible_answers) as JSON strings, quoted because they hold `"`."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), delimiter="\t", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(buf.getvalue(), encoding="utf-8")
+
+
+def write_hub_copy(root: Path, name: str) -> Path:
+    """DIR for `--from NAME=DIR`: the hub repository's files for `name`, filled with the fixture rows
+    (plus the README.md and huggingface-cli's .cache folder, which the reader must ignore)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "README.md").write_text("---\nlicense: mit\n---\n")
+    (root / ".cache" / "huggingface").mkdir(parents=True, exist_ok=True)
+    (root / ".cache" / "huggingface" / "download.lock").write_text("")
+    if name == "popqa":
+        _popqa_tsv(root / "test.tsv", HUB_ROWS["akariasai/PopQA|None|test"])
+    elif name == "triviaqa":
+        rows = HUB_ROWS["mandarjoshi/trivia_qa|rc.nocontext|train"]
+        _parquet(root / "rc.nocontext" / "train-00000-of-00001.parquet", rows)
+        _parquet(root / "rc.nocontext" / "validation-00000-of-00001.parquet", rows[:1])
+        _parquet(root / "rc" / "train-00000-of-00026.parquet", rows[:1])  # another config: not read
+    elif name == "webqa":
+        rows = HUB_ROWS["stanfordnlp/web_questions|None|train"]
+        _parquet(root / "data" / "train-00000-of-00001.parquet", rows)
+        _parquet(root / "data" / "test-00000-of-00001.parquet", rows[:1])
+    elif name == "ultrachat":
+        rows = HUB_ROWS["stingning/ultrachat|None|train"]
+        _jsonl(root / "train_0.jsonl", rows[:1])
+        _jsonl(root / "train_1.jsonl", rows[1:])
+    elif name == "evolcode":
+        rows = HUB_ROWS["nickrosh/Evol-Instruct-Code-80k-v1|None|train"]
+        (root / "EvolInstruct-Code-80k.json").write_text(json.dumps(rows, indent=4), encoding="utf-8")
+    elif name == "apps":
+        for split in ("train", "test"):
+            _jsonl(root / f"{split}.jsonl", HUB_ROWS[f"json|hf://datasets/codeparrot/apps@main/{split}.jsonl|train"])
+        (root / "apps.py").write_text("# the dataset script (not run)\n")
+    elif name == "gsm8k":
+        rows = HUB_ROWS["openai/gsm8k|main|train"]
+        _parquet(root / "main" / "train-00000-of-00001.parquet", rows)
+        _parquet(root / "main" / "test-00000-of-00001.parquet", rows)
+        _parquet(root / "socratic" / "train-00000-of-00001.parquet", rows)
+    elif name == "math":
+        for key, rows in HUB_ROWS.items():
+            if key.startswith("EleutherAI/hendrycks_math|"):
+                subject = key.split("|")[1]
+                _parquet(root / subject / "train-00000-of-00001.parquet", rows)
+                _parquet(root / subject / "test-00000-of-00001.parquet", rows)
+        (root / "hendrycks_math.py").write_text("# the dataset script (not run)\n")
+    else:
+        raise KeyError(name)
+    return root
+
+
+HUB_SETS = ("popqa", "triviaqa", "webqa", "ultrachat", "evolcode", "apps", "gsm8k", "math")
+
+
+def hub_rows_of(name: str) -> list[dict]:
+    """The fixture rows of `name` in source order (what streaming the hub yields)."""
+    from remix_ds.data import sources
+
+    src = sources.SOURCES[name]
+    out = []
+    for part in src.parts:
+        out += HUB_ROWS[f"{part.path}|{part.data_files if part.data_files is not None else part.config}|{part.split}"]
+    return out

@@ -48,3 +48,39 @@ def test_token_budget_must_be_whole_rows_and_cover_every_rank():
     run.train.global_batch_size = 32
     ds = build_ds_config(run, 3, torch.bfloat16)
     assert ds["train_micro_batch_size_per_gpu"] == 11 and ds["train_batch_size"] == 33
+
+
+OTHER_MODELS = {"mistral-7b": "mistralai/Mistral-7B-v0.1", "gemma-2-9b": "google/gemma-2-9b"}
+MODEL_CONFIGS = sorted((REPO / "configs" / "paper").glob("*/*.yaml"))
+
+
+def test_every_base_model_of_the_reference_has_the_three_grids():
+    assert {(p.parent.name, p.stem) for p in MODEL_CONFIGS} == {
+        (m, a) for m in OTHER_MODELS for a in ("kvr", "popqa", "triviaqa")}
+
+
+@pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_other_base_models_match_the_llama_grid_and_dry_run(path, capsys):
+    """Mistral-7B / Gemma-2 grids: the Llama-3-8B grid of the same D_A with only the model, its data folder and
+    outputs changed; they validate at 1-8 GPUs and dry-run (no download: nothing is loaded)."""
+    from remix_ds import cli, configtools
+
+    cfg, llama = load_experiment(path), load_experiment(REPO / "configs" / "paper" / path.name)
+    model = path.parent.name
+    assert cfg.run.model.name_or_path == OTHER_MODELS[model]
+    assert cfg.data_dir == f"data/paper/{model}" and cfg.output_dir == f"runs/paper/{model}/{path.stem}"
+    assert cfg.run.data.mix.generic_corpus == f"data/paper/{model}/generic/knowledge-pile"
+    a, b = configtools.to_dict(cfg), configtools.to_dict(llama)
+    for d in (a, b):
+        for k in ("data_dir", "output_dir"):
+            d.pop(k)
+        d["run"]["model"].pop("name_or_path")
+        d["run"]["model"].pop("attn_implementation")
+        d["run"]["data"]["mix"].pop("generic_corpus")
+    assert a == b  # same optimizer, batch, schedule, stopping rules, sets and strategies
+    assert cfg.run.model.attn_implementation == ("eager" if model.startswith("gemma") else "auto")
+    for world in (1, 2, 4, 8):
+        cfg.run.validate(world)
+    assert cli.main(["experiment", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("(stage 1: ") == 8 * 11 and f"{path.stem}__lama__none" in out

@@ -158,3 +158,130 @@ def test_build_shards_document_cap_and_min_words(tmp_path, tiny_tokenizer, monke
                                              max_documents=30, min_words=10, manifest={"generic": {"knowledge-pile": entry}},
                                              progress=False)
     assert skipped and again == entry
+
+
+# ---- offline: every source from a local copy, data_files sets, --only, one-line failures
+
+
+def _refuse_hub(monkeypatch):
+    import datasets
+
+    def refuse(*a, **k):
+        raise ConnectionError("Couldn't reach 'x' on the Hub (LocalEntryNotFoundError)\nsecond line of a long trace")
+
+    monkeypatch.setattr(datasets, "load_dataset", refuse)
+
+
+def test_every_source_builds_offline_from_local_copies(tmp_path, monkeypatch, releases, capsys):
+    """`--from NAME=DIR` for the 8 hub sets (the folders huggingface-cli leaves) plus the two releases: the same
+    files, byte for byte, as the build that streamed the hub."""
+    from source_fixtures import HUB_SETS, write_hub_copy
+
+    install_fake_hub(monkeypatch)
+    online = tmp_path / "online"
+    argv = ["prepare-data", str(_grid(tmp_path)), "--no-progress", *releases]
+    assert cli.main([*argv, "--out", str(online)]) == 0
+    _refuse_hub(monkeypatch)
+    offline = tmp_path / "offline"
+    local = [a for name in HUB_SETS for a in ("--from", f"{name}={write_hub_copy(tmp_path / 'hub' / name, name)}")]
+    assert cli.main([*argv, "--out", str(offline), *local]) == 0
+    m_on, m_off = (json.loads((d / "manifest.json").read_text()) for d in (online, offline))
+    assert sorted(m_off["sets"]) == sorted(ALL)
+    for name in ALL:
+        on, off = m_on["sets"][name], m_off["sets"][name]
+        assert off["counts"] == on["counts"], name
+        got, want = read_rows(offline / off["file"]), read_rows(online / on["file"])
+        if name == "popqa":  # a .tsv is untyped: the id arrives as a string
+            want = [{**r, "id": str(r["id"])} for r in want]
+        assert got == want, name
+    assert m_off["sets"]["popqa"]["source"] == {"kind": "local", "path": str(tmp_path / "hub" / "popqa"),
+                                                "sha256": prepare.sha256_release(tmp_path / "hub" / "popqa",
+                                                                                 [tmp_path / "hub" / "popqa" / "test.tsv"])}
+
+
+def test_a_data_files_set_is_built_and_trained_from_data_dir(tmp_path, monkeypatch, capsys):
+    from source_fixtures import write_hub_copy
+
+    from remix_ds.experiments import datasets as exp_datasets
+    from remix_ds.experiments.config import load_experiment
+
+    _refuse_hub(monkeypatch)
+    tsv = write_hub_copy(tmp_path / "hub", "popqa") / "test.tsv"
+    cfg = {"output_dir": str(tmp_path / "grid"), "run": {"model": {"name_or_path": "tiny"}, "data": {"max_seq_len": 256}},
+           "data_a": [{"name": "popqa", "dataset": "popqa", "data_files": str(tsv), "num_examples": 2, "subsample_seed": None}],
+           "data_b": [{"name": "kvr", "dataset": "kvr", "num_examples": 4}]}
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "data"
+    assert cli.main(["prepare-data", str(grid), "--out", str(out), "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    assert "popqa         built" in table
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["sets"]["popqa"]["counts"]["kept"] == 2 and m["sets"]["popqa"]["source"]["path"] == str(tsv)
+    assert [r["id"] for r in read_rows(out / "popqa.jsonl")] == ["4222362", "1936"]  # the first 2 rows of test.tsv
+    spec = exp_datasets.resolve_spec(load_experiment(grid, [f"data_dir={out}"]).data_a[0], str(out), stage_a=True,
+                                     require_filtered=False)
+    assert spec.data_files == str(out / "popqa.jsonl")  # trained on the prepared rows
+
+
+def test_only_names_are_checked_and_limit_the_generic_corpus(tmp_path, monkeypatch, capsys):
+    install_fake_hub(monkeypatch, rows={**__import__("source_fixtures").HUB_ROWS})
+    grid = _grid(tmp_path)
+    cfg = yaml.safe_load(grid.read_text())
+    cfg["run"]["data"]["mix"] = {"generic_corpus": str(tmp_path / "data" / "generic" / "knowledge-pile")}
+    grid.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "data"
+    assert cli.main(["prepare-data", str(grid), "--out", str(out), "--no-progress", "--only", "popqaa"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--only popqaa: not a set or corpus" in err and "popqa" in err and "knowledge-pile" in err
+    assert not (out / "manifest.json").exists()
+    # --only popqa builds popqa and not the corpus (whose hub stream the fake hub does not have)
+    assert cli.main(["prepare-data", str(grid), "--out", str(out), "--no-progress", "--only", "popqa"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert sorted(m["sets"]) == ["popqa"] and m["generic"] == {}
+
+
+def test_generic_corpus_offline_one_line_then_from_a_local_copy(tmp_path, monkeypatch, capsys):
+    _refuse_hub(monkeypatch)
+    grid = _grid(tmp_path)
+    argv = ["prepare-data", str(grid), "--out", str(tmp_path / "data"), "--no-progress", "--only", "knowledge-pile",
+            "--generic", "knowledge-pile", "--min-words", "10"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "generic:knowledge-pile: cannot stream Query-of-CC/Knowledge_Pile" in err
+    assert "huggingface-cli download --repo-type dataset Query-of-CC/Knowledge_Pile --local-dir DIR" in err
+    assert "--from knowledge-pile=DIR" in err
+    copy = tmp_path / "kp"
+    (copy / "data").mkdir(parents=True)
+    (copy / "README.md").write_text("# Knowledge Pile\n" + "not a document " * 20)
+    (copy / ".cache").mkdir()
+    (copy / ".cache" / "x.json").write_text("{}")
+    for k in (0, 1):
+        (copy / "data" / f"part-{k}.jsonl").write_text(
+            "".join(json.dumps({"content": " ".join([f"w{k}{i}"] * (4 if i == 0 else 12))}) + "\n" for i in range(5)))
+    assert cli.main([*argv, "--from", f"knowledge-pile={copy}"]) == 0
+    g = json.loads((tmp_path / "data" / "manifest.json").read_text())["generic"]["knowledge-pile"]
+    assert g["counts"] == {"loaded": 10, "too_short": 2, "kept": 8}  # README.md and .cache/ are not documents
+    assert g["local"]["path"] == str(copy)
+
+
+def test_gated_tokenizer_is_one_line_saying_what_to_download(tmp_path, monkeypatch, capsys):
+    from remix_ds.experiments import prepare_cli
+
+    def gated(name, *a, **k):
+        raise OSError("You are trying to access a gated repo.\nMake sure to have access to it at https://huggingface.co/x")
+
+    monkeypatch.setattr(prepare_cli, "load_tokenizer", gated)
+    argv = ["prepare-data", str(_grid(tmp_path)), "--out", str(tmp_path / "d"), "--no-progress", "--only", "popqa",
+            "--tokenizer", "meta-llama/Meta-Llama-3-8B"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cannot load the tokenizer 'meta-llama/Meta-Llama-3-8B'" in err
+    assert "huggingface-cli download meta-llama/Meta-Llama-3-8B --include 'tokenizer*'" in err and "--tokenizer DIR" in err
+
+
+def test_unknown_from_name_is_refused(tmp_path, monkeypatch, capsys):
+    install_fake_hub(monkeypatch)
+    assert cli.main(["prepare-data", str(_grid(tmp_path)), "--out", str(tmp_path / "d"), "--from", "popq=x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown source 'popq'" in err

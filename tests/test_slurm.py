@@ -154,9 +154,11 @@ def test_grid_on_slurm_matches_serial_with_dependencies_and_preemption(slurm_clu
     assert json.loads((out / "results.json").read_text()) == list(table.values())
 
 
-def test_dry_run_lists_jobs_dependencies_and_sbatch_lines(tmp_path, capsys):
+def test_dry_run_lists_jobs_dependencies_and_sbatch_lines(tmp_path, capsys, monkeypatch):
     from remix_ds.experiments.__main__ import main
 
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))  # off a cluster: no srun/sbatch on PATH
+    assert shutil.which("srun") is None
     cfg = _grid_cfg(tmp_path, "dry", scheduler={"kind": "slurm", "slurm": {
         "partition": "gpu", "account": "proj42", "qos": "high", "time_min": 120, "nodes": 2, "gpus_per_node": 8,
         "cpus_per_task": 16, "mem_gb": 400, "constraint": "h100", "additional": {"reservation": "grid"},

@@ -4,7 +4,8 @@ import json
 import zipfile
 
 import pytest
-from source_fixtures import HUB_ROWS, install_fake_hub, write_entityqa_zip, write_lama_zip
+from source_fixtures import (HUB_ROWS, HUB_SETS, LAMA_RELATIONS, hub_rows_of, install_fake_hub, write_entityqa_zip,
+                             write_hub_copy, write_lama_zip)
 
 from remix_ds.data import sources
 from remix_ds.data.datasets import REGISTRY, load_all
@@ -151,3 +152,116 @@ def test_load_all_streams_and_stops(monkeypatch):
     pulled.clear()
     exs = load_all(SourceConfig(dataset="ultrachat", num_examples=10, subsample_seed=0))
     assert len(exs) == 5000 and len(pulled) == 5000  # bounded prefix (20,000) > the toy stream
+
+
+# ---- offline: local copies of the hub repositories (`--from NAME=DIR`), and single data files
+
+
+def _no_hub(monkeypatch):
+    import datasets
+
+    def refuse(*a, **k):
+        raise AssertionError("a local copy must not touch the hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", refuse)
+
+
+def _projected(name, rows):
+    return [sources.project(name, r) for r in rows]
+
+
+@pytest.mark.parametrize("name", HUB_SETS)
+def test_local_hub_copy_reads_the_same_rows_as_the_hub(tmp_path, monkeypatch, name):
+    """The folder `huggingface-cli download --repo-type dataset HUB_ID --local-dir DIR` leaves: the same
+    projected rows, in the same order, as streaming the hub (other configs, splits and scripts ignored)."""
+    _no_hub(monkeypatch)
+    folder = write_hub_copy(tmp_path / name, name)
+    got = _projected(name, sources.rows(name, folder))
+    want = _projected(name, hub_rows_of(name))
+    if name == "popqa":  # a .tsv has no types: the id is the string of the hub's int
+        want = [{**r, "id": str(r["id"])} for r in want]
+    assert got == want and got
+    exs = [REGISTRY[name].convert(r, i, "x") for i, r in enumerate(got)]
+    hub = [REGISTRY[name].convert(r, i, "x") for i, r in enumerate(_projected(name, hub_rows_of(name)))]
+    assert exs == hub  # the same Examples (ids, prompts, answers, aliases)
+
+
+def test_popqa_tsv_single_file_keeps_json_string_answers(tmp_path, monkeypatch):
+    _no_hub(monkeypatch)
+    tsv = write_hub_copy(tmp_path / "popqa", "popqa") / "test.tsv"
+    assert '"[""politician""' in tsv.read_text()  # quoted as pandas writes a field holding `"`
+    ex = _examples("popqa", tsv)[0]
+    assert ex.id == "popqa-4222362" and ex.aliases[:2] == ("politician", "political leader")
+
+
+def test_math_original_release_subject_folders(tmp_path, monkeypatch):
+    """MATH as released (MATH/train/SUBJECT/N.json, one problem per file) reads like the hub copy."""
+    _no_hub(monkeypatch)
+    for key, rows in HUB_ROWS.items():
+        if key.startswith("EleutherAI/hendrycks_math|"):
+            d = tmp_path / "MATH" / "train" / key.split("|")[1]
+            d.mkdir(parents=True)
+            for i, r in enumerate(rows):
+                (d / f"{i + 10}.json").write_text(json.dumps(r, indent=4))
+            (tmp_path / "MATH" / "test" / key.split("|")[1]).mkdir(parents=True)
+    exs = _examples("math", tmp_path / "MATH")
+    assert [e.prompt for e in exs] == [e.prompt for e in _examples_from_rows("math", hub_rows_of("math"))]
+
+
+def _examples_from_rows(name, rows):
+    return [REGISTRY[name].convert(sources.project(name, r), i, "x") for i, r in enumerate(rows)]
+
+
+def test_local_copy_missing_files_is_one_line_naming_what_to_download(tmp_path, monkeypatch):
+    _no_hub(monkeypatch)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(sources.SourceMissing) as e:
+        list(sources.rows("triviaqa", tmp_path / "empty"))
+    msg = str(e.value)
+    assert "\n" not in msg and "rc.nocontext/train-*.parquet" in msg
+    assert "huggingface-cli download --repo-type dataset mandarjoshi/trivia_qa" in msg and "--from triviaqa=" in msg
+
+
+def test_bad_rows_in_local_files_name_file_and_line(tmp_path, monkeypatch):
+    _no_hub(monkeypatch)
+    folder = write_hub_copy(tmp_path / "apps", "apps")
+    with (folder / "test.jsonl").open("a") as f:
+        f.write('{"problem_id": 9, "question": "q"\n')
+    with pytest.raises(DataError, match=r"test\.jsonl:2: malformed JSON line"):
+        list(sources.rows("apps", folder))
+    tsv = write_hub_copy(tmp_path / "popqa", "popqa") / "test.tsv"
+    tsv.write_bytes(tsv.read_bytes() + b"1\tbad \xff byte\n")
+    with pytest.raises(DataError, match=r"test\.tsv:5: not valid UTF-8"):
+        list(sources.rows("popqa", tsv))
+
+
+def test_hub_failure_says_what_to_download_and_where_to_point_from(monkeypatch):
+    install_fake_hub(monkeypatch, rows={})
+    with pytest.raises(DataError) as e:
+        list(sources.rows("gsm8k"))
+    msg = str(e.value)
+    assert "\n" not in msg and "huggingface-cli download --repo-type dataset openai/gsm8k --local-dir DIR" in msg
+    assert "--from gsm8k=DIR" in msg
+
+
+def test_a_bad_row_inside_a_zip_is_named_by_member_and_line(tmp_path):
+    """A LAMA fact without its object: the error names data.zip's member and the line, not a stream index."""
+    from remix_ds.data import prepare
+
+    path = tmp_path / "data.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("data/relations.jsonl", "".join(json.dumps(r) + "\n" for r in LAMA_RELATIONS))
+        good = {"uuid": "a1", "obj_label": "Paris", "sub_label": "Jean Dupont"}
+        z.writestr("data/TREx/P19.jsonl", json.dumps(good) + "\n" + json.dumps({"uuid": "a2", "sub_label": "X"}) + "\n")
+    plan = prepare.SetPlan("lama", 0)
+    with pytest.raises(DataError) as e:
+        prepare.select_rows(plan, sources.rows("lama", path), None, 10_000)
+    assert f"{path}:data/TREx/P19.jsonl:2" in str(e.value) and "obj_label" in str(e.value)
+
+
+def test_non_utf8_inside_a_zip_names_member_and_line(tmp_path):
+    path = tmp_path / "dataset.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("dataset/train/P17.train.json", b'[\n{"question": "q", "answers": ["a"]},\n{"question": "\xff"}\n]')
+    with pytest.raises(DataError, match=r"dataset/train/P17\.train\.json:3: not valid UTF-8"):
+        list(sources.rows("entityqa", path))

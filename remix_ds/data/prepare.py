@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal
@@ -51,12 +52,16 @@ class SetPlan:
     seed: int = 0
     prefix_rows: int = 20000
     """`seeded`: the sample is drawn from the rows that fit among the first this-many loaded rows."""
+    data_files: str | None = None
+    """A grid's `data_files` for this set: its local copy (a hub repository folder or one data file), read
+    instead of the hub."""
 
 
 def plan_sets(specs: Iterable, select: str = "config", prefix_rows: int = 20000, candidates: dict[str, int] | None = None
               ) -> list[SetPlan]:
     """One plan per registered dataset named by `specs` (DatasetSpec-like: dataset, num_examples,
-    heldout_size, subsample_seed); a dataset named twice keeps the larger row count.
+    heldout_size, subsample_seed, data_files); a dataset named twice keeps the larger row count. A
+    spec's `data_files` is read as the set's local copy.
 
     `candidates` {dataset: N}: sets that filter-known will filter (require_filtered D_A) keep the
     first N rows that fit (0: all), so that enough yet-to-learn facts remain.
@@ -64,8 +69,9 @@ def plan_sets(specs: Iterable, select: str = "config", prefix_rows: int = 20000,
     plans: dict[str, SetPlan] = {}
     candidates = candidates or {}
     for spec in specs:
-        if spec.dataset in GENERATED or spec.dataset not in REGISTRY or getattr(spec, "data_files", None):
+        if spec.dataset in GENERATED or spec.dataset not in REGISTRY:
             continue
+        data_files = getattr(spec, "data_files", None)
         take = spec.heldout_size + spec.num_examples if spec.num_examples else 0
         mode = select if select != "config" else ("first" if spec.subsample_seed is None else "seeded")
         if spec.dataset in candidates:
@@ -73,8 +79,11 @@ def plan_sets(specs: Iterable, select: str = "config", prefix_rows: int = 20000,
         seed = spec.subsample_seed or 0
         prefix = max(prefix_rows, 10 * take)
         old = plans.get(spec.dataset)
+        if old is not None and (old.data_files or None) != (data_files or None):
+            raise DataError(f"{spec.dataset}: the configs give it two sources ({old.data_files or 'the hub'} and "
+                            f"{data_files or 'the hub'}); one DATA_DIR holds one {spec.dataset}.jsonl")
         if old is None or (take == 0 or (old.take and take > old.take)):
-            plans[spec.dataset] = SetPlan(spec.dataset, take, mode, seed, prefix)
+            plans[spec.dataset] = SetPlan(spec.dataset, take, mode, seed, prefix, data_files or None)
     return list(plans.values())
 
 
@@ -86,14 +95,15 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def sha256_release(path: Path) -> str:
-    """sha256 of a release zip, or of a folder's (relative path, file sha256) list."""
+def sha256_release(path: Path, files: list[Path] | None = None) -> str:
+    """sha256 of a release zip or data file, or of a folder's (relative path, file sha256) list (`files`: only
+    those, e.g. the data files a local hub copy is read from)."""
     if path.is_file():
         return sha256_file(path)
     if not path.is_dir():
         raise sources.SourceMissing(f"--from path {path} does not exist")
     h = hashlib.sha256()
-    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+    for p in sorted(files if files is not None else [q for q in path.rglob("*") if q.is_file()]):
         h.update(f"{p.relative_to(path).as_posix()}\0{sha256_file(p)}\n".encode())
     return h.hexdigest()
 
@@ -154,7 +164,8 @@ def select_rows(plan: SetPlan, rows: Iterable[dict], tokenizer, max_seq_len: int
         if bar is not None:
             bar.update(1)
         kept_row = sources.project(plan.dataset, row)
-        pending.append((kept_row, info.convert(kept_row, i, f"{plan.dataset} (source row {i})")))
+        where = row.get(sources.WHERE) or f"source row {i}"  # file:line / archive:member:line where known
+        pending.append((kept_row, info.convert(kept_row, i, f"{plan.dataset} ({where})")))
         if len(pending) >= chunk and flush():
             done = True
             break
@@ -185,7 +196,8 @@ def prepare_set(plan: SetPlan, out: Path, tokenizer, *, tokenizer_name: str, max
 
     source = sources.describe(plan.dataset, release)
     if release is not None:
-        source["sha256"] = sha256_release(Path(release))
+        local = sources.local_files(plan.dataset, release) if source["kind"] == "local" else None
+        source["sha256"] = sha256_release(Path(release), local)
     entry = {
         "dataset": plan.dataset, "source": source, "tokenizer": tokenizer_name, "max_seq_len": max_seq_len,
         "prompt_format": prompt_format, "fields": list(sources.SOURCES[plan.dataset].fields),
@@ -218,27 +230,62 @@ def prepare_set(plan: SetPlan, out: Path, tokenizer, *, tokenizer_name: str, max
 
 
 def prepare_generic(name: str, out: Path, tokenizer, *, tokenizer_name: str, max_documents: int = 20000,
-                    min_words: int = 100, manifest: dict | None = None, progress: bool = True, workers: int = 1) -> tuple[dict, bool]:
-    """DATA_DIR/generic/NAME: Megatron shards of the first `max_documents` hub documents with >= `min_words` words."""
+                    min_words: int = 100, manifest: dict | None = None, progress: bool = True, workers: int = 1,
+                    local: str | None = None) -> tuple[dict, bool]:
+    """DATA_DIR/generic/NAME: Megatron shards of the first `max_documents` documents with >= `min_words` words,
+    streamed from the hub, or read from `local` (a local copy of the hub repository, or one of its files)."""
     from remix_ds.data.shard_builder import build_shards
+    from remix_ds.errors import RemixError
 
     if name not in sources.GENERIC:
         raise DataError(f"unknown generic corpus {name!r}; known: {', '.join(sorted(sources.GENERIC))}")
     hub_id, text_field = sources.GENERIC[name]
     entry = {"hub_id": hub_id, "split": "train", "text_field": text_field, "max_documents": max_documents,
              "min_words": min_words, "tokenizer": tokenizer_name, "dir": f"generic/{name}"}
+    files = None
+    if local is not None:
+        files = generic_local_files(name, Path(local))
+        entry["local"] = {"path": str(local), "sha256": sha256_release(Path(local), files if Path(local).is_dir() else None)}
     key = hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
     folder = out / entry["dir"]
     old = (manifest or {}).get("generic", {}).get(name)
     if old and old.get("key") == key and (folder / "manifest.json").is_file():
         return old, True
-    shards = build_shards([f"hf:{hub_id}"], folder, tokenizer, tokenizer_name=tokenizer_name, text_field=text_field,
-                          split="train", workers=workers, overwrite=True, progress=progress,
-                          max_documents=max_documents, min_words=min_words)
+    try:
+        shards = build_shards([str(f) for f in files] if files is not None else [f"hf:{hub_id}"], folder, tokenizer,
+                              tokenizer_name=tokenizer_name, text_field=text_field, split="train", workers=workers,
+                              overwrite=True, progress=progress, max_documents=max_documents, min_words=min_words)
+    except RemixError:
+        raise
+    except Exception as e:  # offline, gated, removed: one line with what to download
+        if local is not None:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise DataError(f"generic:{name}: cannot stream {hub_id} from the hub ({type(e).__name__}: {first[:200]}); to "
+                        f"build it offline: huggingface-cli download --repo-type dataset {hub_id} --local-dir DIR, then "
+                        f"--from {name}=DIR") from None
     entry.update(key=key, counts={"loaded": shards.get("documents_read"), "too_short": shards.get("skipped_short", 0),
                                   "kept": shards["num_documents"]},
                  num_tokens=shards["num_tokens"], sha256=sha256_file(folder / "manifest.json"))
     return entry, False
+
+
+def generic_local_files(name: str, path: Path) -> list[Path]:
+    """The data files of a generic corpus's local copy: `path` itself, or a folder's .jsonl/.json/.parquet files
+    (optionally .gz; in natural order; README.md and huggingface-cli's .cache/ left out)."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise sources.SourceMissing(f"generic:{name}: --from path {path} does not exist")
+    suffixes = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz")
+    rels = [q.relative_to(path).as_posix() for q in path.rglob("*") if q.is_file()]
+    rels = sorted((r for r in rels if not r.startswith(".cache/") and r.lower().endswith(suffixes)),
+                  key=lambda r: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", r)])
+    if not rels:
+        hub_id = sources.GENERIC[name][0]
+        raise sources.SourceMissing(f"generic:{name}: {path} holds no .jsonl/.json/.parquet files (expected a local copy "
+                                    f"of {hub_id}: huggingface-cli download --repo-type dataset {hub_id} --local-dir DIR)")
+    return [path / r for r in rels]
 
 
 def generic_names(data_cfgs: Iterable) -> list[str]:

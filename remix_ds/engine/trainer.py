@@ -27,6 +27,7 @@ from remix_ds.engine.hooks import EvalHook, Regularizer
 from remix_ds.engine.loss import token_loss_sum
 from remix_ds.engine.metrics import MetricsWriter
 from remix_ds.engine.schedule import apply_to_resumed, make_scheduler
+from remix_ds.engine.stopping import LossStop
 from remix_ds.errors import CheckpointError
 
 RUN_CONFIG = "run_config.json"  # the resolved RunConfig a checkpoint was written with (drift check)
@@ -90,6 +91,12 @@ class Trainer:
             plugin.setup(self)
         self.step = 0
         self.stopped_early = False
+        self.stop_reason = None
+        """Why the stage ended: `cap` (train.epochs / max_steps), `eval_metric` (early_stop_metric) or `loss`
+        (stop_loss_below); None while it runs or when it paused (stop_at_step)."""
+        self._final_eval_due = False
+        t = cfg.train
+        self.loss_stop = LossStop(t.stop_loss_below, t.stop_loss_steps) if t.stop_loss_below > 0 else None
         self._saved_step = -1
         self._resume()
         if dist.is_main():  # after the drift check, which reads the previous one
@@ -178,6 +185,9 @@ class Trainer:
         self.loader.load_state_dict(state["loader"])
         self.step = self._saved_step = state["step"]
         self.stopped_early = state.get("stopped_early", False)
+        self.stop_reason = state.get("stop_reason", "eval_metric" if self.stopped_early else None)
+        if self.loss_stop is not None:
+            self.loss_stop.load_state_dict(state.get("loss_stop", {}))
         dropped = self.metrics.drop_after(self.step)  # those steps run again: one row per step
         if dist.is_main():
             print(f"[remix-ds] resumed from {ckpt} at step {self.step}"
@@ -288,7 +298,9 @@ class Trainer:
             (folder / RUN_CONFIG).write_text(self._cfg_text)
 
         path = ckpt_lib.save_checkpoint(
-            self.engine, self.out, self.step, {"loader": self.loader.state_dict(), "stopped_early": self.stopped_early},
+            self.engine, self.out, self.step,
+            {"loader": self.loader.state_dict(), "stopped_early": self.stopped_early, "stop_reason": self.stop_reason,
+             **({"loss_stop": self.loss_stop.state_dict()} if self.loss_stop is not None else {})},
             write_hf_files,
             self.cfg.train.keep_last,
         )
@@ -348,7 +360,16 @@ class Trainer:
             if evaluated:
                 row.update(self._evaluate())
                 self.stopped_early = self._reached_target(row)
-            if evaluated or self.step % t.log_every == 0 or self.step == stop:
+                self.stop_reason = "eval_metric" if self.stopped_early else None
+            loss_stop = False
+            if self.loss_stop is not None and not self.stopped_early:
+                # a host sync every step, as the rule needs; the loss is all-reduced, so every rank counts alike
+                # (the max over ranks below only guards against a rank deciding differently and hanging)
+                loss_stop = bool(dist.all_reduce_max(int(self.loss_stop.update(stats.loss))))
+                row["loss_stop_count"] = self.loss_stop.count
+            if loss_stop:
+                self.stopped_early, self.stop_reason = True, "loss"
+            if evaluated or self.step % t.log_every == 0 or self.step == stop or loss_stop:
                 # the step's only device -> host syncs, at log steps: the loss and device-scalar extras
                 row = {"loss": stats.loss, **{k: float(v) if torch.is_tensor(v) else v for k, v in row.items()}}
                 self.metrics.log(self.step, row)
@@ -358,14 +379,20 @@ class Trainer:
             bar.update(1)
             if self.stopped_early:
                 if dist.is_main():
-                    print(f"[remix-ds] {t.early_stop_metric} reached {t.early_stop_value} at step {self.step}; "
+                    print(f"[remix-ds] {t.stop_loss_steps} optimizer steps with loss < {t.stop_loss_below} by step "
+                          f"{self.step} (of {self.total_steps}); finishing the stage" if loss_stop else
+                          f"[remix-ds] {t.early_stop_metric} reached {t.early_stop_value} at step {self.step}; "
                           "finishing the stage", flush=True)
+                self._final_eval_due = loss_stop and not evaluated
                 break
             if t.save_every and self.step % t.save_every == 0 and self.step < stop:
                 self._save()
         bar.close()
         finished = self.step >= self.total_steps or self.stopped_early
-        if self.step >= self.total_steps and not self.stopped_early:
+        if finished and self.stop_reason is None:
+            self.stop_reason = "cap"
+        # the stage's last step is evaluated: at the cap, and at a loss stop that fell between evaluations
+        if (self.step >= self.total_steps and not self.stopped_early) or self._final_eval_due:
             final = self._evaluate() if self.eval_hooks else {}
             if final:
                 self.metrics.log(self.step, final)

@@ -108,10 +108,19 @@ class Stage1Config:
 
 @dataclass
 class Stage2Config:
-    """Stage 2: train on D_B for a fixed number of epochs, tracking EM(D_A)."""
+    """Stage 2: train on D_B for `epochs` (or until the loss rule stops it), tracking EM(D_A)."""
 
     epochs: float = 20.0
-    """Stage-2 epochs."""
+    """Stage-2 epochs: all of them (`stop: fixed`), or the cap within which `stop: loss` ends the stage; the cosine
+    schedule always spans all of them."""
+    stop: Literal["fixed", "loss"] = "fixed"
+    """`fixed`: train every epoch. `loss`: the REMIX reference's `sc=loss` (its PopQA/TriviaQA stage 2): stop once
+    `stop_loss_steps` optimizer steps had a training loss (mean over all ranks) below `stop_loss`, counted
+    cumulatively, never reset."""
+    stop_loss: float = 1e-4
+    """Loss threshold of `stop: loss`."""
+    stop_loss_steps: int = 10
+    """Below-threshold optimizer steps that end the stage under `stop: loss`."""
     eval_every: int = 0
     """Evaluate D_A (and D_B) every N optimizer steps for the forgetting curve (0: about once per epoch)."""
     eval_b: Literal["every_eval", "end"] = "every_eval"
@@ -293,6 +302,9 @@ class ExperimentConfig:
             raise ConfigError("mix_ratio must be >= 0 and stage1.em_threshold in (0, 1]")
         if self.stage1.max_epochs <= 0 or self.stage2.epochs <= 0:
             raise ConfigError("stage1.max_epochs and stage2.epochs must be > 0")
+        if self.stage2.stop_loss <= 0 or self.stage2.stop_loss_steps < 1:
+            raise ConfigError(f"stage2.stop_loss must be > 0 and stage2.stop_loss_steps >= 1, got "
+                              f"{self.stage2.stop_loss} and {self.stage2.stop_loss_steps}")
         launcher_argv(self.launcher)
         self._validate_sweep()
 

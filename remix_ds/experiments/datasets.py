@@ -152,6 +152,11 @@ def resolve_spec(spec: DatasetSpec, data_dir: str | None, stage_a: bool, require
     from a source must be yet-to-learn files (generated kvr/generic are exempt). Raises DataError/ConfigError."""
     from remix_ds.data.records import DataError
 
+    if spec.data_files and data_dir and spec.dataset in REGISTRY:
+        # prepare-data builds a data_files set from that local copy: train on the prepared rows when it did
+        entry = read_manifest(Path(data_dir)).get("sets", {}).get(spec.dataset) if (Path(data_dir) / MANIFEST).is_file() else None
+        if entry and entry.get("source", {}).get("path") == str(spec.data_files):
+            spec = replace(spec, data_files=None)
     if data_dir and spec.dataset in REGISTRY and spec.dataset not in GENERATED_DATASETS and not spec.data_files:
         entry = read_manifest(Path(data_dir)).get("sets", {}).get(spec.dataset)
         if entry is None:

@@ -322,12 +322,15 @@ class Grid:
             self.final_eval_b(s2cfg, b, step2)
         _, rows_b = latest_eval_rows(s2dir, b)
         em1, em2 = em_of(rows1), em_of(rows2)
+        if em1 < self.cfg.stage1.em_threshold:
+            self.log(report.below_threshold_line(cell.stage1_key, em1, self.cfg.stage1.em_threshold, round(st1["epochs"], 3)))
         row = {
             "d_a": a, "d_b": b, "strategy": cell.strategy.spec, "loss_mode": cell.loss_mode or self.cfg.run.data.loss_mode,
             "status": "done", **self.mix_columns(cell), **self.sweep_columns(cell),
             "em_a_stage1": em1, "em_a_stage2": em2, "em_b_stage2": em_of(rows_b), "forgetting": em1 - em2,
-            "stage1_reached_threshold": em1 >= self.cfg.stage1.em_threshold,
+            "stage1_reached_threshold": em1 >= self.cfg.stage1.em_threshold, "stage1_key": cell.stage1_key,
             "stage1_steps": st1["steps"], "stage1_epochs": round(st1["epochs"], 3), "stage2_steps": st2["steps"],
+            "stage1_stop": stage_lib.stop_reason(st1), "stage2_stop": stage_lib.stop_reason(st2),
             "stage1_wall_s": round(st1["wall_s"], 2), "stage1_eval_s": round(st1["eval_s"], 2),
             "stage2_wall_s": round(st2["wall_s"], 2), "stage2_eval_s": round(st2["eval_s"], 2),
             "stage1_eval_step": step1, "stage2_eval_step": step2,

@@ -31,7 +31,7 @@ from remix_ds.experiments.config import Stage1Config, Stage2Config
 from remix_ds.experiments.layout import Cell, GridLayout
 
 COLUMNS = ["d_a", "d_b", "strategy", "loss_mode", "mix_schedule", "mix_redraw", "status", "em_a_stage1", "em_a_stage2", "em_b_stage2", "forgetting",
-           "stage1_reached_threshold", "stage1_steps", "stage1_epochs", "stage2_steps"]
+           "stage1_reached_threshold", "stage1_steps", "stage1_epochs", "stage1_stop", "stage2_steps", "stage2_stop"]
 
 
 def _fmt(v) -> str:
@@ -55,10 +55,33 @@ def main_table(rows: list[dict]) -> str:
         cols[cols.index("em_a_stage2") + 1:cols.index("em_a_stage2") + 1] = ["span_acc_a_stage1", "span_acc_a_stage2"]
     if any(r.get("stage2_setting") is not None for r in rows):  # a stage2_sweep grid
         cols.insert(3, "stage2_setting")
+    if any(r.get("stage1_reached_threshold") is False for r in rows):  # cells built on a stage 1 below threshold
+        cols.insert(cols.index("em_a_stage1") + 1, "stage1_reached_threshold")
     for col in ("mix_redraw", "mix_schedule", "loss_mode"):  # shown when the grid varies them
         if len({r.get(col) for r in rows}) > 1:
             cols.insert(3, col)
     return markdown_table(rows, cols)
+
+
+def below_threshold(rows: list[dict]) -> list[dict]:
+    """The stage-1 runs that ended below the EM threshold, with the finished cells built on each:
+    [{"d_a", "strategy_stage1", "em_a_stage1", "stage1_stop", "cells": [d_b x strategy, ...]}] (the grid summary's flag)."""
+    out: dict[tuple, dict] = {}
+    for r in rows:
+        if r.get("status") != "done" or r.get("stage1_reached_threshold", True):
+            continue
+        key = (r["d_a"], r.get("stage1_key") or r["strategy"], r.get("loss_mode"), r.get("seed"))
+        e = out.setdefault(key, {"d_a": r["d_a"], "stage1": key[1], "em_a_stage1": r["em_a_stage1"],
+                                 "stage1_stop": r.get("stage1_stop"), "stage1_epochs": r.get("stage1_epochs"), "cells": []})
+        e["cells"].append(f"{r['d_b']} x {r['strategy']}")
+    return list(out.values())
+
+
+def below_threshold_line(name: str, em: float, threshold: float, epochs) -> str:
+    """The console line for a stage 1 that ended below the EM threshold."""
+    return (f"[experiment] WARNING: stage 1 {name} ended after {epochs} epochs with EM(D_A) = {em:.3f} < "
+            f"stage1.em_threshold {threshold:g}; the cells built on it start from a lower EM "
+            "(results.csv: stage1_reached_threshold = False)")
 
 
 def write_tables(out: Path, rows: list[dict]) -> None:
@@ -354,6 +377,7 @@ def write_all(layout: GridLayout, stage1: Stage1Config, stage2: Stage2Config, ro
     failures go to `log`."""
     write_tables(layout.out, rows)
     st = seed_statistics(layout, rows, log=log)
+    st["stage1_below_threshold"] = below_threshold(rows)
     write_text_atomic(layout.out / "results_summary.json", json.dumps(st, indent=2) + "\n")
     plots = plot_all(layout, rows, st["summary"])
     write_text_atomic(layout.out / "report.md", report_markdown(layout, stage1, stage2, rows, plots, st))
@@ -361,6 +385,9 @@ def write_all(layout: GridLayout, stage1: Stage1Config, stage2: Stage2Config, ro
     failed = [r for r in rows if r.get("status") != "done"]
     for r in failed:
         log(f"FAILED {r['d_a']} x {r['d_b']} x {r['strategy']}: {r.get('error')}")
+    for b in st["stage1_below_threshold"]:
+        log(f"BELOW THRESHOLD stage 1 {b['d_a']}/{b['stage1']}: EM(D_A) {b['em_a_stage1']:.3f} after "
+            f"{b['stage1_epochs']} epochs; cells built on it: {', '.join(b['cells'])}")
     if any(r["n_seeds"] > 1 for r in st["summary"]):
         log("\n" + "\n".join(statistics_markdown(st)[4:]))
     log(f"\nwritten: {layout.out / 'results.csv'}, results.json, results_summary.json, report.md, "

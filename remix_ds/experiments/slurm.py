@@ -142,12 +142,27 @@ def make_executor(out: Path, cfg: SlurmConfig, name: str, dependency: str | None
     return executor
 
 
+class _OffClusterSlurmExecutor(submitit.SlurmExecutor):
+    """submitit's SlurmExecutor without its `srun` check: converts and validates the parameters exactly as
+    on a cluster, so `--dry-run` prints the #SBATCH lines anywhere. Never submits."""
+
+    @classmethod
+    def affinity(cls) -> int:
+        return 1
+
+
 def sbatch_lines(out: Path, cfg: SlurmConfig, name: str, dependency: str | None) -> list[str]:
-    """The `#SBATCH` lines submitit writes for this job (what `--dry-run` prints)."""
+    """The `#SBATCH` lines submitit writes for this job (what `--dry-run` prints; needs no Slurm installed)."""
     from submitit.slurm.slurm import _make_sbatch_string
 
-    params = make_executor(out, cfg, name, dependency)._executor.parameters
-    text = _make_sbatch_string(command="true", folder=str(folder(out) / "%j"), **params)
+    params = executor_parameters(cfg, name)
+    if dependency:
+        params["slurm_dependency"] = dependency
+    executor = _OffClusterSlurmExecutor(folder=folder(out) / "%j", max_num_timeout=cfg.max_timeouts)
+    generic = executor._convert_parameters({k: v for k, v in params.items() if not k.startswith("slurm_")})
+    specific = {k.removeprefix("slurm_"): v for k, v in params.items() if k.startswith("slurm_")}
+    executor.update_parameters(**generic, **specific)  # AutoExecutor's rule: a slurm_ key wins over a generic one
+    text = _make_sbatch_string(command="true", folder=str(folder(out) / "%j"), **executor.parameters)
     return [line for line in text.splitlines() if line.startswith("#SBATCH")]
 
 

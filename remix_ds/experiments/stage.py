@@ -5,8 +5,8 @@
 
 Builds the eval hooks (timed apart from training) and regularizers the config asks for, runs the
 Trainer with them (resume=auto continues a killed stage from its newest checkpoint), and on
-success writes `RUN_DIR/stage_done.json` (rank 0, last): wall time, eval time, steps, whether
-the early-stop target was reached. A stage folder with that file is never run again.
+success writes `RUN_DIR/stage_done.json` (rank 0, last): wall time, eval time, steps, why
+the stage ended (`stop_reason`: cap, eval_metric or loss). A stage folder with that file is never run again.
 """
 
 from __future__ import annotations
@@ -31,6 +31,12 @@ def is_done(run_dir: str | Path) -> bool:
 
 def read_done(run_dir: str | Path) -> dict:
     return json.loads((Path(run_dir) / DONE).read_text())
+
+
+def stop_reason(done: dict) -> str:
+    """Why a finished stage ended (its `stage_done.json`): `cap` (all its epochs), `eval_metric` (the EM target)
+    or `loss` (the loss rule, train.stop_loss_below). Files written before the field existed: from stopped_early."""
+    return done.get("stop_reason") or ("eval_metric" if done.get("stopped_early") else "cap")
 
 
 class _Timed:
@@ -70,6 +76,7 @@ def run_stage(cfg: RunConfig) -> dict:
         "steps_this_run": trainer.step - start_step,
         "total_steps": trainer.total_steps,
         "stopped_early": trainer.stopped_early,
+        "stop_reason": trainer.stop_reason,
         "epochs": trainer.step * trainer.gas / max(trainer.loader.batches_per_epoch, 1),
         "wall_s": time.perf_counter() - start,
         "build_s": build_s,

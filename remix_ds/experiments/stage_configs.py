@@ -106,6 +106,8 @@ class StageConfigs:
             "train.epochs": epochs,
             "train.eval_every": self._eval_every(n, (s.random[1], s.generic[1], s.replay), self.cfg.stage2.eval_every),
             "train.early_stop_metric": None,
+            "train.stop_loss_below": self.cfg.stage2.stop_loss if self.cfg.stage2.stop == "loss" else 0.0,
+            "train.stop_loss_steps": self.cfg.stage2.stop_loss_steps,
             "data.dataset": self._train_path(b, cell.loss_mode),
             "data.mix.random_ratio": s.random[1],
             "data.mix.generic_ratio": s.generic[1],
