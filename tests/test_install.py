@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -82,10 +83,11 @@ def test_the_lock_pins_every_installed_distribution_of_the_cpu_path():
     if not LOCK.is_file():
         pytest.fail(f"{LOCK} is missing")
     pins = _lock()
+    site = {Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib")}
     installed = {}
-    for dist in md.distributions():
+    for dist in md.distributions():  # those installed in the venv (not copies vendored inside a package)
         name = re.sub(r"[-_.]+", "-", dist.metadata["Name"]).lower()
-        if name not in ("pip", "remix-ds"):
+        if name not in ("pip", "remix-ds") and Path(dist.locate_file("")).resolve() in site:
             installed[name] = dist.version
     if os.environ.get("REMIX_DS_LOCK_CHECK") != "1" and not os.environ.get("CI"):
         # a developer's venv may hold extra tools; CI (a fresh venv from the README command) must match exactly
