@@ -74,11 +74,22 @@ def _save_folder(config, state_dict: dict, out: Path, tokenizer_src: Path | None
             model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)](config)
         if dtype is not None:
             state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+        bad = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise CheckpointError(f"{out}: refusing to export non-finite weights ({len(bad)} tensor(s) hold "
+                                  f"nan/inf: {', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
+        expected = model.state_dict()
+        bad = [f"{k} {list(v.shape)} in the weights vs {list(expected[k].shape)} in the model"
+               for k, v in state_dict.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+        if bad:
+            raise CheckpointError(f"{out}: the weights do not match the architecture of config.json: "
+                                  f"{len(bad)} mis-shaped ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
         missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
         tied = set(getattr(model, "_tied_weights_keys", None) or [])
         missing = [k for k in missing if k not in tied]
         if missing or unexpected:
-            raise RuntimeError(f"weights do not match the architecture: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise CheckpointError(f"{out}: the weights do not match the architecture of config.json: "
+                                  f"missing {missing[:5]}, unexpected {unexpected[:5]}")
         if config.tie_word_embeddings:
             model.tie_weights()
         model.save_pretrained(tmp, safe_serialization=True)
