@@ -27,7 +27,7 @@ from remix_ds.engine.hooks import EvalHook, Regularizer
 from remix_ds.engine.loss import token_loss_sum
 from remix_ds.engine.metrics import MetricsWriter
 from remix_ds.engine.schedule import apply_to_resumed, make_scheduler
-from remix_ds.errors import CheckpointError
+from remix_ds.errors import CheckpointError, NonFiniteError
 
 RUN_CONFIG = "run_config.json"  # the resolved RunConfig a checkpoint was written with (drift check)
 
@@ -310,6 +310,24 @@ class Trainer:
         self.engine.train()
         return results
 
+    def _check_finite(self, stats: StepStats, lr: float) -> None:
+        """Stop at the first step whose loss or global gradient norm is not finite (one host sync per step).
+
+        Raised before anything of the step is logged, saved or exported: `latest` keeps naming the
+        last good checkpoint and no non-finite weights reach `final/`. Every rank sees the same
+        all-reduced loss and global norm, so every rank raises.
+        """
+        loss = stats.loss
+        norm = self.engine.get_global_grad_norm()
+        norm = None if norm is None else float(norm)
+        if math.isfinite(loss) and (norm is None or math.isfinite(norm)):
+            return
+        last = ckpt_lib.latest_checkpoint(self.out)
+        kept = (f"{self.out}/latest still names {last.name}" if last is not None else "no checkpoint was saved")
+        raise NonFiniteError(
+            f"step {self.step}: non-finite training loss {loss} (global grad norm {norm}) at lr {lr:.6g}; "
+            f"stopped before saving or exporting this step ({kept}). Lower optim.lr or check the data")
+
     def fit(self) -> list[dict]:
         """Train to total_steps (or train.stop_at_step); returns the metrics rows this call logged."""
         from tqdm.auto import tqdm
@@ -326,6 +344,7 @@ class Trainer:
             self.loader_wait_s = 0.0
             stats = self.train_step(self._next_step_batches())
             self.step += 1
+            self._check_finite(stats, lr)
             wait = self.loader_wait_s
             row = {
                 "lr": lr,
