@@ -100,6 +100,15 @@ class OptimConfig:
             raise ConfigError(f"optim.betas must be in [0, 1), got {self.betas}")
         if self.grad_clip < 0:
             raise ConfigError(f"optim.grad_clip must be >= 0, got {self.grad_clip}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"optim.min_lr_ratio must be in [0, 1] (a fraction of optim.lr), got {self.min_lr_ratio}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.lr * self.weight_decay >= 1:  # AdamW multiplies the weights by 1 - lr * weight_decay each step
+            raise ConfigError(f"optim.lr * optim.weight_decay = {self.lr * self.weight_decay:g} must be < 1 (AdamW scales "
+                              f"the weights by 1 - lr * weight_decay every step), got optim.weight_decay={self.weight_decay}")
+        if self.eps <= 0:
+            raise ConfigError(f"optim.eps must be > 0, got {self.eps}")
 
 
 @dataclass

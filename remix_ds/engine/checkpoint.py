@@ -81,6 +81,11 @@ def read_manifest(ckpt: Path) -> dict:
         raise CheckpointError(f"{path}: unreadable ({e})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("step"), int) or not isinstance(meta.get("world_size"), int):
         raise CheckpointError(f"{path}: not a remix-ds complete.json (needs integer step and world_size)")
+    files = meta.get("files")
+    if files is not None and not (isinstance(files, dict) and all(
+            isinstance(r, dict) and isinstance(r.get("size"), int) and isinstance(r.get(HASH), str) for r in files.values())):
+        raise CheckpointError(f"{path}: 'files' must map each file name to its size and {HASH}, "
+                              f"got {type(files).__name__}")
     return meta
 
 

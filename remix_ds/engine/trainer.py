@@ -67,6 +67,8 @@ class Trainer:
         cfg.validate(self.world)
         self.device = dist.device()
         self.out = Path(cfg.train.output_dir)
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"train.output_dir={self.out} is an existing file, not a folder; name a folder")
         self.dtype = models.resolve_dtype(cfg.model.dtype)
         self.attn = models.choose_attn_implementation(cfg.model.attn_implementation)
         self.gas = cfg.grad_accum(self.world)
