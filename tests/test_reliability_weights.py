@@ -94,3 +94,23 @@ def test_export_refuses_mis_shaped_weights(tmp_path):
                                               r"model.layers.1.mlp.up_proj.weight\)"):
         _save_folder(config, state, tmp_path / "x", tokenizer_src=None)
     assert not (tmp_path / "x").exists()
+
+
+def test_exported_files_get_the_modes_of_a_checkpoint(tmp_path):
+    """Exports were 0700 / 0600 (mkdtemp, safetensors) while checkpoints are 0755 / 0644 under umask 022."""
+    import os
+
+    from transformers import AutoConfig
+
+    from remix_ds.engine.export import _save_folder
+
+    old = os.umask(0o022)
+    try:
+        config = AutoConfig.from_pretrained(models.tiny_model_dir())
+        state = models.load_for_inference("tiny", device="cpu").state_dict()
+        out = _save_folder(config, dict(state), tmp_path / "final", tokenizer_src=models.tiny_model_dir())
+    finally:
+        os.umask(old)
+    assert oct(out.stat().st_mode & 0o777) == "0o755"
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in out.iterdir()}
+    assert modes["model.safetensors"] == "0o644" and set(modes.values()) == {"0o644"}, modes

@@ -52,6 +52,23 @@ def write_data_config(run_config: str | Path | None, folder: Path) -> Path | Non
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _plain_modes(folder: Path) -> None:
+    """Give an export the modes of a checkpoint (0777 / 0666 less the umask: usually 0755 / 0644):
+    `mkdtemp` makes its folder 0700 and safetensors writes 0600, which other users (or a job under
+    another account) could not read."""
+    mask = _umask()
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            os.chmod(Path(root) / name, 0o666 & ~mask)
+
+
 def _publish(tmp: Path, out: Path) -> None:
     if out.exists():
         shutil.rmtree(out)
@@ -98,6 +115,7 @@ def _save_folder(config, state_dict: dict, out: Path, tokenizer_src: Path | None
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         write_data_config(run_config, tmp)
+        _plain_modes(tmp)
         _publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
