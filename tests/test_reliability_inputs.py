@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -78,3 +79,24 @@ def test_output_dir_that_is_a_file_is_one_line(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (f"remix-ds: config error: train.output_dir={target} is an existing "
                                                     "file, not a folder; name a folder")
     assert "Traceback" not in proc.stderr and target.read_text() == "not a folder"
+
+
+def test_duplicate_example_ids_are_refused_with_both_positions(tmp_path):
+    """An eval file holding id g0 twice used to be scored twice; a training file trained it twice."""
+    from remix_ds.data.config import SourceConfig
+    from remix_ds.data.datasets import load_examples
+    from remix_ds.data.records import DataError
+    from remix_ds.eval.config import EvalConfig
+    from remix_ds.eval.data import load_eval_set
+
+    f = tmp_path / "qa.jsonl"
+    rows = [{"id": "g0", "prompt": "a?", "answer": "A"}, {"id": "g1", "prompt": "b?", "answer": "B"},
+            {"id": "g0", "prompt": "c?", "answer": "C"}]
+    f.write_text("\n".join(json.dumps(r) for r in rows[:2]) + "\n\n" + json.dumps(rows[2]) + "\n")
+    says = f"{f}:4: duplicate example id 'g0' (first at {f}:1); ids must be unique"
+    with pytest.raises(DataError, match="^" + re.escape(says)):
+        load_examples(SourceConfig(dataset=str(f)))
+    with pytest.raises(DataError, match="^" + re.escape(says)):
+        load_eval_set(str(f), EvalConfig())
+    kept = load_examples(SourceConfig(dataset=str(f), on_bad_record="drop"))
+    assert [e.answer for e in kept] == ["A", "B"] and kept.dropped == [f"{says} (or set data.on_bad_record=drop to drop the repeats)"]
