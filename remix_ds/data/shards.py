@@ -480,7 +480,12 @@ def _check_document_ends(shard: _Shard, eos_id: int) -> None:
             picks.append(np.arange(np.searchsorted(ends, a, "right"), np.searchsorted(ends, a + _PROBE_TOKENS, "right")))
     docs = np.unique(np.concatenate(picks))
     docs = docs[ends[docs] > shard.doc_bounds[docs]]  # empty documents have no last token
-    last = shard.tokens[ends[docs] - 1]
+    # pread, not the memmap: a page fault reads ahead ~128 KiB around each sampled token
+    size = shard.tokens.dtype.itemsize
+    with open(shard.bin_path, "rb", buffering=0) as f:
+        fd = f.fileno()
+        raw = b"".join(os.pread(fd, size, int(pos) * size) for pos in (ends[docs] - 1).tolist())
+    last = np.frombuffer(raw, dtype=shard.tokens.dtype)
     bad = np.nonzero(last != eos_id)[0]
     if bad.size:
         d = int(docs[bad[0]])
