@@ -13,6 +13,7 @@ import sys
 from remix_ds.baselines import build_regularizers
 from remix_ds.config import load_config
 from remix_ds.configtools import ConfigError
+from remix_ds.engine import dist
 from remix_ds.engine.trainer import Trainer
 from remix_ds.errors import RemixError, debug_enabled
 from remix_ds.eval.hook import build_eval_hooks
@@ -47,6 +48,15 @@ def main(argv: list[str] | None = None) -> None:
             kind = "config error" if isinstance(e, ConfigError) else "error"
             print(f"remix-ds: {kind}: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except RuntimeError as e:
+        why = dist.peer_lost(e)
+        if why is None or debug_enabled():
+            raise
+        # A peer died (killed node, crash, OOM): this rank's collective failed instead of hanging.
+        print(f"remix-ds: error: rank {os.environ.get('RANK', '0')} lost another rank of the job ({why[:160]}); "
+              "see the other nodes' logs, then rerun the same command on every node to resume from the newest "
+              "checkpoint", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ Layout (RUN_DIR is train.output_dir):
 A save goes to RUN_DIR/.tmp-checkpoint-N and is renamed when every rank has finished writing;
 `latest` is replaced atomically after that. A crash at any point leaves the previous checkpoint
 and `latest` untouched (the partial temp folder is ignored and removed by the next save).
-NOTE: the rename assumes RUN_DIR is on a filesystem all ranks share (the usual cluster setup).
+RUN_DIR may be shared by all ranks (rank 0 renames) or node-local (the first rank of each node
+finishes its node's folder: its ranks' shards, the HF files and the same complete.json).
 
 Integrity: every rank hashes the files it wrote (its ZeRO shards and rank_state_R.pt), rank 0
 collects those records (`dist.all_gather_objects`) and hashes the shared files (HF config,
@@ -215,10 +216,11 @@ def save_checkpoint(engine, run_dir: Path, step: int, rank_state: dict, hf_files
     tmp_name = f".tmp-{name}"
     tmp, final = run_dir / tmp_name, run_dir / name
     problem = None
-    if dist.is_main():
+    if dist.local_rank() == 0:  # every node: RUN_DIR may be node-local
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in run_dir.glob(".tmp-checkpoint-*"):  # leftovers of a crashed save
             shutil.rmtree(stale, ignore_errors=True)
+    if dist.is_main():
         known = previous_size(run_dir)
         if known is not None and shutil.disk_usage(run_dir).free < known[0]:
             problem = _full_message(run_dir, name, known, "before saving")
@@ -230,10 +232,12 @@ def save_checkpoint(engine, run_dir: Path, step: int, rank_state: dict, hf_files
         torch.save({"step": step, "rng": rng_state(), **rank_state}, tmp / f"rank_state_{dist.rank()}.pt")
         # Each rank hashes what it wrote (in parallel, while its files are in the page cache).
         mine = {p.name: file_record(p, dist.rank()) for p in _rank_files(tmp, dist.rank())}
+        dist.barrier()  # every rank has written: what each one sees tells a shared RUN_DIR from node-local ones
+        sees = sorted(int(p.stem.rsplit("_", 1)[1]) for p in tmp.glob("rank_state_*.pt"))
     except Exception as e:  # noqa: BLE001  # only a full disk is turned into a line; anything else re-raises
         if not _disk_full(e):
             raise
-        mine = {"__disk_full__": True}
+        mine, sees = {"__disk_full__": True}, []
     gathered = dist.all_gather_objects(mine)
     if any("__disk_full__" in part for part in gathered):
         if dist.is_main():  # the free space and what was written, after removing the partial folder
@@ -241,7 +245,10 @@ def save_checkpoint(engine, run_dir: Path, step: int, rank_state: dict, hf_files
             shutil.rmtree(tmp, ignore_errors=True)
             problem = _full_message(run_dir, name, previous_size(run_dir), "while saving", written)
         raise CheckpointError([p for p in dist.all_gather_objects(problem) if p][0])
-    if dist.is_main():
+    # The lowest rank that sees a folder finishes it: rank 0 alone on a shared RUN_DIR, the first
+    # rank of each node when RUN_DIR is node-local (each node's folder then holds its ranks' files
+    # and the same complete.json; a resume checks each rank's own files where it runs).
+    if sees and sees[0] == dist.rank():
         try:
             _finish_on_main(tmp, final, run_dir, name, step, gathered, hf_files_writer, keep_last)
         except Exception as e:  # noqa: BLE001
@@ -258,7 +265,8 @@ def save_checkpoint(engine, run_dir: Path, step: int, rank_state: dict, hf_files
 
 def _finish_on_main(tmp: Path, final: Path, run_dir: Path, name: str, step: int, gathered: list, hf_files_writer,
                     keep_last: int) -> None:
-    """Rank 0: shared files, complete.json, the rename, `latest`, pruning."""
+    """Rank 0 (and the first rank of each other node on node-local folders): shared files,
+    complete.json, the rename, `latest`, pruning."""
     hf_files_writer(tmp)
     files = {name: rec for part in gathered for name, rec in part.items()}
     for p in sorted(tmp.iterdir()):  # shared files (HF config, tokenizer, any other DeepSpeed file)
