@@ -458,7 +458,7 @@ def _open_shard(prefix: Path) -> _Shard:
 
 
 _PROBE_BLOCKS, _PROBE_TOKENS = 16, 4096
-_END_SAMPLES = 1024
+_END_SAMPLES = 256
 
 
 def _check_document_ends(shard: _Shard, eos_id: int) -> None:
@@ -468,7 +468,7 @@ def _check_document_ends(shard: _Shard, eos_id: int) -> None:
     describes is EOS. Checked for ``_END_SAMPLES`` evenly spaced documents (first and last
     included) plus every document ending inside the range probe's blocks: a ``.bin`` rotated,
     swapped with another of the same size or rebuilt from other text puts other tokens there.
-    Reads about 1K scattered tokens per shard (docs/reliability.md has the cost at 100 GB).
+    Reads about 300 scattered tokens per shard (docs/reliability.md has the cost at 100 GB).
     """
     ends = shard.doc_bounds[1:]
     n_docs, n = len(ends), len(shard.tokens)
