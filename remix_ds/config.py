@@ -163,6 +163,10 @@ class TrainConfig:
     """Resume even if trajectory keys changed since the checkpoint; the change goes to RUN_DIR/config_changes.jsonl."""
     verify_hashes: bool = True
     """Check every checkpoint file's sha256 on resume (sizes are always checked); see docs/reliability.md."""
+    nonfinite: Literal["stop", "skip_step"] = "stop"
+    """A non-finite loss or gradient norm: `stop` the run at that step (nothing of it saved or exported), or
+    `skip_step`: go on when DeepSpeed discarded the step's update (its overflow check), with a warning and
+    `skipped_nonfinite: 1` in the step's metrics row; a non-finite step whose update was applied still stops."""
 
     def __post_init__(self):
         for name in ("global_batch_size", "micro_batch_size", "log_every", "keep_last"):
