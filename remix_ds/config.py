@@ -218,6 +218,7 @@ RESUME_NEUTRAL_KEYS = (
     "train.output_dir", "train.stop_at_step", "train.progress_bar", "train.tensorboard", "train.log_every",
     "train.save_every", "train.keep_last", "train.save_final", "train.export_final", "train.resume",
     "train.resume_fallback", "train.allow_config_change", "train.verify_hashes", "train.prefetch_steps",
+    "train.nonfinite",
 )
 """Keys that do not change the training trajectory: changing them between a save and a resume is not drift."""
 

@@ -100,3 +100,16 @@ def test_duplicate_example_ids_are_refused_with_both_positions(tmp_path):
         load_eval_set(str(f), EvalConfig())
     kept = load_examples(SourceConfig(dataset=str(f), on_bad_record="drop"))
     assert [e.answer for e in kept] == ["A", "B"] and kept.dropped == [f"{says} (or set data.on_bad_record=drop to drop the repeats)"]
+
+
+def test_a_checkpoint_from_before_train_nonfinite_is_not_drift():
+    """run_config.json written before the key existed: resuming must not be refused as a config change."""
+    from remix_ds import configtools
+    from remix_ds.config import config_drift
+
+    current = configtools.to_dict(load_config(REPO / "configs/tiny.yaml"))
+    saved = json.loads(json.dumps(current))
+    del saved["train"]["nonfinite"]
+    assert config_drift(saved, current) == {}
+    saved["optim"]["lr"] = 1.0
+    assert list(config_drift(saved, current)) == ["optim.lr"]
