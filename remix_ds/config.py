@@ -100,6 +100,15 @@ class OptimConfig:
             raise ConfigError(f"optim.betas must be in [0, 1), got {self.betas}")
         if self.grad_clip < 0:
             raise ConfigError(f"optim.grad_clip must be >= 0, got {self.grad_clip}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"optim.min_lr_ratio must be in [0, 1] (a fraction of optim.lr), got {self.min_lr_ratio}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.lr * self.weight_decay >= 1:  # AdamW multiplies the weights by 1 - lr * weight_decay each step
+            raise ConfigError(f"optim.lr * optim.weight_decay = {self.lr * self.weight_decay:g} must be < 1 (AdamW scales "
+                              f"the weights by 1 - lr * weight_decay every step), got optim.weight_decay={self.weight_decay}")
+        if self.eps <= 0:
+            raise ConfigError(f"optim.eps must be > 0, got {self.eps}")
 
 
 @dataclass
@@ -160,6 +169,10 @@ class TrainConfig:
     """Resume even if trajectory keys changed since the checkpoint; the change goes to RUN_DIR/config_changes.jsonl."""
     verify_hashes: bool = True
     """Check every checkpoint file's sha256 on resume (sizes are always checked); see docs/reliability.md."""
+    nonfinite: Literal["stop", "skip_step"] = "stop"
+    """A non-finite loss or gradient norm: `stop` the run at that step (nothing of it saved or exported), or
+    `skip_step`: go on when DeepSpeed discarded the step's update (its overflow check), with a warning and
+    `skipped_nonfinite: 1` in the step's metrics row; a non-finite step whose update was applied still stops."""
 
     def __post_init__(self):
         for name in ("global_batch_size", "micro_batch_size", "log_every", "keep_last"):
@@ -214,6 +227,7 @@ RESUME_NEUTRAL_KEYS = (
     "train.output_dir", "train.stop_at_step", "train.progress_bar", "train.tensorboard", "train.log_every",
     "train.save_every", "train.keep_last", "train.save_final", "train.export_final", "train.resume",
     "train.resume_fallback", "train.allow_config_change", "train.verify_hashes", "train.prefetch_steps",
+    "train.nonfinite",
 )
 """Keys that do not change the training trajectory: changing them between a save and a resume is not drift."""
 

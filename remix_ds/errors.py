@@ -20,3 +20,7 @@ def debug_enabled() -> bool:
 
 class CheckpointError(RemixError):
     """A checkpoint folder is incomplete, damaged or does not fit this run; names the file and the check."""
+
+
+class NonFiniteError(RemixError):
+    """Training produced a non-finite loss or gradient norm; names the step, the value and the lr in force."""

@@ -20,7 +20,7 @@ import torch
 
 from remix_ds.cachedir import build_once, cache_root
 from remix_ds.config import ModelConfig, TinyModelConfig
-from remix_ds.errors import RemixError
+from remix_ds.errors import CheckpointError, RemixError
 from remix_ds.kernels import attention as attention_kernels
 
 TINY = "tiny"
@@ -141,7 +141,16 @@ def load_tokenizer(name_or_path: str = TINY, tiny: TinyModelConfig | None = None
     """A Hugging Face tokenizer with a pad token (EOS when the model defines none)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_path(name_or_path, tiny), trust_remote_code=trust_remote_code)
+    source = resolve_path(name_or_path, tiny)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001  # a local folder: say which files are missing, in one line
+        if not Path(source).is_dir():
+            raise
+        found = sorted(p.name for p in Path(source).glob("tokenizer*")) or "none"
+        raise CheckpointError(f"{source}: cannot load a tokenizer from this folder (tokenizer files: {found}; "
+                              f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}); copy the tokenizer files "
+                              "there or name one with model.tokenizer") from e
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer {name_or_path} has no EOS token; remix-ds trains answers to end with EOS")
     if tokenizer.pad_token_id is None:
@@ -193,6 +202,11 @@ def load_model(cfg: ModelConfig, dtype: torch.dtype, attn_implementation: str, f
 
     from_config_only: build the architecture with random weights (weights loaded afterwards
     from a DeepSpeed checkpoint).
+
+    With `init_from`, the architecture the run's config names (`model.tiny.*`, or
+    `model.name_or_path`'s config.json) must be the one `init_from` holds: a shape key that
+    differs is refused, naming the config field (the weights would otherwise be loaded with
+    init_from's shapes while the run records others).
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -201,14 +215,124 @@ def load_model(cfg: ModelConfig, dtype: torch.dtype, attn_implementation: str, f
     if cfg.init_from and is_deepspeed_checkpoint(cfg.init_from):
         from_config_only = True
         source = cfg.init_from  # the checkpoint folder carries config.json
+    if cfg.init_from:
+        check_init_architecture(cfg, source)
     if from_config_only:
         config = AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
         return AutoModelForCausalLM.from_config(
             config, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=cfg.trust_remote_code
         )
-    return AutoModelForCausalLM.from_pretrained(
-        source, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=cfg.trust_remote_code
-    )
+    return load_pretrained(source, dtype=dtype, attn_implementation=attn_implementation,
+                           trust_remote_code=cfg.trust_remote_code)
+
+
+ARCHITECTURE_KEYS = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings",
+                     "tie_word_embeddings")
+"""config.json keys that decide the weights' shapes (or how they are used): must agree between a
+run's model and the `init_from` it starts from."""
+
+
+def check_init_architecture(cfg: ModelConfig, init_source: str | Path) -> None:
+    """Refuse an `init_from` whose config.json disagrees with the run's model in an ARCHITECTURE_KEYS key."""
+    from transformers import AutoConfig
+
+    init_cfg_path = Path(init_source) / "config.json"
+    if not init_cfg_path.is_file():
+        return  # a hub id: from_pretrained resolves it; the weights check still applies
+    try:
+        held = json.loads(init_cfg_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{init_cfg_path}: unreadable ({e})") from None
+    if cfg.name_or_path == TINY:
+        wanted = {k: v for k, v in asdict(cfg.tiny).items() if k in ARCHITECTURE_KEYS}
+        wanted["tie_word_embeddings"] = False
+        field_of = {k: f"model.tiny.{k}" for k in wanted}
+    else:
+        try:
+            wanted = AutoConfig.from_pretrained(cfg.name_or_path, trust_remote_code=cfg.trust_remote_code).to_dict()
+        except (OSError, ValueError) as e:
+            print(f"[remix-ds] WARNING: cannot read model.name_or_path={cfg.name_or_path}'s config ({e}); "
+                  f"model.init_from={cfg.init_from} is not checked against it", flush=True)
+            return
+        field_of = {k: f"model.name_or_path ({cfg.name_or_path}) {k}" for k in wanted}
+    diffs = [(k, wanted[k], held[k]) for k in ARCHITECTURE_KEYS
+             if k in wanted and k in held and wanted[k] is not None and held[k] is not None and wanted[k] != held[k]]
+    if diffs:
+        listed = ", ".join(f"{field_of[k]}={a!r} but init_from has {k}={b!r}" for k, a, b in diffs)
+        raise CheckpointError(f"model.init_from={cfg.init_from} does not fit the run's model: {listed} "
+                              f"({init_cfg_path}); start from a matching checkpoint or change the model keys back")
+
+
+def _layer_range(keys) -> list[int]:
+    import re
+
+    return sorted({int(m.group(1)) for k in keys for m in [re.search(r"\.layers\.(\d+)\.", k)] if m})
+
+
+def _weights_verdict(source: str, config, info: dict) -> str | None:
+    """One line on what does not fit between config.json and the weights, or None when all fits."""
+    missing, unexpected = sorted(info.get("missing_keys") or []), sorted(info.get("unexpected_keys") or [])
+    mismatched = sorted(info.get("mismatched_keys") or [], key=lambda t: t[0])
+    if not (missing or unexpected or mismatched):
+        return None
+    values = {k: v for k, v in config.to_dict().items() if isinstance(v, int) and not isinstance(v, bool)}
+    fields: list[str] = []
+    layers = getattr(config, "num_hidden_layers", None)
+    if layers is not None and (missing or unexpected):
+        extra, absent = _layer_range(unexpected), _layer_range(missing)
+        if extra and min(extra) >= layers:
+            fields.append(f"num_hidden_layers={layers} in config.json, but the weights hold layers up to {max(extra)}"
+                          f" (layers {min(extra)}-{max(extra)} would be dropped)")
+        elif absent and max(absent) == layers - 1:
+            fields.append(f"num_hidden_layers={layers} in config.json, but the weights hold no layers "
+                          f"{min(absent)}-{max(absent)} (they would be randomly initialised)")
+    for key, file_shape, model_shape in mismatched:
+        for fdim, mdim in zip(tuple(file_shape), tuple(model_shape)):
+            if fdim != mdim:
+                for name, v in values.items():
+                    line = f"{name}={v} in config.json, but the weights say {fdim}"
+                    if v == mdim and line not in fields and not name.endswith("_id"):
+                        fields.append(line)
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})")
+    if mismatched:
+        shown = ", ".join(f"{k} {list(f)} in the file vs {list(m)} in the model" for k, f, m in mismatched[:3])
+        parts.append(f"{len(mismatched)} mis-shaped ({shown}{', ...' if len(mismatched) > 3 else ''})")
+    why = "; ".join(fields) if fields else "config.json and the weights disagree"
+    return f"{source}: the weights do not fit the model its config.json describes: {why}. Tensors: {'; '.join(parts)}"
+
+
+def load_pretrained(source: str | Path, **kwargs):
+    """`AutoModelForCausalLM.from_pretrained`, refusing any missing, unexpected or mis-shaped tensor.
+
+    Every weight load goes through here (training, init_from, eval, export checks, preserve,
+    filter-known, forgetting), so no tensor is ever randomly initialised or dropped: a mismatch is
+    one `CheckpointError` naming the first keys and the config.json field that disagrees, and an
+    unreadable weights file (truncated safetensors) names the folder and the reader's message.
+    """
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the load report table: our one line says it
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(source, output_loading_info=True,
+                                                           ignore_mismatched_sizes=True, **kwargs)
+    except Exception as e:  # noqa: BLE001  # unreadable weights: name the folder, keep the reader's message
+        if type(e).__name__ == "SafetensorError" or isinstance(e, (EOFError, OSError)) and Path(source).is_dir():
+            raise CheckpointError(f"{source}: weights unreadable ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                                  "the file is truncated or damaged, re-export or re-download it") from e
+        raise
+    finally:
+        hf_logging.set_verbosity(level)
+    verdict = _weights_verdict(str(source), model.config, info)
+    if verdict:
+        raise CheckpointError(verdict)
+    return model
 
 
 def load_for_inference(path_or_name: str | Path, *, dtype: str | torch.dtype = "auto", device: str | torch.device | None = "auto",
@@ -229,8 +353,6 @@ def load_for_inference(path_or_name: str | Path, *, dtype: str | torch.dtype = "
       registered, so the weights load whole instead of partitioned under ``zero.Init``; False
       for a caller that keeps one alive on purpose.
     """
-    from transformers import AutoModelForCausalLM
-
     if outside_zero3:
         try:
             from transformers.integrations.deepspeed import unset_hf_deepspeed_config
@@ -247,7 +369,7 @@ def load_for_inference(path_or_name: str | Path, *, dtype: str | torch.dtype = "
         register_attention()
     source = resolve_path(str(path_or_name), tiny)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation is not None else {}
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
+    model = load_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
     if device is not None:
         model = model.to(device)
     model.eval()

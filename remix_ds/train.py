@@ -15,6 +15,7 @@ import sys
 from remix_ds.assemble import build_trainer
 from remix_ds.config import load_config
 from remix_ds.configtools import ConfigError
+from remix_ds.engine import dist
 from remix_ds.errors import RemixError, debug_enabled
 
 
@@ -48,6 +49,15 @@ def main(argv: list[str] | None = None) -> None:
             kind = "config error" if isinstance(e, ConfigError) else "error"
             print(f"remix-ds: {kind}: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except RuntimeError as e:
+        why = dist.peer_lost(e)
+        if why is None or debug_enabled():
+            raise
+        # A peer died (killed node, crash, OOM): this rank's collective failed instead of hanging.
+        print(f"remix-ds: error: rank {os.environ.get('RANK', '0')} lost another rank of the job ({why[:160]}); "
+              "see the other nodes' logs, then rerun the same command on every node to resume from the newest "
+              "checkpoint", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -81,7 +81,13 @@ def parse_term(term: str) -> dict | None:
     m = _TERM.match(term.strip())
     if not m:
         return None
-    name, data, value = m.group(1), m.group(2), float(m.group(3))
+    name, data = m.group(1), m.group(2)
+    try:
+        value = float(m.group(3))
+    except ValueError:
+        raise ConfigError(f"strategy term {term!r}: {m.group(3)!r} is not a number") from None
+    if not (value >= 0 and value != float("inf")):
+        raise ConfigError(f"strategy term {term!r}: the {STRENGTH[name]} must be a finite number >= 0, got {value}")
     if name == "ewc":
         if data:
             raise ConfigError(f"strategy term {term!r}: ewc takes no ':DATA' (D_A is the stage-1 dataset)")

@@ -197,11 +197,20 @@ def _short(value: Any) -> str:
 
 def convert_rows(rows: list[dict], where: list[str], convert, on_bad_record: str = "error") -> "Loaded":
     """``convert(row, i, where[i])`` for every row (None: skipped by design). A DataError stops the
-    load (``on_bad_record="error"``) or drops the row and is counted in ``Loaded.dropped``."""
+    load (``on_bad_record="error"``) or drops the row and is counted in ``Loaded.dropped``.
+
+    An example id seen before in the same file is such an error (both ``file:line`` positions named):
+    a repeated id would be trained twice, or scored twice and break per-example statistics."""
     out, dropped = [], []
+    first_at: dict[str, str] = {}
     for i, (row, at) in enumerate(zip(rows, where)):
         try:
             ex = convert(row, i, at)
+            if ex is not None:
+                if ex.id in first_at:
+                    raise DataError(f"{at}: duplicate example id {ex.id!r} (first at {first_at[ex.id]}); "
+                                    "ids must be unique (or set data.on_bad_record=drop to drop the repeats)")
+                first_at[ex.id] = at
         except DataError as e:
             if not str(e).startswith(at):  # e.g. raised by Example itself: say where the row is
                 e = DataError(f"{at}: {e}")

@@ -364,7 +364,34 @@ def _read_manifest(path: Path) -> dict:
     if manifest.get("version") != MANIFEST_VERSION:
         raise ShardError(f"{path}: manifest version {manifest.get('version')} is not supported "
                          f"(this remix-ds reads version {MANIFEST_VERSION})")
+    _check_manifest_keys(manifest, path)
     return manifest
+
+
+def _check_manifest_keys(manifest: dict, path: Path) -> None:
+    """The keys a reader uses are present and typed, and no shard (or file) is listed twice."""
+    tok = manifest.get("tokenizer")
+    if not isinstance(tok, dict) or any(k not in tok for k in ("vocab_hash", "eos_id", "vocab_size", "name")):
+        raise ShardError(f"{path}: manifest key 'tokenizer' must hold vocab_hash, eos_id, vocab_size and name")
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or not shards:
+        raise ShardError(f"{path}: manifest key 'shards' is {'missing' if shards is None else 'not a non-empty list'}")
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(shards):
+        where = f"{path}: shards[{i}]"
+        if not isinstance(entry, dict):
+            raise ShardError(f"{where} is not an object")
+        missing = [k for k in ("prefix", "num_tokens", "num_documents", "bin", "idx") if k not in entry]
+        missing += [f"{k}.{f}" for k in ("bin", "idx") if isinstance(entry.get(k), dict)
+                    for f in ("file", "bytes", "sha256") if f not in entry[k]]
+        missing += [k for k in ("bin", "idx") if k in entry and not isinstance(entry[k], dict)]
+        if missing:
+            raise ShardError(f"{where} lacks {', '.join(missing)}")
+        for name in (entry["prefix"], entry["bin"]["file"], entry["idx"]["file"]):
+            if name in seen and seen[name] != i:
+                raise ShardError(f"{where} names {name!r} again (first in shards[{seen[name]}]): its documents would be "
+                                 "counted twice")
+            seen[name] = i
 
 
 def file_sha256(path: Path) -> str:
@@ -431,6 +458,40 @@ def _open_shard(prefix: Path) -> _Shard:
 
 
 _PROBE_BLOCKS, _PROBE_TOKENS = 16, 4096
+_END_SAMPLES = 256
+
+
+def _check_document_ends(shard: _Shard, eos_id: int) -> None:
+    """The ``.bin`` still fits its ``.idx``: sampled documents end with the EOS id.
+
+    The builder appends EOS to every document, so the last token of each document the index
+    describes is EOS. Checked for ``_END_SAMPLES`` evenly spaced documents (first and last
+    included) plus every document ending inside the range probe's blocks: a ``.bin`` rotated,
+    swapped with another of the same size or rebuilt from other text puts other tokens there.
+    Reads about 300 scattered tokens per shard (docs/reliability.md has the cost at 100 GB).
+    """
+    ends = shard.doc_bounds[1:]
+    n_docs, n = len(ends), len(shard.tokens)
+    if not n_docs or not n:
+        return
+    picks = [np.linspace(0, n_docs - 1, min(n_docs, _END_SAMPLES)).astype(np.int64)]
+    if n > _PROBE_BLOCKS * _PROBE_TOKENS:
+        for a in np.linspace(0, n - _PROBE_TOKENS, _PROBE_BLOCKS).astype(np.int64).tolist():
+            picks.append(np.arange(np.searchsorted(ends, a, "right"), np.searchsorted(ends, a + _PROBE_TOKENS, "right")))
+    docs = np.unique(np.concatenate(picks))
+    docs = docs[ends[docs] > shard.doc_bounds[docs]]  # empty documents have no last token
+    # pread, not the memmap: a page fault reads ahead ~128 KiB around each sampled token
+    size = shard.tokens.dtype.itemsize
+    with open(shard.bin_path, "rb", buffering=0) as f:
+        fd = f.fileno()
+        raw = b"".join(os.pread(fd, size, int(pos) * size) for pos in (ends[docs] - 1).tolist())
+    last = np.frombuffer(raw, dtype=shard.tokens.dtype)
+    bad = np.nonzero(last != eos_id)[0]
+    if bad.size:
+        d = int(docs[bad[0]])
+        raise ShardError(f"{shard.bin_path}: document {d} should end with the EOS id {eos_id} at token {int(ends[d]) - 1} "
+                         f"but holds {int(last[bad[0]])} ({bad.size} of {docs.size} sampled document ends differ): the .bin "
+                         "does not fit its .idx (swapped, rotated or replaced shard)")
 
 
 def _probe_range(tokens: np.ndarray) -> tuple[int, int]:
@@ -455,10 +516,12 @@ class ShardReader:
       * always: index header, sizes, pointers and document index consistent; ``.bin`` size equals
         what the index describes; counts and byte sizes equal the manifest's;
       * ``tokenizer`` given: its vocab hash and EOS id equal the manifest's (shard dirs only);
-      * ``verify="index"`` (default): sha256 of every ``.idx`` (small) against the manifest;
+      * ``verify="index"`` (default): sha256 of every ``.idx`` (small) against the manifest, and
+        sampled document ends must hold the EOS id (``_check_document_ends``: a ``.bin`` rotated,
+        swapped or replaced by another of the same size no longer fits its ``.idx``);
       * ``verify="full"``: also sha256 of every ``.bin`` and the exact id range (reads all tokens
         once; use for small corpora or after a copy). The default does *not* catch flipped
-        ``.bin`` bytes of unchanged size unless they leave the recorded id range;
+        ``.bin`` bytes of unchanged size inside documents unless they leave the recorded id range;
       * token ids within ``[0, vocab)`` (``_check_ids``).
 
     Contents: documents are numbered globally across shards in manifest order; "the stream" is
@@ -489,6 +552,9 @@ class ShardReader:
         self._shards = [_open_shard(p) for p in prefixes]
         if self.manifest is not None:
             self._check_manifest(verify)
+            if verify != "none":
+                for shard in self._shards:
+                    _check_document_ends(shard, int(self.manifest["tokenizer"]["eos_id"]))
         self._check_ids(tokenizer)
         self._build_offsets()
 

@@ -11,7 +11,8 @@ Layout (RUN_DIR is train.output_dir):
 A save goes to RUN_DIR/.tmp-checkpoint-N and is renamed when every rank has finished writing;
 `latest` is replaced atomically after that. A crash at any point leaves the previous checkpoint
 and `latest` untouched (the partial temp folder is ignored and removed by the next save).
-NOTE: the rename assumes RUN_DIR is on a filesystem all ranks share (the usual cluster setup).
+RUN_DIR may be shared by all ranks (rank 0 renames) or node-local (the first rank of each node
+finishes its node's folder: its ranks' shards, the HF files and the same complete.json).
 
 Integrity: every rank hashes the files it wrote (its ZeRO shards and rank_state_R.pt), rank 0
 collects those records (`dist.all_gather_objects`) and hashes the shared files (HF config,
@@ -23,6 +24,7 @@ of surfacing as a torch error (or an out-of-memory kill on a corrupt pickle). Se
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -82,6 +84,11 @@ def read_manifest(ckpt: Path) -> dict:
         raise CheckpointError(f"{path}: unreadable ({e})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("step"), int) or not isinstance(meta.get("world_size"), int):
         raise CheckpointError(f"{path}: not a remix-ds complete.json (needs integer step and world_size)")
+    files = meta.get("files")
+    if files is not None and not (isinstance(files, dict) and all(
+            isinstance(r, dict) and isinstance(r.get("size"), int) and isinstance(r.get(HASH), str) for r in files.values())):
+        raise CheckpointError(f"{path}: 'files' must map each file name to its size and {HASH}, "
+                              f"got {type(files).__name__}")
     return meta
 
 
@@ -152,40 +159,122 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
+
+
+def previous_size(run_dir: Path) -> tuple[int, Path] | None:
+    """(bytes, checkpoint) of the newest complete checkpoint with file records: what the next save needs."""
+    for ckpt in list_checkpoints(run_dir)[::-1]:
+        try:
+            files = read_manifest(ckpt).get("files")
+        except CheckpointError:
+            continue
+        if files:
+            return sum(int(r["size"]) for r in files.values()), ckpt
+    return None
+
+
+def _disk_full(e: BaseException) -> bool:
+    """ENOSPC, however it surfaces (torch's zip writer raises RuntimeError 'unexpected pos ...')."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e)
+    return any(m in text for m in ("No space left", "unexpected pos", "file write failed", "Disk quota exceeded"))
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+
+
+def _full_message(run_dir: Path, name: str, known: tuple[int, Path] | None, when: str, written: int = 0) -> str:
+    free = shutil.disk_usage(run_dir).free
+    need = (f"the save needs about {_gib(known[0])} (the size of {known[1].name})" if known
+            else f"the save needs more than the {_gib(written)} it wrote before the disk filled")
+    keep = latest_checkpoint(run_dir)
+    kept = f"{keep.name} stays latest" if keep is not None else "no earlier checkpoint exists"
+    return (f"{run_dir}: disk full {when} {name}: {_gib(free)} free, {need}; {kept}. "
+            "Free space there or point train.output_dir at a larger disk, then rerun to resume")
+
+
 def save_checkpoint(engine, run_dir: Path, step: int, rank_state: dict, hf_files_writer, keep_last: int) -> Path:
     """Save on all ranks; returns the final folder. See the module docstring for the protocol.
 
     hf_files_writer(folder): rank 0 writes the HF config and tokenizer into the folder.
+
+    Disk space: when an earlier checkpoint of this run records its size, rank 0 checks that the
+    filesystem has that much free before anything is written; a write that fails for lack of space
+    (on any rank) removes the partial folder. Both raise one CheckpointError on every rank naming
+    the folder, the free space and the size needed; `latest` keeps naming the previous checkpoint.
     """
     name = checkpoint_name(step)
     tmp_name = f".tmp-{name}"
     tmp, final = run_dir / tmp_name, run_dir / name
-    if dist.is_main():
+    problem = None
+    if dist.local_rank() == 0:  # every node: RUN_DIR may be node-local
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in run_dir.glob(".tmp-checkpoint-*"):  # leftovers of a crashed save
             shutil.rmtree(stale, ignore_errors=True)
-    dist.barrier()
-    engine.save_checkpoint(str(run_dir), tag=tmp_name, client_state={"step": step}, save_latest=False)
-    torch.save({"step": step, "rng": rng_state(), **rank_state}, tmp / f"rank_state_{dist.rank()}.pt")
-    # Each rank hashes what it wrote (in parallel, while its files are in the page cache).
-    mine = {p.name: file_record(p, dist.rank()) for p in _rank_files(tmp, dist.rank())}
-    gathered = dist.all_gather_objects(mine)
     if dist.is_main():
-        hf_files_writer(tmp)
-        files = {name: rec for part in gathered for name, rec in part.items()}
-        for p in sorted(tmp.iterdir()):  # shared files (HF config, tokenizer, any other DeepSpeed file)
-            if p.is_file() and p.name not in files and p.name != COMPLETE:
-                files[p.name] = file_record(p, None)
-        meta = {"step": step, "world_size": dist.world_size(), "hash": HASH, "files": files}
-        (tmp / COMPLETE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-        if final.exists():  # re-saving the same step (e.g. after a resume)
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        write_text_atomic(run_dir / "latest", name + "\n")
-        for old in list_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
-    dist.barrier()
+        known = previous_size(run_dir)
+        if known is not None and shutil.disk_usage(run_dir).free < known[0]:
+            problem = _full_message(run_dir, name, known, "before saving")
+    problems = [p for p in dist.all_gather_objects(problem) if p]  # also the barrier before writing
+    if problems:
+        raise CheckpointError(problems[0])
+    try:
+        engine.save_checkpoint(str(run_dir), tag=tmp_name, client_state={"step": step}, save_latest=False)
+        torch.save({"step": step, "rng": rng_state(), **rank_state}, tmp / f"rank_state_{dist.rank()}.pt")
+        # Each rank hashes what it wrote (in parallel, while its files are in the page cache).
+        mine = {p.name: file_record(p, dist.rank()) for p in _rank_files(tmp, dist.rank())}
+        dist.barrier()  # every rank has written: what each one sees tells a shared RUN_DIR from node-local ones
+        sees = sorted(int(p.stem.rsplit("_", 1)[1]) for p in tmp.glob("rank_state_*.pt"))
+    except Exception as e:  # noqa: BLE001  # only a full disk is turned into a line; anything else re-raises
+        if not _disk_full(e):
+            raise
+        mine, sees = {"__disk_full__": True}, []
+    gathered = dist.all_gather_objects(mine)
+    if any("__disk_full__" in part for part in gathered):
+        if dist.is_main():  # the free space and what was written, after removing the partial folder
+            written = _folder_bytes(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+            problem = _full_message(run_dir, name, previous_size(run_dir), "while saving", written)
+        raise CheckpointError([p for p in dist.all_gather_objects(problem) if p][0])
+    # The lowest rank that sees a folder finishes it: rank 0 alone on a shared RUN_DIR, the first
+    # rank of each node when RUN_DIR is node-local (each node's folder then holds its ranks' files
+    # and the same complete.json; a resume checks each rank's own files where it runs).
+    if sees and sees[0] == dist.rank():
+        try:
+            _finish_on_main(tmp, final, run_dir, name, step, gathered, hf_files_writer, keep_last)
+        except Exception as e:  # noqa: BLE001
+            if not _disk_full(e):
+                raise
+            written = _folder_bytes(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+            problem = _full_message(run_dir, name, previous_size(run_dir), "while saving", written)
+    problems = [p for p in dist.all_gather_objects(problem) if p]  # the barrier after the save
+    if problems:
+        raise CheckpointError(problems[0])
     return final
+
+
+def _finish_on_main(tmp: Path, final: Path, run_dir: Path, name: str, step: int, gathered: list, hf_files_writer,
+                    keep_last: int) -> None:
+    """Rank 0 (and the first rank of each other node on node-local folders): shared files,
+    complete.json, the rename, `latest`, pruning."""
+    hf_files_writer(tmp)
+    files = {name: rec for part in gathered for name, rec in part.items()}
+    for p in sorted(tmp.iterdir()):  # shared files (HF config, tokenizer, any other DeepSpeed file)
+        if p.is_file() and p.name not in files and p.name != COMPLETE:
+            files[p.name] = file_record(p, None)
+    meta = {"step": step, "world_size": dist.world_size(), "hash": HASH, "files": files}
+    (tmp / COMPLETE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    if final.exists():  # re-saving the same step (e.g. after a resume)
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    write_text_atomic(run_dir / "latest", name + "\n")
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_checkpoint(engine, ckpt: Path) -> dict:

@@ -250,3 +250,20 @@ def broadcast_object(obj, src: int = 0):
 
 def device() -> torch.device:
     return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Connection refused",
+              "NCCL communicator was aborted", "Socket Timeout", "Timed out waiting", "watchdog")
+
+
+def peer_lost(e: BaseException) -> str | None:
+    """The first line of a collective's error when it says another rank went away (gloo closes the
+    socket at once when a peer dies, NCCL aborts its communicator), else None."""
+    name = type(e).__name__
+    text = str(e).strip()
+    if name == "DistBackendError" or (isinstance(e, RuntimeError) and any(m in text for m in _PEER_LOST)):
+        line = text.splitlines()[0] if text else name
+        line = line.split("] ", 1)[1] if line.startswith("[/") and "] " in line else line
+        return line.split(". ", 1)[0]  # gloo appends advice and an emoji
+    return None
+

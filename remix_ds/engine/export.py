@@ -52,6 +52,23 @@ def write_data_config(run_config: str | Path | None, folder: Path) -> Path | Non
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _plain_modes(folder: Path) -> None:
+    """Give an export the modes of a checkpoint (0777 / 0666 less the umask: usually 0755 / 0644):
+    `mkdtemp` makes its folder 0700 and safetensors writes 0600, which other users (or a job under
+    another account) could not read."""
+    mask = _umask()
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            os.chmod(Path(root) / name, 0o666 & ~mask)
+
+
 def _publish(tmp: Path, out: Path) -> None:
     if out.exists():
         shutil.rmtree(out)
@@ -74,11 +91,22 @@ def _save_folder(config, state_dict: dict, out: Path, tokenizer_src: Path | None
             model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)](config)
         if dtype is not None:
             state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+        bad = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise CheckpointError(f"{out}: refusing to export non-finite weights ({len(bad)} tensor(s) hold "
+                                  f"nan/inf: {', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
+        expected = model.state_dict()
+        bad = [f"{k} {list(v.shape)} in the weights vs {list(expected[k].shape)} in the model"
+               for k, v in state_dict.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+        if bad:
+            raise CheckpointError(f"{out}: the weights do not match the architecture of config.json: "
+                                  f"{len(bad)} mis-shaped ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
         missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
         tied = set(getattr(model, "_tied_weights_keys", None) or [])
         missing = [k for k in missing if k not in tied]
         if missing or unexpected:
-            raise RuntimeError(f"weights do not match the architecture: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise CheckpointError(f"{out}: the weights do not match the architecture of config.json: "
+                                  f"missing {missing[:5]}, unexpected {unexpected[:5]}")
         if config.tie_word_embeddings:
             model.tie_weights()
         model.save_pretrained(tmp, safe_serialization=True)
@@ -87,6 +115,7 @@ def _save_folder(config, state_dict: dict, out: Path, tokenizer_src: Path | None
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         write_data_config(run_config, tmp)
+        _plain_modes(tmp)
         _publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -28,7 +28,7 @@ from remix_ds.engine.loss import token_loss_sum
 from remix_ds.engine.metrics import MetricsWriter
 from remix_ds.engine.schedule import apply_to_resumed, make_scheduler
 from remix_ds.engine.stopping import LossStop
-from remix_ds.errors import CheckpointError
+from remix_ds.errors import CheckpointError, NonFiniteError
 
 RUN_CONFIG = "run_config.json"  # the resolved RunConfig a checkpoint was written with (drift check)
 
@@ -68,6 +68,8 @@ class Trainer:
         cfg.validate(self.world)
         self.device = dist.device()
         self.out = Path(cfg.train.output_dir)
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"train.output_dir={self.out} is an existing file, not a folder; name a folder")
         self.dtype = models.resolve_dtype(cfg.model.dtype)
         self.attn = models.choose_attn_implementation(cfg.model.attn_implementation)
         self.gas = cfg.grad_accum(self.world)
@@ -322,6 +324,34 @@ class Trainer:
         self.engine.train()
         return results
 
+    def _check_finite(self, stats: StepStats, lr: float) -> bool:
+        """Stop at the first step whose loss or global gradient norm is not finite (one host sync per step).
+
+        Raised before anything of the step is logged, saved or exported: `latest` keeps naming the
+        last good checkpoint and no non-finite weights reach `final/`. Every rank sees the same
+        all-reduced loss and global norm, so every rank raises. With `train.nonfinite=skip_step`,
+        a step whose update DeepSpeed discarded (its optimizer's `overflow` flag) is only warned
+        about; True is returned for it.
+        """
+        loss = stats.loss
+        norm = self.engine.get_global_grad_norm()
+        norm = None if norm is None else float(norm)
+        if math.isfinite(loss) and (norm is None or math.isfinite(norm)):
+            return False
+        what = f"step {self.step}: non-finite training loss {loss} (global grad norm {norm}) at lr {lr:.6g}"
+        discarded = bool(getattr(self.engine.optimizer, "overflow", False))
+        if self.cfg.train.nonfinite == "skip_step" and discarded:
+            if dist.is_main():
+                print(f"[remix-ds] WARNING: {what}; DeepSpeed discarded the update, going on (train.nonfinite=skip_step)",
+                      flush=True)
+            return True
+        last = ckpt_lib.latest_checkpoint(self.out)
+        kept = (f"{self.out}/latest still names {last.name}" if last is not None else "no checkpoint was saved")
+        applied = ("; the update was applied, so train.nonfinite=skip_step cannot skip it"
+                   if self.cfg.train.nonfinite == "skip_step" else "")
+        raise NonFiniteError(f"{what}; stopped before saving or exporting this step ({kept}){applied}. "
+                             "Lower optim.lr or check the data")
+
     def fit(self) -> list[dict]:
         """Train to total_steps (or train.stop_at_step); returns the metrics rows this call logged."""
         from tqdm.auto import tqdm
@@ -338,6 +368,7 @@ class Trainer:
             self.loader_wait_s = 0.0
             stats = self.train_step(self._next_step_batches())
             self.step += 1
+            skipped = self._check_finite(stats, lr)
             wait = self.loader_wait_s
             row = {
                 "lr": lr,
@@ -352,6 +383,7 @@ class Trainer:
                 "loader_wait_frac": wait / (wait + stats.seconds),
                 **{f"micro_batch_{k}" if k.startswith("fill") else k: v for k, v in stats.plan.items()},
                 **stats.extra,
+                **({"skipped_nonfinite": 1} if skipped else {}),
             }
             if self.step == 1 and dist.is_main():
                 print(f"[remix-ds] tokens in the first optimizer step: {stats.tokens:,} "

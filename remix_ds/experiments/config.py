@@ -371,9 +371,18 @@ def parse_strategy(spec: str, mix_ratio: float = 2.0) -> Strategy:
     """`random@1+generic@2` -> Strategy(random=(r, 0), generic=(0, r)); see the module docstring."""
     random, generic, replay, regularize = [0.0, 0.0], [0.0, 0.0], 0.0, {}
     mix: dict[str, str] = {}
+    seen: dict[str, str] = {}
+
+    def once(key: str, term: str) -> None:  # one term per role: `none+none`, `ewc=1+ewc=2` are mistakes
+        if key in seen:
+            raise ConfigError(f"strategies: {spec!r} has {term.strip()!r} and {seen[key]!r}, which set the same thing ({key})")
+        seen[key] = term.strip()
+
     for term in spec.split("+"):
         baseline = parse_term(term)
         if baseline is not None:
+            for name in baseline:
+                once(name, term)
             regularize.update(baseline)
             continue
         mm = _MIX_TERM.match(term.strip())
@@ -389,13 +398,16 @@ def parse_strategy(spec: str, mix_ratio: float = 2.0) -> Strategy:
                               "generic@1|2|12[=R], replay=R, ewc=LAMBDA, kl[:DATA]=BETA, schedule=pooled|stratified, "
                               "redraw=stage|epoch|step joined by '+'")
         if term.strip() == "none":
+            once("none", term)
             continue
         if m.group(4) is not None:
+            once("replay", term)
             replay = float(m.group(4))
             continue
         ratio = float(m.group(3)) if m.group(3) else mix_ratio
         target = random if m.group(1) == "random" else generic
         for stage in m.group(2):
+            once(f"{m.group(1)} in stage {stage}", term)
             target[int(stage) - 1] = ratio
     if min(*random, *generic, replay) < 0:
         raise ConfigError(f"strategies: negative ratio in {spec!r}")
