@@ -2,6 +2,23 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+CHECKOUT = Path(__file__).resolve().parents[2]
+"""The source checkout this package runs from (its `benchmarks/` folder holds the baselines)."""
+
+
+def checkout_benchmarks() -> None:
+    """Make the checkout's `benchmarks` package (comparison baselines, not installed) importable,
+    or stop with a one-line error when this package does not run from a source checkout."""
+    if not (CHECKOUT / "benchmarks" / "__init__.py").is_file():
+        raise SystemExit(f"remix-ds bench: the comparison baselines are in benchmarks/ of a source checkout, "
+                         f"not in the installed package (none at {CHECKOUT / 'benchmarks'}); run the benchmark "
+                         f"from a git checkout installed with `pip install -e .`")
+    if str(CHECKOUT) not in sys.path:
+        sys.path.append(str(CHECKOUT))
+
 
 def add_bench_command(sub) -> None:
     from remix_ds.bench.all import add_bench_all_command
