@@ -71,16 +71,16 @@ def row(id_: str, metric: str, setting: str, unit: str, ours: tuple[str, list[fl
     return r
 
 
-def alternate(arms: dict, repeats: int) -> dict[str, list[float]]:
-    """Seconds of each arm, ``repeats`` rounds after one untimed round, arms alternated (the
+def alternate(arms: dict, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds of each arm, ``repeats`` rounds after ``warmup`` untimed ones, arms alternated (the
     order flips every round so neither arm always runs right after the other)."""
     times: dict[str, list[float]] = {k: [] for k in arms}
     names = list(arms)
-    for i in range(repeats + 1):
+    for i in range(repeats + warmup):
         for k in names if i % 2 == 0 else names[::-1]:
             t = time.perf_counter()
             arms[k]()
-            if i:
+            if i >= warmup:
                 times[k].append(time.perf_counter() - t)
     return times
 
@@ -166,7 +166,7 @@ def part_eval_zero3(repeats: int) -> list[dict]:
     return rows
 
 
-def part_loss(repeats: int, tokens: int = 4096, vocab: int = 128_256, hidden: int = 256) -> list[dict]:
+def part_loss(repeats: int, tokens: int = 2048, vocab: int = 128_256, hidden: int = 256) -> list[dict]:
     import torch
 
     from remix_ds.bench.all import _available_bytes, _spawn_loss_worker
@@ -202,6 +202,7 @@ def part_packing(repeats: int) -> list[dict]:
 
     from remix_ds.bench.data import _data_cfg, _loader
     from remix_ds.data import packing
+    from remix_ds.data.loader import TrainLoader
     from remix_ds.data.mixing import StageStream, build_stage_stream
     from remix_ds.models import load_tokenizer
 
@@ -221,8 +222,24 @@ def part_packing(repeats: int) -> list[dict]:
     out = [row("packing_efficiency", "packing efficiency (non-pad cells)", setting, "fraction",
                ("packed micro-batches", [tokens / cells]), ("group_by_length + pad, batch 8", [grouped]), None,
                check="deterministic: one measurement per arm", load_before=l0)]
-    out[0]["goal"], out[0]["goal_on"] = 0.99, "ours"
-    out[0]["goal_met"] = out[0]["ours"]["median"] >= 0.99
+    # token-budget micro-batches (train.micro_batch_tokens = 8 rows of 512, global batch 32): each
+    # step's 32 examples packed together, so rows mix short and long rows of the whole step
+    budget = TrainLoader(StageStream(dataset=list(rows), seed=0), micro_batch_size=8, rank=0, world_size=1,
+                         max_seq_len=512, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, micro_batch_tokens=4096,
+                         step_examples=32)
+    b_tokens = b_cells = 0
+    for _ in range(budget.batches_per_epoch):
+        for b in budget.next_step(1):
+            b_tokens += b["num_tokens"]
+            b_cells += b["input_ids"].numel()
+    out.append(row("packing_efficiency_budget", "packing efficiency (non-pad cells)",
+                   setting.replace("micro-batch 8", "train.micro_batch_tokens 4096 (8 rows of 512), global batch 32"),
+                   "fraction", ("token-budget micro-batches", [b_tokens / b_cells]),
+                   ("group_by_length + pad, batch 8", [grouped]), None, check="deterministic: one measurement per arm",
+                   load_before=l0))
+    for r in out:
+        r["goal"], r["goal_on"] = 0.99, "ours"
+        r["goal_met"] = r["ours"]["median"] >= 0.99
 
     l0 = load()
     exs = build_stage_stream(_data_cfg(512, 2048, generic_ratio=1.0, random_ratio=1.0), tok, 0).epoch_items(0)[:512]
@@ -254,7 +271,8 @@ def part_stage(repeats: int, factoids: int = 32_000) -> list[dict]:
     def arm(name, fn):
         return lambda: got.__setitem__(name, fn(cfg, tok, factoids)[0])
 
-    t = alternate({"ours": arm("ours", generic_rows), "decode": arm("decode", decode_all_generic_rows)}, repeats)
+    # seconds per call: the warm-up call above is enough
+    t = alternate({"ours": arm("ours", generic_rows), "decode": arm("decode", decode_all_generic_rows)}, repeats, 0)
     same = [x.input_ids.tolist() for x in got["ours"]] == [x.input_ids.tolist() for x in got["decode"]]
     return [row("stage_build", "stage build, generic rows", f"{factoids:,} generic completion rows (a {factoids:,}-factoid "
                 "stage at ratio 1), tiny tokenizer", "s", ("word cache (remix_ds.data.mixing.generic_rows)", t["ours"]),
@@ -306,8 +324,8 @@ def _ratio(r: dict) -> str:
 def render(recorded: dict) -> str:
     """The headline table of docs/benchmarks.md, from the recorded JSON."""
     m = recorded["machine"]
-    lines = [f"Recorded by `{recorded['command']}` ({recorded['repeats']} alternated repetitions per arm; "
-             f"machine: {m['summary']}). Arms: median [min, max] over the repetitions; ratio: median "
+    lines = [f"Recorded by `{recorded['command']}` (last run; machine: {m['summary']}). Arms, alternated "
+             "(3 repetitions by default, every value in the JSON): median [min, max]; ratio: median "
              "[min, max] of the per-repetition ratios, > 1 when remix-ds is ahead; load: 1-minute load average "
              "before / after the row.", "",
              "| metric | setting | remix-ds | strongest baseline | remix-ds vs baseline | goal | check | machine, date, load |",
@@ -348,28 +366,29 @@ def record(parts: tuple[str, ...], repeats: int, root: Path = CHECKOUT, command:
     if unknown:
         raise SystemExit(f"--record-parts: unknown part(s) {', '.join(sorted(unknown))}; parts: {', '.join(PARTS)}")
     path = root / RESULTS
-    old = json.loads(path.read_text()) if path.is_file() else {"rows": []}
-    new_rows, errors = [], {}
-    for p in parts:
+    recorded = json.loads(path.read_text()) if path.is_file() else {"rows": []}
+    if not (root / DOC).is_file() or (root / DOC).read_text().count(BEGIN) != 1:
+        raise SystemExit(f"{root / DOC}: needs exactly one {BEGIN} and one {END} line")
+    order = {p: i for i, p in enumerate(PARTS)}
+    errors = {}
+    for p in parts:  # each part's rows are written as soon as it ends: an interrupted run keeps them
         t = time.perf_counter()
         try:
             got = RUNNERS[p](repeats)
-            for r in got:
-                r["part"], r["machine"] = p, machine_summary()["short"]
-            new_rows += got
         except Exception as e:  # keep the other parts' rows; say which part failed
-            errors[p] = f"{type(e).__name__}: {e}"
+            got, errors[p] = [], f"{type(e).__name__}: {e}"
         print(f"[bench record] {p}: {time.perf_counter() - t:.0f} s{' FAILED ' + errors[p] if p in errors else ''}",
               flush=True)
-    ids = {r["id"] for r in new_rows}
-    order = {p: i for i, p in enumerate(PARTS)}
-    rows = [r for r in old["rows"] if r["id"] not in ids] + new_rows
-    rows.sort(key=lambda r: order.get(r.get("part", ""), 0))
-    recorded = {"command": command, "repeats": repeats, "machine": machine_summary(),
-                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": rows,
-                "errors": errors}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(recorded, indent=2) + "\n")
-    rewrite_doc(root / DOC, render(recorded))
+        short = machine_summary()["short"]
+        for r in got:
+            r["part"], r["machine"] = p, short
+        ids = {r["id"] for r in got}
+        rows = [r for r in recorded["rows"] if r["id"] not in ids] + got
+        rows.sort(key=lambda r: order.get(r.get("part", ""), 0))
+        recorded = {"command": command, "repeats": repeats, "machine": machine_summary(),
+                    "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": rows, "errors": errors}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(recorded, indent=2) + "\n")
+        rewrite_doc(root / DOC, render(recorded))
     print(f"wrote {path} and the table in {root / DOC}")
     return recorded
