@@ -93,7 +93,7 @@ def part_random_words(repeats: int) -> list[dict]:
     from remix_ds.models import load_tokenizer
 
     l0 = load()
-    n = 20_000
+    n = 100_000  # ~3M tokens a call: long enough that a shared core's preemptions average out
     words, weights = load_words("wordfreq:en", 10_000)
     gen = RandomWords(load_tokenizer("tiny"), words, weights, min_words=8, max_words=32)
     table = PaddedTable(gen)
@@ -111,7 +111,7 @@ def part_random_words(repeats: int) -> list[dict]:
 
     for _ in range(2):  # first touches of fresh memory (slow on VMs), both arms
         ours(), numpy_()
-    t = alternate({"ours": ours, "numpy": numpy_}, 2 * repeats + 1)
+    t = alternate({"ours": ours, "numpy": numpy_}, 4 * repeats + 1)
     return [row("random_words", "random words", f"{n:,} sequences of 8-32 words, 10k-word vocabulary, tiny tokenizer",
                 "tokens/s", ("RandomWords.sample", [tokens["ours"] / s for s in t["ours"]]),
                 ("vectorized numpy sampler (padded table), same ids", [tokens["numpy"] / s for s in t["numpy"]]),
