@@ -7,8 +7,10 @@ import json
 
 import pytest
 
+from remix_ds.bench import baseline
 from remix_ds.bench import data as bench_data
 from remix_ds.data import corpus
+
 
 
 @pytest.fixture
@@ -61,8 +63,10 @@ def test_bench_data_quick(tmp_path, small_corpus):
 def test_naive_baseline_matches_tokenizer():
     from helpers import sp_tokenizer
 
+    naive_random_words = baseline("random_words").naive_random_words
+
     tok = sp_tokenizer()
-    ids = bench_data.naive_random_words(tok, ["one", "two", "three"], 5, 2, 4, seed=0)
+    ids = naive_random_words(tok, ["one", "two", "three"], 5, 2, 4, seed=0)
     assert len(ids) == 5
     for x in ids:
         text = tok.decode(x)
@@ -87,3 +91,26 @@ def test_bench_stage_rows_identical_before_and_after(small_corpus):
     assert st["rows_identical"] and st["generic_rows"] == 60 and st["before_s"] > 0 and st["after_s"] > 0
     tr = st["tokenize_rows"]  # the tokenizing step alone: per-word units == whole rows
     assert tr["rows_identical"] and tr["rows"] == 60 and tr["fast_path"] == "exact" and tr["units_s"] > 0
+
+
+def test_vectorized_numpy_baseline_draws_identical_ids():
+    """The random-word rival is fair: same draws as RandomWords.sample, the same ids and offsets."""
+    import numpy as np
+    PaddedTable = baseline("random_words").PaddedTable
+
+    from helpers import sp_tokenizer
+    from remix_ds.data.random_words import RandomWords
+
+    gen = RandomWords(sp_tokenizer(), ["one", "two", "three", "seventeen", "x"], min_words=2, max_words=9)
+    batch = gen.sample(np.random.default_rng(5), 300)
+    ids, offsets = PaddedTable(gen).sample(np.random.default_rng(5), 300)
+    assert ids.dtype == batch.ids.dtype and np.array_equal(ids, batch.ids) and np.array_equal(offsets, batch.offsets)
+
+
+def test_baselines_outside_a_checkout_stop_with_one_line(tmp_path, monkeypatch):
+    import remix_ds.bench as bench
+
+    monkeypatch.setattr(bench, "CHECKOUT", tmp_path)
+    with pytest.raises(SystemExit, match=r"benchmarks/ of a source checkout.*pip install -e \.") as e:
+        bench.baseline("stage")
+    assert "\n" not in str(e.value)

@@ -216,7 +216,9 @@ def test_generic_raw_windows_and_random_completion(bpe_tok, shard_corpus):
 
 def reference_generic_rows(cfg, tokenizer, count):
     """generic_rows before issue 14 (decode every drawn document): the benchmark's "before" column."""
-    from remix_ds.bench.data import decode_all_generic_rows
+    from remix_ds.bench import baseline
+
+    decode_all_generic_rows = baseline("stage").decode_all_generic_rows
 
     try:
         return decode_all_generic_rows(cfg, tokenizer, count)

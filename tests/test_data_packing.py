@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from remix_ds.bench.data import old_balanced_bins, old_first_fit_decreasing
-
+from remix_ds.bench import baseline
 from remix_ds.data.packing import efficiency, empty_batch, first_fit_decreasing, pack, pad_reference, padded_efficiency
 from remix_ds.data.tokenize import IGNORE, TokenizedExample
+
+old_balanced_bins, old_first_fit_decreasing = baseline("packing").old_balanced_bins, baseline("packing").old_first_fit_decreasing
 
 
 def ex(i: int, n: int, prompt: int = 3, vocab: int = 100, seed: int = 0) -> TokenizedExample:
@@ -161,7 +162,7 @@ def test_first_fit_decreasing_oversize_examples():
 # bins exactly, and pad no more than the reference did.
 
 
-# The packer before issue 14, kept in bench/data.py as the benchmark's "before" column.
+# The packer before issue 14, kept in benchmarks/packing.py as the benchmark's "before" column.
 reference_first_fit_decreasing = old_first_fit_decreasing
 reference_balanced_bins = old_balanced_bins
 

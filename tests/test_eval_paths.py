@@ -78,6 +78,34 @@ def test_packing_does_not_change_results(trained_tiny):
     np.testing.assert_allclose([r.answer_nll for r in packed], [r.answer_nll for r in single], rtol=1e-4, atol=1e-5)
 
 
+def test_causal_rows_are_the_auto_layout_and_change_no_result(trained_tiny):
+    """sdpa with max_seq_len 0: one example per row, positions running on through the padding (a
+    plain causal mask, no masked pairs computed); verdicts, prefixes and first errors equal the
+    packed layout's and generation's, NLLs to float precision."""
+    from remix_ds.eval.fused import batches
+
+    model, tok, _ = trained_tiny
+    items = make_items(kvr_examples(), tok)
+    assert model.config._attn_implementation == "sdpa"
+    todo = batches(items, 0, 160, tok.pad_token_id, "sdpa")
+    assert sorted(it.index for b in todo for it in b.items) == list(range(len(items)))
+    for b in todo:
+        rows, width = b.input_ids.shape
+        assert rows == len(b.items) and rows * width <= 160 and width == max(it.length for it in b.items)
+        assert (b.position_ids == torch.arange(width)).all()  # no restart: nothing but causal masking
+        assert all(start == 0 for _, start, _, _ in b.spans)
+    auto = score_fused(model, items, max_seq_len=0, max_batch_tokens=160, pad_id=tok.pad_token_id)
+    packed = score_fused(model, items, max_seq_len=96, max_batch_tokens=192, pad_id=tok.pad_token_id)
+    gens = generate_greedy(model, tok, items, 7, max(len(it.answer_ids) for it in items))
+    assert [r.index for r in auto] == list(range(len(items)))
+    assert [(r.correct, r.greedy_prefix, r.first_error) for r in auto] == \
+           [(r.correct, r.greedy_prefix, r.first_error) for r in packed]
+    assert 0 < sum(r.correct for r in auto) < len(auto)
+    eos = tok.eos_token_id
+    assert [r.correct for r in auto] == [g.token_ids + [eos] == it.answer_ids.tolist() for g, it in zip(gens, items)]
+    np.testing.assert_allclose([r.answer_nll for r in auto], [r.answer_nll for r in packed], rtol=1e-4, atol=1e-5)
+
+
 def test_generation_matches_hf_generate(trained_tiny):
     """Batched, left-padded, length-sorted generation == model.generate one prompt at a time."""
     model, tok, _ = trained_tiny

@@ -90,10 +90,12 @@ def loss_worker(spec: dict) -> dict:
     target = torch.randint(0, v, (n,), generator=g, device=device)
     keep = torch.rand(n, generator=g, device=device) < spec["supervised"]
     target[~keep] = -100
-    def plain_indexed(h, w, t):  # the strong plain baseline: drop unsupervised rows before the lm_head
-        keep = (t != -100).nonzero().squeeze(1)
-        return reference_linear_cross_entropy(h.index_select(0, keep), w, t.index_select(0, keep))
+    if spec["path"] == "plain_indexed":  # the strong plain baseline: unsupervised rows dropped before the lm_head
+        from remix_ds.bench import baseline
 
+        plain_indexed = baseline("loss").plain_indexed
+    else:
+        plain_indexed = None
     fn = {"plain": reference_linear_cross_entropy, "plain_indexed": plain_indexed}.get(
         spec["path"], lambda *a: linear_cross_entropy(*a, backend=spec["backend"]))
     cuda = device.type == "cuda"
@@ -305,6 +307,12 @@ def run(args) -> dict:
 def _main(args) -> int:
     from remix_ds.engine import dist
 
+    if args.record:
+        from remix_ds.bench import record
+
+        parts = tuple(x.strip() for x in args.record_parts.split(",") if x.strip())
+        record.record(parts, args.record_repeats, command="remix-ds bench all " + " ".join(sys.argv[3:]))
+        return 0
     result = run(args)
     if dist.is_main():
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
@@ -320,6 +328,12 @@ def add_bench_all_command(bsub) -> None:
     p.add_argument("config", nargs="?", help="run config for the train section (default: built-in tiny)")
     p.add_argument("overrides", nargs="*", help="dotted overrides for the train section")
     p.add_argument("--out", default="bench_all.json", help="JSON output path")
+    p.add_argument("--record", action="store_true",
+                   help="run the headline benchmarks instead (remix_ds/bench/record.py): write "
+                        "docs/bench_results/headline.json and the table in docs/benchmarks.md")
+    p.add_argument("--record-parts", default="random_words,eval,eval_zero3,loss,packing,stage",
+                   help="headline parts to run with --record (rows of the others are kept)")
+    p.add_argument("--record-repeats", type=int, default=3, help="alternated repetitions per arm with --record")
     p.add_argument("--skip", default="", help=f"comma-separated sections to skip: {','.join(SECTIONS)}")
     p.add_argument("--loss-tokens", type=int, default=1024, help="tokens (rows) of the loss benchmark")
     p.add_argument("--loss-vocab", type=int, default=128_256, help="vocabulary of the loss benchmark (Llama-3's)")

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import statistics
 import sys
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from remix_ds.bench import baseline
 from remix_ds.config import ModelConfig
 from remix_ds.configtools import from_dict
 from remix_ds.data import corpus
@@ -102,22 +102,14 @@ def _median_rate(fn, repeats: int, warmup: int = 1) -> tuple[float, float]:
     return statistics.median(rates), statistics.median(secs)
 
 
-def naive_random_words(tokenizer, words: list[str], n: int, min_words: int, max_words: int, seed: int) -> list[list[int]]:
-    """The baseline: per sample, pick words with random.choice, join, call the tokenizer."""
-    rnd = random.Random(seed)
-    out = []
-    for _ in range(n):
-        k = rnd.randint(min_words, max_words)
-        text = " ".join(rnd.choice(words) for _ in range(k))
-        out.append(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return out
-
-
 # ----------------------------------------------------------------------------- parts
 
 
 def bench_random_words(tokenizer, *, n_fast: int = 20_000, n_naive: int = 1_000, min_words: int = 8,
                        max_words: int = 32, vocab_size: int = 10_000, repeats: int = 3, seed: int = 0) -> dict:
+    rw = baseline("random_words")
+    naive_random_words, numpy_choice_random_words, word_table = rw.naive_random_words, rw.numpy_choice_random_words, rw.word_table
+
     words, weights = load_words("wordfreq:en", vocab_size)
     t = time.perf_counter()
     gen = RandomWords(tokenizer, words, weights, min_words=min_words, max_words=max_words)
@@ -128,8 +120,7 @@ def bench_random_words(tokenizer, *, n_fast: int = 20_000, n_naive: int = 1_000,
     naive, naive_s = _median_rate(
         lambda: sum(map(len, naive_random_words(tokenizer, gen.words, n_naive, min_words, max_words, seed))), repeats
     )
-    table = ([gen.word_ids(w, initial=True).copy() for w in range(gen.vocab_size)],
-             [gen.word_ids(w).copy() for w in range(gen.vocab_size)])
+    table = word_table(gen)
     strong, strong_s = _median_rate(lambda: numpy_choice_random_words(gen, table, rng, n_fast), 2 * repeats + 1)
     return {
         "vocab_size": gen.vocab_size,
@@ -269,63 +260,6 @@ def bench_consumption(loader, *, steps: int = 6, warmup: int = 2) -> dict:
     }
 
 
-def numpy_choice_random_words(gen: RandomWords, table: tuple[list, list], rng: np.random.Generator, n: int) -> int:
-    """The strong baseline a competent user writes: words pre-tokenized once (``table``: initial and
-    continuation forms, as np arrays), ``Generator.choice`` for lengths and words, one
-    ``np.concatenate`` of the drawn words' ids. Returns the number of tokens."""
-    initial, cont = table
-    lengths = rng.integers(gen.min_words, gen.max_words + 1, size=n)
-    widx = rng.choice(len(cont), size=int(lengths.sum()))
-    parts = [cont[w] for w in widx.tolist()]
-    for s in (np.cumsum(lengths) - lengths).tolist():
-        parts[s] = initial[widx[s]]
-    return len(np.concatenate(parts))
-
-
-# The packer before issue 14 (a quadratic FFD scan and a capacity bisection for every row count):
-# the "before" column of the pack benchmark, and the reference tests/test_data_packing.py checks
-# the new packer against.
-def old_first_fit_decreasing(lengths, capacity, oversize="raise"):
-    bins, room = [], []
-    for i in sorted(range(len(lengths)), key=lambda k: (-lengths[k], k)):
-        n = lengths[i]
-        if n > capacity and oversize == "raise":
-            raise ValueError("does not fit")
-        for b, free in enumerate(room):
-            if n <= free:
-                bins[b].append(i)
-                room[b] -= n
-                break
-        else:
-            bins.append([i])
-            room.append(capacity - n)
-    return bins
-
-
-def old_balanced_bins(lengths, max_seq_len):
-    total, longest = sum(lengths), max(lengths)
-    best = old_first_fit_decreasing(lengths, max_seq_len)
-
-    def area(bins):
-        return len(bins) * max(sum(lengths[i] for i in b) for b in bins)
-
-    best_area = area(best)
-    for rows in range(-(-total // max_seq_len), len(lengths) + 1):
-        lo, hi = max(longest, -(-total // rows)), max_seq_len
-        if rows * lo >= best_area:
-            break
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if len(old_first_fit_decreasing(lengths, mid)) <= rows:
-                hi = mid
-            else:
-                lo = mid + 1
-        bins = old_first_fit_decreasing(lengths, lo)
-        if len(bins) <= rows and area(bins) < best_area:
-            best, best_area = bins, area(bins)
-    return best
-
-
 def _layout_stats(row_lens: list[list[int]], cells: int, seconds: float) -> dict:
     """Rows of sequences -> efficiency, rows, and what attention costs on them: `dense_attention_cells`
     (sum over rows of T^2: SDPA/eager with a block mask computes every cell) and
@@ -346,6 +280,8 @@ def bench_pack(rows, *, n_examples: int = 512, max_seq_len: int = 2048, group_ba
     from transformers import DataCollatorWithFlattening
 
     from remix_ds.data import packing
+
+    old_balanced_bins = baseline("packing").old_balanced_bins
 
     exs = list(rows)[:n_examples]
     lengths = [len(x) for x in exs]
@@ -406,34 +342,12 @@ def bench_pack(rows, *, n_examples: int = 512, max_seq_len: int = 2048, group_ba
     return out
 
 
-def decode_all_generic_rows(cfg, tokenizer, count: int):
-    """`generic_rows` before issue 14 (the "before" column): decode every drawn document with
-    transformers' `batch_decode`, keep those with enough words (same draws, same rows)."""
-    from remix_ds.data.generic import completion_examples, open_generic_corpus
-    from remix_ds.data.tokenize import tokenize_for
-    from remix_ds.data.tokenize import TokenizedExample
-
-    reader = open_generic_corpus(cfg, tokenizer)
-    rng = np.random.default_rng([cfg.mix.seed, 0x6E4E])
-    need = cfg.mix.prompt_words + cfg.mix.answer_words
-    kept, too_long = [], 0
-    for _ in range(20):
-        want = count - len(kept)
-        docs = reader.sample_documents(rng, 2 * want + 8)
-        rows = [w[:need] for w in (t.split() for t in tokenizer.batch_decode(docs, skip_special_tokens=True))
-                if len(w) >= need]
-        toks, dropped = tokenize_for(completion_examples(rows, cfg, "generic"), cfg, tokenizer, "answer")
-        too_long += dropped
-        kept += toks[:want]
-        if len(kept) == count:
-            return [TokenizedExample(f"generic-{i}", t.input_ids, t.labels) for i, t in enumerate(kept)], too_long
-    raise RuntimeError("could not draw enough generic documents")
-
-
 def bench_stage(tokenizer, *, factoids: int = 32_000, generic_ratio: float = 1.0, repeats: int = 1) -> dict:
     """Generic completion rows of a REMIX stage (`factoids` x `generic_ratio`), before/after issue 14,
     alternating; asserts both give the same rows."""
     from remix_ds.data.generic import generic_rows
+
+    decode_all_generic_rows = baseline("stage").decode_all_generic_rows
 
     cfg = _data_cfg(factoids, 2048, generic_ratio=generic_ratio, generic_format="completion")
     count = int(factoids * generic_ratio)

@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -65,30 +66,34 @@ def _timed(fn):
 
 
 def run_setting(model, tok, n: int, batch_size: int, max_batch_tokens: int, rank: int, world: int,
-                naive: bool) -> dict:
-    """Time fused / generate (/ naive generate) on this rank's shard of n KVR examples."""
+                naive: bool, repeats: int = 1) -> dict:
+    """Time fused / generate (/ naive generate) on this rank's shard of n KVR examples; fused and
+    generate alternate ``repeats`` times (medians; every repetition's seconds in ``seconds_all``)."""
     examples = _examples(n)
     items = make_items(examples, tok)
     mine = [it for it in items if it.index % world == rank]
     max_new = max(len(it.answer_ids) for it in items)
     pad = pad_id(tok)
-    res: dict = {"n": n, "ranks": world, "max_new_tokens": max_new}
+    res: dict = {"n": n, "ranks": world, "max_new_tokens": max_new, "repeats": repeats}
 
     # Warm-up (first-call overheads), untimed.
     with eval_model(model) as m:
         score_fused(m, mine[:2], 0, max_batch_tokens, pad)
         generate_greedy(m, tok, mine[:2], batch_size, 2)
     dist.barrier()
-    with eval_model(model) as m:  # gathers once under ZeRO-3
-        fused, t_f = _timed(lambda: score_fused(m, mine, 0, max_batch_tokens, pad))
-        dist.barrier()
-    t_f = max(dist.all_gather_objects(t_f))
-    with eval_model(model) as m:
-        gens, t_g = _timed(lambda: generate_greedy(m, tok, mine, batch_size, max_new))
-        dist.barrier()
-    t_g = max(dist.all_gather_objects(t_g))
-    res["fused"] = {"seconds": t_f, "examples_per_s": n / t_f}
-    res["generate"] = {"seconds": t_g, "examples_per_s": n / t_g, **_agree(mine, fused, gens)}
+    t_fs, t_gs = [], []
+    for _ in range(repeats):
+        with eval_model(model) as m:  # gathers once under ZeRO-3
+            fused, t_f = _timed(lambda: score_fused(m, mine, 0, max_batch_tokens, pad))
+            dist.barrier()
+        t_fs.append(max(dist.all_gather_objects(t_f)))
+        with eval_model(model) as m:
+            gens, t_g = _timed(lambda: generate_greedy(m, tok, mine, batch_size, max_new))
+            dist.barrier()
+        t_gs.append(max(dist.all_gather_objects(t_g)))
+    t_f, t_g = statistics.median(t_fs), statistics.median(t_gs)
+    res["fused"] = {"seconds": t_f, "examples_per_s": n / t_f, "seconds_all": t_fs}
+    res["generate"] = {"seconds": t_g, "examples_per_s": n / t_g, "seconds_all": t_gs, **_agree(mine, fused, gens)}
     if naive:
         module = model.module if hasattr(model, "module") else model
         module.eval()
@@ -133,7 +138,8 @@ def _worker(args) -> None:
     keep = HfDeepSpeedConfig(ds)  # noqa: F841  # from_pretrained partitions under zero.Init
     model, tok = _load(args.model, dtype)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
-    res = run_setting(engine, tok, args.n, args.batch_size, args.max_batch_tokens, rank, world, naive=True)
+    res = run_setting(engine, tok, args.n, args.batch_size, args.max_batch_tokens, rank, world, naive=not args.no_naive,
+                      repeats=args.repeats)
     if rank == 0:  # the result is safe on disk before any teardown
         Path(args.worker).write_text(json.dumps(res))
     dist.shutdown(engine)
@@ -156,6 +162,24 @@ def _build_shape(args) -> str:
     return str(out)
 
 
+def run_zero3(model: str, n: int, batch_size: int, max_batch_tokens: int, ranks: int, out: Path,
+              master_port: int, repeats: int = 1, naive: bool = True) -> dict:
+    """The ZeRO-3 setting: ``ranks`` workers through the deepspeed launcher; rank 0's JSON."""
+    launcher = Path(sys.executable).with_name("deepspeed")
+    cmd = [str(launcher if launcher.exists() else "deepspeed"), "--num_gpus", str(ranks),
+           "--master_port", str(master_port), "--module", "remix_ds.bench.eval", "--worker", str(out),
+           "--model", model, "--examples", str(n), "--batch-size", str(batch_size),
+           "--max-batch-tokens", str(max_batch_tokens), "--repeats", str(repeats), *([] if naive else ["--no-naive"])]
+    out.unlink(missing_ok=True)
+    proc = subprocess.run(cmd)
+    if not out.is_file():
+        raise SystemExit(f"bench eval: the ZeRO-3 worker wrote no {out} (launcher exit {proc.returncode})")
+    res = json.loads(out.read_text())
+    if proc.returncode:  # rank 0 finished and wrote its JSON; keep it, say how the launcher ended
+        res["launcher_exit_code"] = proc.returncode
+    return res
+
+
 def run(args) -> int:
     if args.layers:
         args.model = _build_shape(args)
@@ -171,22 +195,12 @@ def run(args) -> int:
         "model": args.model,
         "params": sum(p.numel() for p in model.parameters()),
         "command": "remix-ds bench eval " + " ".join(sys.argv[3:]),
-        "single": run_setting(model, tok, args.n, args.batch_size, args.max_batch_tokens, 0, 1, naive=False),
+        "single": run_setting(model, tok, args.n, args.batch_size, args.max_batch_tokens, 0, 1, naive=False,
+                              repeats=args.repeats),
     }
     if args.ranks > 1:
-        out = Path(args.out).with_suffix(".zero3.json")
-        launcher = Path(sys.executable).with_name("deepspeed")
-        cmd = [str(launcher if launcher.exists() else "deepspeed"), "--num_gpus", str(args.ranks),
-               "--master_port", str(args.master_port), "--module", "remix_ds.bench.eval", "--worker", str(out),
-               "--model", args.model, "--examples", str(args.n), "--batch-size", str(args.batch_size),
-               "--max-batch-tokens", str(args.max_batch_tokens)]
-        out.unlink(missing_ok=True)
-        proc = subprocess.run(cmd)
-        if not out.is_file():
-            raise SystemExit(f"bench eval: the ZeRO-3 worker wrote no {out} (launcher exit {proc.returncode})")
-        report["zero3"] = json.loads(out.read_text())
-        if proc.returncode:  # rank 0 finished and wrote its JSON; keep it, say how the launcher ended
-            report["zero3"]["launcher_exit_code"] = proc.returncode
+        report["zero3"] = run_zero3(args.model, args.n, args.batch_size, args.max_batch_tokens, args.ranks,
+                                    Path(args.out).with_suffix(".zero3.json"), args.master_port, args.repeats)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0
@@ -198,6 +212,7 @@ def _add_args(p) -> None:
     p.add_argument("--batch-size", type=int, default=64,
                    help="generation prompts per batch (64: the gathered-once batched-generate baseline)")
     p.add_argument("--max-batch-tokens", type=int, default=8192, help="fused tokens per forward")
+    p.add_argument("--repeats", type=int, default=1, help="alternated fused/generate timings (medians)")
 
 
 def add_bench_eval_command(subparsers) -> None:
@@ -216,4 +231,5 @@ if __name__ == "__main__":  # the ZeRO-3 worker, under the deepspeed launcher
     parser = argparse.ArgumentParser()
     _add_args(parser)
     parser.add_argument("--worker", required=True, help="JSON written by rank 0")
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive ZeRO-3 generate")
     _worker(parser.parse_known_args()[0])

@@ -31,7 +31,7 @@ class EvalConfig:
     use_aliases: bool = True
     """Count a prediction matching any alias of the gold answer (forces generation for sets with aliases)."""
     max_seq_len: int = 0
-    """Fused path: tokens per packed row (longer examples get a row of their own); 0: auto (one row per batch with flash-attn, else ~4 examples per row)."""
+    """Fused path: tokens per packed row (longer examples get a row of their own); 0: auto (one row per batch with flash-attn; with sdpa/eager one example per causal row, rows sorted by length; else ~4 examples per row)."""
     max_batch_tokens: int = 8192
     """Fused path: tokens per forward pass (rows x row length)."""
     batch_size: int = 32

@@ -103,7 +103,23 @@ def pack(items: Sequence[EvalItem], max_seq_len: int, max_batch_tokens: int, pad
         yield _collate([rows[b] for b in batch], pad_id)
 
 
-def _collate(rows: list[list[EvalItem]], pad_id: int) -> PackedBatch:
+def causal_rows(items: Sequence[EvalItem], max_batch_tokens: int, pad_id: int) -> Iterator[PackedBatch]:
+    """One example per row, rows sorted by length (longest first) and batched up to
+    ``max_batch_tokens`` (rows x longest row). Positions run on through each row's padding, so the
+    mask is plain causal (SDPA's ``is_causal`` path): no masked-out pairs between examples are
+    computed, and padding after an example cannot change its logits."""
+    order = sorted(items, key=lambda it: (-it.length, it.index))
+    batch: list[EvalItem] = []
+    for it in order:
+        if batch and batch[0].length * (len(batch) + 1) > max_batch_tokens:
+            yield _collate([[x] for x in batch], pad_id, continue_positions=True)
+            batch = []
+        batch.append(it)
+    if batch:
+        yield _collate([[x] for x in batch], pad_id, continue_positions=True)
+
+
+def _collate(rows: list[list[EvalItem]], pad_id: int, continue_positions: bool = False) -> PackedBatch:
     width = max(sum(it.length for it in row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     pos = torch.zeros((len(rows), width), dtype=torch.long)
@@ -119,8 +135,9 @@ def _collate(rows: list[list[EvalItem]], pad_id: int) -> PackedBatch:
             lens.append(n)
             at += n
         if at < width:
-            # Padding is one more sequence per row (its own block of the mask), never attended to.
-            pos[r, at:] = torch.arange(width - at)
+            # Padding is one more sequence per row (its own block of the mask), never attended to;
+            # or, with one example per row, the row's positions run on (a plain causal row).
+            pos[r, at:] = torch.arange(at, width) if continue_positions else torch.arange(width - at)
             lens.append(width - at)
         seq_lens.append(lens)
     return PackedBatch(ids, pos, seq_lens, items, spans)
@@ -203,9 +220,9 @@ def forward_batch(model, batch: PackedBatch) -> list[FusedResult]:
 
 def row_length(items: Sequence[EvalItem], max_seq_len: int, max_batch_tokens: int, attn_implementation: str | None) -> int:
     """Packed row length. ``max_seq_len > 0`` is taken as is. ``0`` (auto): with
-    flash_attention_2 one row per batch (varlen attention costs nothing across examples); with
-    sdpa/eager, whose block-diagonal mask still spends O(T^2) per row on masked-out pairs, rows
-    of about 4 examples (4x the mean length, at least the longest example)."""
+    flash_attention_2 one row per batch (varlen attention costs nothing across examples); otherwise
+    rows of about 4 examples (4x the mean length, at least the longest example); sdpa and eager
+    take :func:`causal_rows` instead (see :func:`batches`)."""
     if max_seq_len > 0:
         return max_seq_len
     if attn_implementation == "flash_attention_2":
@@ -216,23 +233,33 @@ def row_length(items: Sequence[EvalItem], max_seq_len: int, max_batch_tokens: in
     return min(max_batch_tokens, max(max(it.length for it in items), int(4 * mean)))
 
 
+def batches(items: Sequence[EvalItem], max_seq_len: int, max_batch_tokens: int, pad_id: int,
+            attn_implementation: str | None) -> list[PackedBatch]:
+    """The forward passes of :func:`score_fused`. With ``max_seq_len`` 0 (auto) and sdpa / eager
+    attention (a dense mask: every masked-out pair of a packed row is computed), one example per
+    causal row (:func:`causal_rows`); otherwise rows packed by :func:`pack`."""
+    if max_seq_len == 0 and attn_implementation in ("sdpa", "eager", None):
+        return list(causal_rows(items, max_batch_tokens, pad_id))
+    return list(pack(items, row_length(items, max_seq_len, max_batch_tokens, attn_implementation), max_batch_tokens,
+                     pad_id))
+
+
 def score_fused(model, items: Sequence[EvalItem], max_seq_len: int, max_batch_tokens: int, pad_id: int,
                 n_steps: int | None = None) -> list[FusedResult]:
     """Fused verdicts and NLLs for ``items`` (any order in, results sorted by ``index``).
 
-    max_seq_len: packed row length (0: auto, see :func:`row_length`).
+    max_seq_len: packed row length (0: auto, see :func:`batches`).
     n_steps: run exactly this many forward passes, repeating the last batch with its results
     discarded (ranks of a partitioned ZeRO-3 model must run the same number of forwards).
     """
     attn = getattr(model.config, "_attn_implementation", None)
-    max_seq_len = row_length(items, max_seq_len, max_batch_tokens, attn)
-    batches = list(pack(items, max_seq_len, max_batch_tokens, pad_id))
+    todo = batches(items, max_seq_len, max_batch_tokens, pad_id, attn)
     results: list[FusedResult] = []
-    for b in batches:
+    for b in todo:
         results.extend(forward_batch(model, b))
     if n_steps is not None:
-        dummy = batches[-1] if batches else _collate([[dummy_item(pad_id)]], pad_id)
-        for _ in range(n_steps - len(batches)):
+        dummy = todo[-1] if todo else _collate([[dummy_item(pad_id)]], pad_id)
+        for _ in range(n_steps - len(todo)):
             forward_batch(model, dummy)
     return sorted(results, key=lambda r: r.index)
 
@@ -240,4 +267,4 @@ def score_fused(model, items: Sequence[EvalItem], max_seq_len: int, max_batch_to
 def num_fused_batches(model, items: Sequence[EvalItem], max_seq_len: int, max_batch_tokens: int) -> int:
     """How many forward passes :func:`score_fused` runs for these items."""
     attn = getattr(model.config, "_attn_implementation", None)
-    return sum(1 for _ in pack(items, row_length(items, max_seq_len, max_batch_tokens, attn), max_batch_tokens, 0))
+    return len(batches(items, max_seq_len, max_batch_tokens, 0, attn))
