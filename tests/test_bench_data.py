@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from remix_ds.bench import baseline
+from remix_ds.bench.checkout import baseline
 from remix_ds.bench import data as bench_data
 from remix_ds.data import corpus
 
@@ -108,7 +108,7 @@ def test_vectorized_numpy_baseline_draws_identical_ids():
 
 
 def test_baselines_outside_a_checkout_stop_with_one_line(tmp_path, monkeypatch):
-    import remix_ds.bench as bench
+    import remix_ds.bench.checkout as bench
 
     monkeypatch.setattr(bench, "CHECKOUT", tmp_path)
     with pytest.raises(SystemExit, match=r"benchmarks/ of a source checkout.*pip install -e \.") as e:

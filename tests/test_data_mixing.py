@@ -216,7 +216,7 @@ def test_generic_raw_windows_and_random_completion(bpe_tok, shard_corpus):
 
 def reference_generic_rows(cfg, tokenizer, count):
     """generic_rows before issue 14 (decode every drawn document): the benchmark's "before" column."""
-    from remix_ds.bench import baseline
+    from remix_ds.bench.checkout import baseline
 
     decode_all_generic_rows = baseline("stage").decode_all_generic_rows
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from remix_ds.bench import baseline
+from remix_ds.bench.checkout import baseline
 from remix_ds.data.packing import efficiency, empty_batch, first_fit_decreasing, pack, pad_reference, padded_efficiency
 from remix_ds.data.tokenize import IGNORE, TokenizedExample
 

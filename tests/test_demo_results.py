@@ -50,10 +50,10 @@ def test_record_writes_the_json_and_the_readme_table(tmp_path, monkeypatch):
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{BEGIN}\nold table\n{END}\nrest\n")
     monkeypatch.chdir(REPO)
-    got = demo.record(out, tmp_path / "docs" / "demo_results.json", readme, wall_s=12.34)
+    got = demo.record(out, tmp_path / "docs" / "demo_results.json", readme)
     assert json.loads((tmp_path / "docs" / "demo_results.json").read_text()) == got
     assert got["rows"] == [{k: r[k] for k in demo.ROW_KEYS if k in r} for r in recorded["rows"]]
-    assert got["summary"] == recorded["summary"] and got["wall_s"] == 12.3
+    assert got["summary"] == recorded["summary"] and got["date"] and got["commit"]
     assert got["lock_sha256"] == hashlib.sha256((REPO / demo.LOCK_FILE).read_bytes()).hexdigest()
     assert got["corpus_sha256"] == corpus.BUILTIN_SHA256 and got["python"] == platform.python_version()
     assert readme.read_text() == f"intro\n{BEGIN}\n{demo.readme_table(recorded)}\n{END}\nrest\n"
@@ -94,15 +94,22 @@ def test_demo_seeds_option_runs_the_seed_axis():
 
 
 def test_the_demo_says_whether_mixing_beat_none_beyond_noise():
-    """The recorded demo (kvr_b learned by `none`, only replay significant) prints the toy-scale
-    note; a significant random-mixing gain on a learned D_B, or none on an unlearned one, changes it."""
+    """The recorded demo (`none` learned neither D_B to 0.8, replay significant) says it cannot compare
+    mixing at equal learning; where `none` learned kvr_b, only replay significant gives the toy-scale note,
+    and a significant random-mixing gain on a learned D_B (not on an unlearned one) changes it."""
     from remix_ds.demo import toy_scale_note
 
     recorded = json.loads(RESULTS.read_text())
     note = toy_scale_note(recorded["rows"], recorded["comparisons"])
+    assert "learned no D_B to EM(D_B) >= 0.8" in note and "replay kept D_A significantly better" in note
+    no_replay = [c for c in recorded["comparisons"] if "replay" not in c["strategy"]]
+    assert "no strategy kept D_A" in toy_scale_note(recorded["rows"], no_replay)
+
+    rows = [{**r, "em_b_stage2": 0.9} if (r["d_b"], r["strategy"]) == ("kvr_b", "none") else r for r in recorded["rows"]]
+    note = toy_scale_note(rows, recorded["comparisons"])
     assert note is not None and "only replay did" in note and "EM(D_B) >= 0.8" in note
     gain = {"d_a": "kvr_a", "d_b": "kvr_b", "strategy": "random@12", "significant": "yes", "diff": -0.3}
-    assert toy_scale_note(recorded["rows"], recorded["comparisons"] + [gain]) is None
-    on_unlearned = {**gain, "d_b": "generic_b"}  # none's EM(D_B) there is 0.0: not a learned D_B
-    assert toy_scale_note(recorded["rows"], recorded["comparisons"] + [on_unlearned]) is not None
-    assert "neither did" in toy_scale_note(recorded["rows"], [])
+    assert toy_scale_note(rows, recorded["comparisons"] + [gain]) is None
+    on_unlearned = {**gain, "d_b": "generic_b"}  # none's EM(D_B) there is 0.125: not a learned D_B
+    assert toy_scale_note(rows, recorded["comparisons"] + [on_unlearned]) is not None
+    assert "neither did" in toy_scale_note(rows, [])

@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +36,8 @@ import traceback
 from pathlib import Path
 
 import torch
+
+from remix_ds.bench.loss_worker import available_bytes, spawn_loss_worker
 
 SECTIONS = ("fused_loss", "attention", "train", "data", "eval")
 
@@ -68,75 +68,6 @@ def machine() -> dict:
 
 
 # ---- fused loss ---------------------------------------------------------------------------------
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def loss_worker(spec: dict) -> dict:
-    """Run in a fresh process: one loss path, `repeats` times; time and peak memory (see module docstring)."""
-    from remix_ds.kernels.linear_cross_entropy import linear_cross_entropy, reference_linear_cross_entropy
-
-    if spec.get("max_growth_bytes"):  # cap the address space at what it is now + the memory available
-        with open("/proc/self/statm") as f:
-            vm_size = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-        resource.setrlimit(resource.RLIMIT_AS, (vm_size + spec["max_growth_bytes"],) * 2)
-    device = torch.device(spec["device"])
-    dtype = getattr(torch, spec["dtype"])
-    n, h, v = spec["tokens"], spec["hidden"], spec["vocab"]
-    g = torch.Generator(device=device).manual_seed(0)
-    hidden = torch.randn(n, h, generator=g, device=device, dtype=dtype).requires_grad_()
-    weight = torch.randn(v, h, generator=g, device=device, dtype=dtype).mul_(h**-0.5).requires_grad_()
-    target = torch.randint(0, v, (n,), generator=g, device=device)
-    keep = torch.rand(n, generator=g, device=device) < spec["supervised"]
-    target[~keep] = -100
-    if spec["path"] == "plain_indexed":  # the strong plain baseline: unsupervised rows dropped before the lm_head
-        from remix_ds.bench import baseline
-
-        plain_indexed = baseline("loss").plain_indexed
-    else:
-        plain_indexed = None
-    fn = {"plain": reference_linear_cross_entropy, "plain_indexed": plain_indexed}.get(
-        spec["path"], lambda *a: linear_cross_entropy(*a, backend=spec["backend"]))
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        base = _rss_bytes()
-    times, loss = [], None
-    for _ in range(spec["repeats"]):
-        hidden.grad = weight.grad = None
-        t0 = time.perf_counter()
-        loss = fn(hidden, weight, target)
-        loss.backward()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    timed = times[1:] or times
-    return {"seconds": statistics.median(timed), "seconds_all": times, "peak_bytes_above_inputs": peak - base,
-            "loss": loss.item(), "grad_weight_norm": weight.grad.float().norm().item(),
-            "memory_method": "cuda max_memory_allocated" if cuda else "ru_maxrss - RSS before the loss (fresh process)"}
-
-
-def _spawn_loss_worker(spec: dict, timeout: float) -> dict:
-    cmd = [sys.executable, "-m", "remix_ds.bench.all", "--loss-worker", json.dumps(spec)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _available_bytes() -> int | None:
-    try:
-        import psutil
-    except ImportError:
-        return None
-    return int(psutil.virtual_memory().available)
-
-
 def bench_fused_loss(tokens: int = 2048, vocab: int = 32_000, hidden: int = 256, supervised: float = 1.0,
                      repeats: int = 3, timeout: float = 1800) -> dict:
     """Fused vs plain lm_head + summed cross-entropy (forward + backward), each in a fresh process."""
@@ -144,7 +75,7 @@ def bench_fused_loss(tokens: int = 2048, vocab: int = 32_000, hidden: int = 256,
     spec = {"tokens": tokens, "vocab": vocab, "hidden": hidden, "supervised": supervised, "repeats": repeats,
             "device": "cuda" if cuda else "cpu", "dtype": "bfloat16" if cuda else "float32", "backend": "auto"}
     if not cuda:
-        avail = _available_bytes()
+        avail = available_bytes()
         spec["max_growth_bytes"] = avail - 2**30 if avail else None  # keep 1 GiB for everyone else
     from remix_ds.kernels.linear_cross_entropy import choose_backend, chunk_rows
 
@@ -154,7 +85,7 @@ def bench_fused_loss(tokens: int = 2048, vocab: int = 32_000, hidden: int = 256,
     # plain: full logits for every row (naive); plain_indexed: supervised rows selected first, the
     # strongest plain path (a competent user's; equal to plain when every row is supervised)
     for path in ("plain", "plain_indexed", "fused"):
-        out[path] = _spawn_loss_worker({**spec, "path": path}, timeout)
+        out[path] = spawn_loss_worker({**spec, "path": path}, timeout)
     p, pi, f = out["plain"], out["plain_indexed"], out["fused"]
     if "error" not in p and "error" not in f:
         out["loss_rel_diff"] = abs(p["loss"] - f["loss"]) / abs(p["loss"])
@@ -348,8 +279,3 @@ def add_bench_all_command(bsub) -> None:
     p.add_argument("--eval-ranks", type=int, default=1, help="ZeRO-3 ranks of the eval section (1: one process only)")
     p.set_defaults(func=_main)
 
-
-if __name__ == "__main__":  # the loss worker: one path in a fresh process, JSON on the last stdout line
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--loss-worker", required=True)
-    print(json.dumps(loss_worker(json.loads(parser.parse_args().loss_worker))))

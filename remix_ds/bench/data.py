@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from remix_ds.bench import baseline
+from remix_ds.bench.checkout import baseline
 from remix_ds.config import ModelConfig
 from remix_ds.configtools import from_dict
 from remix_ds.data import corpus

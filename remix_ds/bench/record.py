@@ -36,7 +36,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from remix_ds.bench import CHECKOUT, baseline
+from remix_ds.bench.checkout import CHECKOUT, baseline
 
 PARTS = ("random_words", "eval", "eval_zero3", "loss", "packing", "stage")
 BEGIN, END = "<!-- bench-headline:begin -->", "<!-- bench-headline:end -->"
@@ -169,18 +169,18 @@ def part_eval_zero3(repeats: int) -> list[dict]:
 def part_loss(repeats: int, tokens: int = 2048, vocab: int = 128_256, hidden: int = 256) -> list[dict]:
     import torch
 
-    from remix_ds.bench.all import _available_bytes, _spawn_loss_worker
+    from remix_ds.bench.loss_worker import available_bytes, spawn_loss_worker
 
     l0 = load()
     spec = {"tokens": tokens, "vocab": vocab, "hidden": hidden, "supervised": 0.25, "repeats": 2,
             "device": "cuda" if torch.cuda.is_available() else "cpu",
             "dtype": "bfloat16" if torch.cuda.is_available() else "float32", "backend": "auto"}
-    avail = _available_bytes()
+    avail = available_bytes()
     spec["max_growth_bytes"] = avail - 2**30 if avail and spec["device"] == "cpu" else None
     got: dict[str, list[dict]] = {"plain_indexed": [], "fused": []}
     for i in range(repeats):  # a fresh process per arm and repetition, the order flipping each round
         for path in ("plain_indexed", "fused") if i % 2 == 0 else ("fused", "plain_indexed"):
-            r = _spawn_loss_worker({**spec, "path": path}, 1800)
+            r = spawn_loss_worker({**spec, "path": path}, 1800)
             if "error" in r:
                 raise RuntimeError(f"loss {path}: {r['error']}")
             got[path].append(r)
