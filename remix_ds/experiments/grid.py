@@ -263,10 +263,9 @@ class Grid:
         """Stage 0 is cached by its config and by the corpus its passages come from: the same base
         model, stage-0 settings and corpus reuse one run.
 
-        NOTE: the key held only the corpus *setting* (`builtin`), so a run whose built-in corpus
-        differed (it is harvested from the installation's docstrings: another venv, other
-        packages) silently reused a stage 0 pretrained on another corpus's passages (found on a
-        fresh clone: other passages, other demo rows). The corpus's identity is in the key now.
+        The key holds the corpus's identity, not only its setting (`builtin`): the built-in corpus
+        is harvested from the installation's docstrings, so another venv or other packages give
+        other passages, and a stage 0 pretrained on them must not be reused.
         """
         if self._stage0_dir is None:
             key = json.dumps({"v": STAGE0_VERSION, "model": configtools.to_dict(self.cfg.run.model),
