@@ -33,6 +33,7 @@ from remix_ds.configtools import ConfigError
 from remix_ds.experiments import scheduler
 from remix_ds.experiments.config import SchedulerConfig, SlurmConfig, load_experiment
 from remix_ds.experiments.grid import Grid, GridBusyError
+from remix_ds.experiments.jobs import GridJobs
 from remix_ds.experiments.plan import Job, plan_jobs
 
 GRID = {
@@ -307,18 +308,19 @@ def test_killed_concurrent_grid_reruns_to_the_same_table(grids):
 
 def test_cells_record_why_they_did_not_finish(tmp_path):
     grid = Grid(load_experiment(_cfg(tmp_path, "g")))
+    runner = GridJobs(grid)
     jobs = {j.id: j for j in plan_jobs(grid)}
     cell, stage1 = jobs["cell:fa__fb__none"], jobs["stage1:fa__plain"]
     err = tmp_path / "g" / "cells" / "fa__fb__none" / "error.json"
-    grid.job_blocked(cell, cell, Path("/x/job.log"), -9)  # died without a word
+    runner.job_blocked(cell, cell, Path("/x/job.log"), -9)  # died without a word
     row = json.loads(err.read_text())["row"]
     assert row["status"] == "error" and row["error"] == "RuntimeError: cell fa__fb__none failed (exit -9); log /x/job.log"
     assert (row["d_a"], row["d_b"], row["strategy"]) == ("fa", "fb", "none")
     err.write_text(json.dumps({"row": dict(row, error="ValueError: its own")}))
-    grid.job_blocked(cell, cell, Path("/x/job.log"), 1)  # exit 1: the job recorded its own error
+    runner.job_blocked(cell, cell, Path("/x/job.log"), 1)  # exit 1: the job recorded its own error
     assert json.loads(err.read_text())["row"]["error"] == "ValueError: its own"
-    grid.job_blocked(cell, stage1, Path("/s1/job.log"), 1)
+    runner.job_blocked(cell, stage1, Path("/s1/job.log"), 1)
     assert json.loads(err.read_text())["row"]["error"] == "RuntimeError: stage 1 fa__plain failed (exit 1); log /s1/job.log"
-    grid.job_blocked(stage1, stage1, Path("/s1/job.log"), 1)  # a stage-1 job has no row of its own
-    assert grid.job_finished(cell) is None and grid.job_finished(stage1) is None  # retry_failed: run again
+    runner.job_blocked(stage1, stage1, Path("/s1/job.log"), 1)  # a stage-1 job has no row of its own
+    assert runner.job_finished(cell) is None and runner.job_finished(stage1) is None  # retry_failed: run again
     assert [r["status"] for r in grid.collect_rows(grid.layout())] == ["error"] * 4
