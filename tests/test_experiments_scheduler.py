@@ -104,6 +104,22 @@ def test_device_groups_and_launcher():
     assert scheduler.free_port(exclude=set(range(1, 32768))) >= 32768  # a port no running job has
 
 
+def test_job_runner_places_stages_on_the_job_launcher_group_and_port(tmp_path, monkeypatch):
+    grid = Grid(load_experiment(_cfg(tmp_path, "g", launcher="deepspeed --num_gpus 4 --no_local_rank")))
+    monkeypatch.setattr("remix_ds.experiments.jobs._cuda", lambda: True)
+    assert GridJobs(grid).stage_launcher() == ["deepspeed", "--num_gpus", "4", "--no_local_rank"]  # no group: as configured
+    assert GridJobs(grid, devices=["2", "3"], port=1234).stage_launcher() == [
+        "deepspeed", "--no_local_rank", "--include", "localhost:2,3", "--master_port", "1234"]
+    # a job's --launcher replaces the config's, `inprocess` included (None: the stage runs in the job's process)
+    assert GridJobs(grid, launcher="inprocess").stage_launcher() is None
+    assert GridJobs(grid, launcher="subprocess", devices=["5"], port=7).stage_launcher() == []  # one device: as given
+    ids = {j.id: j for j in plan_jobs(grid)}
+    runner = GridJobs(grid)
+    assert runner.job_log(ids["stage0"]) == tmp_path / "g" / "stage0.job.log"
+    assert runner.job_claim(ids["stage1:fa__plain"]) == tmp_path / "g" / "stage1" / "fa__plain" / ".scheduled.lock"
+    assert runner.job_log(ids["cell:fa__fc__replay-0.5"]) == tmp_path / "g" / "cells" / "fa__fc__replay-0.5" / "job.log"
+
+
 def test_run_local_groups_ports_deps_and_failures(tmp_path, monkeypatch):
     """Stand-in jobs (a short python) record their devices, port and times: 8 GPUs, 2 per cell."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", ",".join(str(i) for i in range(8)))
