@@ -71,7 +71,8 @@ def seed_column(cell: Cell) -> dict:
 
 
 class Grid:
-    """Runs an ExperimentConfig. `run()` returns the table rows (one per cell)."""
+    """Plans an ExperimentConfig's cells, prepares their data and tabulates them; `run()` has the jobs
+    run (jobs.GridJobs, through the configured scheduler) and returns the table rows (one per cell)."""
 
     def __init__(self, cfg: ExperimentConfig, log=print):
         self.cfg = cfg
