@@ -92,7 +92,7 @@ def test_a_damaged_cell_loses_only_its_statistics(tmp_path):
 
 
 def test_failing_wandb_tracking_costs_no_cell(tmp_path, monkeypatch):
-    from remix_ds.experiments import grid as grid_mod
+    from remix_ds.experiments import jobs as jobs_mod
 
     grid, layout, rows = _grid(tmp_path)
     grid.cfg.run.metrics.wandb = configtools.from_dict(type(grid.cfg.run.metrics), {"wandb": {"mode": "offline"}}).wandb
@@ -102,7 +102,7 @@ def test_failing_wandb_tracking_costs_no_cell(tmp_path, monkeypatch):
     def broken(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(grid_mod, "start_wandb", broken)
-    grid.track_cell(layout.cells[0], rows[0], {})
+    monkeypatch.setattr(jobs_mod, "start_wandb", broken)
+    jobs_mod.GridJobs(grid).track_cell(layout.cells[0], rows[0], {})
     assert logged == ["[experiment] fa__fb__none__s0: W&B tracking failed (OSError: disk full)"]
     assert grid.wandb_group() == "grid"  # default group: the output folder's name

@@ -33,6 +33,7 @@ from remix_ds.configtools import ConfigError
 from remix_ds.experiments import scheduler
 from remix_ds.experiments.config import SchedulerConfig, SlurmConfig, load_experiment
 from remix_ds.experiments.grid import Grid, GridBusyError
+from remix_ds.experiments.jobs import GridJobs
 from remix_ds.experiments.plan import Job, plan_jobs
 
 GRID = {
@@ -101,6 +102,22 @@ def test_device_groups_and_launcher():
     assert scheduler.restrict_launcher(["deepspeed"], ("0", "1"), 99, cuda=False) == [
         "deepspeed", "--num_gpus", "2", "--master_port", "99"]
     assert scheduler.free_port(exclude=set(range(1, 32768))) >= 32768  # a port no running job has
+
+
+def test_job_runner_places_stages_on_the_job_launcher_group_and_port(tmp_path, monkeypatch):
+    grid = Grid(load_experiment(_cfg(tmp_path, "g", launcher="deepspeed --num_gpus 4 --no_local_rank")))
+    monkeypatch.setattr("remix_ds.experiments.jobs._cuda", lambda: True)
+    assert GridJobs(grid).stage_launcher() == ["deepspeed", "--num_gpus", "4", "--no_local_rank"]  # no group: as configured
+    assert GridJobs(grid, devices=["2", "3"], port=1234).stage_launcher() == [
+        "deepspeed", "--no_local_rank", "--include", "localhost:2,3", "--master_port", "1234"]
+    # a job's --launcher replaces the config's, `inprocess` included (None: the stage runs in the job's process)
+    assert GridJobs(grid, launcher="inprocess").stage_launcher() is None
+    assert GridJobs(grid, launcher="subprocess", devices=["5"], port=7).stage_launcher() == []  # one device: as given
+    ids = {j.id: j for j in plan_jobs(grid)}
+    runner = GridJobs(grid)
+    assert runner.job_log(ids["stage0"]) == tmp_path / "g" / "stage0.job.log"
+    assert runner.job_claim(ids["stage1:fa__plain"]) == tmp_path / "g" / "stage1" / "fa__plain" / ".scheduled.lock"
+    assert runner.job_log(ids["cell:fa__fc__replay-0.5"]) == tmp_path / "g" / "cells" / "fa__fc__replay-0.5" / "job.log"
 
 
 def test_run_local_groups_ports_deps_and_failures(tmp_path, monkeypatch):
@@ -307,18 +324,19 @@ def test_killed_concurrent_grid_reruns_to_the_same_table(grids):
 
 def test_cells_record_why_they_did_not_finish(tmp_path):
     grid = Grid(load_experiment(_cfg(tmp_path, "g")))
+    runner = GridJobs(grid)
     jobs = {j.id: j for j in plan_jobs(grid)}
     cell, stage1 = jobs["cell:fa__fb__none"], jobs["stage1:fa__plain"]
     err = tmp_path / "g" / "cells" / "fa__fb__none" / "error.json"
-    grid.job_blocked(cell, cell, Path("/x/job.log"), -9)  # died without a word
+    runner.job_blocked(cell, cell, Path("/x/job.log"), -9)  # died without a word
     row = json.loads(err.read_text())["row"]
     assert row["status"] == "error" and row["error"] == "RuntimeError: cell fa__fb__none failed (exit -9); log /x/job.log"
     assert (row["d_a"], row["d_b"], row["strategy"]) == ("fa", "fb", "none")
     err.write_text(json.dumps({"row": dict(row, error="ValueError: its own")}))
-    grid.job_blocked(cell, cell, Path("/x/job.log"), 1)  # exit 1: the job recorded its own error
+    runner.job_blocked(cell, cell, Path("/x/job.log"), 1)  # exit 1: the job recorded its own error
     assert json.loads(err.read_text())["row"]["error"] == "ValueError: its own"
-    grid.job_blocked(cell, stage1, Path("/s1/job.log"), 1)
+    runner.job_blocked(cell, stage1, Path("/s1/job.log"), 1)
     assert json.loads(err.read_text())["row"]["error"] == "RuntimeError: stage 1 fa__plain failed (exit 1); log /s1/job.log"
-    grid.job_blocked(stage1, stage1, Path("/s1/job.log"), 1)  # a stage-1 job has no row of its own
-    assert grid.job_finished(cell) is None and grid.job_finished(stage1) is None  # retry_failed: run again
+    runner.job_blocked(stage1, stage1, Path("/s1/job.log"), 1)  # a stage-1 job has no row of its own
+    assert runner.job_finished(cell) is None and runner.job_finished(stage1) is None  # retry_failed: run again
     assert [r["status"] for r in grid.collect_rows(grid.layout())] == ["error"] * 4

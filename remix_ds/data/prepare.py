@@ -31,6 +31,7 @@ from typing import Iterable, Literal
 
 import numpy as np
 
+from remix_ds.cachedir import open_atomic, write_text_atomic
 from remix_ds.data import sources
 from remix_ds.data.datasets import REGISTRY
 from remix_ds.data.records import DataError, Example
@@ -123,9 +124,7 @@ def read_manifest(out: Path) -> dict:
 
 def write_manifest(out: Path, manifest: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    tmp.replace(out / MANIFEST)
+    write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def _lengths(examples: list[Example], tokenizer, prompt_format: str) -> list[int]:
@@ -220,11 +219,9 @@ def prepare_set(plan: SetPlan, out: Path, tokenizer, *, tokenizer_name: str, max
     if not kept:
         raise DataError(f"{plan.dataset}: no row survived ({counts}); check the source and data.max_seq_len")
     out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".jsonl.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with open_atomic(path) as f:
         for r in kept:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(path)
     entry.update(counts=counts, sha256=sha256_file(path), short=bool(plan.take and counts["kept"] < plan.take))
     return entry, False
 

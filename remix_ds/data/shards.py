@@ -54,7 +54,7 @@ from typing import Iterable, Iterator, Literal
 import numpy as np
 
 from remix_ds.errors import RemixError
-from remix_ds.cachedir import umask_mode
+from remix_ds.cachedir import umask_mode, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -128,17 +128,6 @@ def _mkstemp(path: Path) -> tuple[int, str]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}-")
     os.fchmod(fd, umask_mode(0o666))
     return fd, tmp
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = _mkstemp(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink(tmp)
-        raise
 
 
 def _unlink(path) -> None:
@@ -229,7 +218,7 @@ class ShardWriter:
         idx_bytes = encode_index(np.array(self._lengths, dtype=np.int64), self.dtype)
         try:
             os.replace(self._tmp, self.bin_path)
-            _atomic_write_bytes(self.idx_path, idx_bytes)
+            write_bytes_atomic(self.idx_path, idx_bytes)
         except BaseException:
             _unlink(self._tmp)
             _unlink(self.bin_path)
@@ -335,7 +324,7 @@ def write_shard_dir(
             **(extra or {}),
             "shards": shards,
         }
-        _atomic_write_bytes(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
+        write_bytes_atomic(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
         return manifest
     except BaseException:
         if writer is not None:

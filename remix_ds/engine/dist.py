@@ -148,8 +148,8 @@ def shutdown(engine=None) -> None:
     prefetch state), wait for every rank, destroy the process group.
 
     NOTE: leaving the process group (and the threads of gloo/DeepSpeed behind it) to interpreter
-    exit let a rank abort with "terminate called without an active exception" (exit 250) after
-    the work was done (seen in `bench eval`, rank 1): a C++ thread still joinable when its owner
+    exit lets a rank abort with "terminate called without an active exception" (exit 250) after
+    the work is done (e.g. rank 1 of `bench eval`): a C++ thread still joinable when its owner
     is destroyed calls std::terminate. Tear down explicitly, in order, on every rank.
     """
     if engine is not None and hasattr(engine, "destroy"):

@@ -40,8 +40,8 @@ def apply_to_resumed(optimizer, scheduler, params: dict, cfg: OptimConfig, total
     checkpoint restored; returns the scheduler to use, at the checkpoint's step.
 
     NOTE: a checkpoint restores the optimizer's param groups (lr, betas, eps, weight_decay) and the
-    scheduler's base rates and step, so a resume that was allowed to change `optim.*`
-    (`train.allow_config_change`) silently kept training with the checkpoint's values. This sets
+    scheduler's base rates and step, so a resume that is allowed to change `optim.*`
+    (`train.allow_config_change`) would silently keep training with the checkpoint's values. This sets
     the groups to ``params`` (the engine's `optimizer.params`: the run's config, or the DeepSpeed
     JSON's own values) and rebuilds the schedule from ``cfg`` and ``total_steps`` (a changed
     `train.max_steps`/`epochs` moves its horizon) at the restored step. The moments (Adam's m and v)

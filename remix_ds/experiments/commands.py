@@ -25,7 +25,9 @@ def _run(args) -> int:
         for job in plan_jobs(grid):
             print(f"  {job.id}" + (f"  after {', '.join(job.deps)}" if job.deps else ""))
         if cfg.scheduler.kind == "slurm":
-            print("\n".join(slurm.describe(plan_jobs(grid), grid.out, cfg.scheduler.slurm, grid)))
+            from remix_ds.experiments.jobs import GridJobs
+
+            print("\n".join(slurm.describe(plan_jobs(grid), grid.out, cfg.scheduler.slurm, GridJobs(grid))))
         return 0
     grid = Grid(cfg)
     grid.wait_for_jobs = not args.no_wait

@@ -1,4 +1,4 @@
-"""The grid runner: plan cells, run their stages (sharing stage 1), analyse, tabulate.
+"""The grid: plan cells, prepare their data, have their jobs run (sharing stage 1), tabulate.
 
 Folders under `output_dir`:
 
@@ -13,8 +13,9 @@ Folders under `output_dir`:
 
 The plan (plan.py) is stage 0, each shared stage 1 once, each cell after its stage 1; the
 scheduler (`scheduler.kind`) runs it serially in this process or as concurrent jobs (scheduler.py,
-job.py). Whatever ran the cells, the table is built from their done.json / error.json files only
-(`Grid.collect_rows`).
+job.py). One job (training a stage, running a cell, recording its outcome) is `jobs.GridJobs`'s;
+the stage configs are stage_configs.py's. Whatever ran the cells, the table is built from their
+done.json / error.json files only (`Grid.collect_rows`).
 
 Shared state is locked (filelock): each materialized dataset, the stage-0 cache, every stage
 folder (a second process waits for the first and reuses its run), every cell (a cell another
@@ -30,15 +31,9 @@ checkpoint (`train.resume=auto`).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import math
 import os
-import subprocess
-import sys
-import time
-import traceback
 from pathlib import Path
 from types import MappingProxyType
 
@@ -48,23 +43,18 @@ from remix_ds import configtools, models
 from remix_ds.cachedir import write_text_atomic
 from remix_ds.config import RunConfig
 from remix_ds.data.prepare import manifest_sha256
-from remix_ds.engine.metrics import plain_values, start_wandb
 from remix_ds.errors import RemixError
-from remix_ds.eval.data import load_eval_set
-from remix_ds.eval.runner import eval_steps, evaluate, latest_eval_rows, read_rows, rows_file, step_dir, write_results
 from remix_ds.configtools import ConfigError
-from remix_ds.experiments import analysis, datasets, frontier, report, scheduler, slurm
-from remix_ds.experiments import stage as stage_lib
-from remix_ds.experiments.config import ExperimentConfig, launcher_argv, parse_strategy
+from remix_ds.experiments import datasets, frontier, report, scheduler, slurm
+from remix_ds.experiments.config import ExperimentConfig, parse_strategy
 from remix_ds.experiments.layout import Cell, GridLayout, cell_dir
-from remix_ds.experiments.plan import Job, cell_id, plan_jobs
-from remix_ds.experiments.stage_configs import STAGE_COMMON, StageConfigs
+from remix_ds.experiments.jobs import GridJobs
+from remix_ds.experiments.plan import plan_jobs
+from remix_ds.experiments.stage_configs import StageConfigs
 
 STAGE0_VERSION = 2  # bump when the stage-0 recipe (passages, training) changes: cached stage-0 runs are redone
 
 CONFIG_FILE = "experiment_config.json"
-LOCK = ".lock"
-"""The lock file inside every stage and cell folder (held while a process trains or runs it)."""
 
 
 class GridBusyError(ConfigError):
@@ -80,40 +70,20 @@ def seed_column(cell: Cell) -> dict:
     return {} if cell.seed is None else {"seed": cell.seed}
 
 
-def em_of(rows: list[dict]) -> float:
-    return sum(bool(r["correct"]) for r in rows) / len(rows) if rows else math.nan
-
-
-def span_acc_of(rows: list[dict]) -> float | None:
-    """Fraction of marked key spans greedy decoding reproduces (None: the set has no marked spans)."""
-    spans = [c for r in rows for c in r.get("span_correct", ())]
-    return sum(spans) / len(spans) if spans else None
-
-
-def em_curve(run_dir: Path, name: str) -> list[tuple[int, float]]:
-    """EM of set `name` at every eval step of a run (from the per-example files)."""
-    return [(step, em_of(read_rows(f))) for step, f in eval_steps(run_dir, name)]
-
-
 class Grid:
-    """Runs an ExperimentConfig. `run()` returns the table rows (one per cell)."""
+    """Plans an ExperimentConfig's cells, prepares their data and tabulates them; `run()` has the jobs
+    run (jobs.GridJobs, through the configured scheduler) and returns the table rows (one per cell)."""
 
     def __init__(self, cfg: ExperimentConfig, log=print):
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         self.log = log
-        self.launcher = launcher_argv(cfg.launcher)
         self._tokenizer = None
         self._stage0_dir: Path | None = None
-        self._failed_stage1: dict[str, str] = {}
         self.paths: dict[str, Path] = {}
         self.data_errors: dict[str, str] = {}
         self.base_model: str | None = None
         self.data_manifest_sha256: str | None = None
-        self.devices: list[str] | None = None
-        """A job's device group (`scheduler.kind=local`): its stages run on exactly these devices."""
-        self.port: int | None = None
-        """A job's master port for its stages' launcher."""
         self._claim: FileLock | None = None
         self.wait_for_jobs = True
         """`scheduler.kind=slurm`: wait for the submitted jobs, then write the table (`--no-wait`: False)."""
@@ -134,26 +104,6 @@ class Grid:
             self._tokenizer = models.load_tokenizer(m.tokenizer or models.model_source(m), m.tiny, m.trust_remote_code)
         return self._tokenizer
 
-    def stage_launcher(self) -> list[str] | None:
-        """`launcher_argv(cfg.launcher)`, restricted to the job's device group and port when it has one.
-
-        One device and a launcher without deepspeed: the stage runs as configured (the job's
-        CUDA_VISIBLE_DEVICES already holds its one GPU; a world of one finds its own port). Else
-        `deepspeed --include localhost:<ids>` (GPUs; the deepspeed runner drops
-        CUDA_VISIBLE_DEVICES and sets it per rank) or `--num_gpus <n>` (CPU ranks), with the
-        job's `--master_port`; other flags of a configured deepspeed launcher are kept.
-        """
-        if self.devices is None or (len(self.devices) == 1 and not self.launcher):
-            return self.launcher
-        return scheduler.restrict_launcher(self.launcher or ["deepspeed"], self.devices, self.port, _cuda())
-
-    def world_size(self) -> int:
-        words = self.stage_launcher() or []
-        for flag in ("--num_gpus", "--num-gpus"):
-            if flag in words:
-                return int(words[words.index(flag) + 1])
-        return int(os.environ.get("WORLD_SIZE", "1"))
-
     # ---- stage configs (experiments/stage_configs.py) -----------------------------------------
     def stage_configs(self) -> StageConfigs:
         return StageConfigs(self.cfg, self.out, self.paths, self.base_model)
@@ -164,63 +114,10 @@ class Grid:
     def stage2_config(self, cell: Cell) -> RunConfig:
         return self.stage_configs().stage2(cell)
 
-    def final_eval_b(self, s2cfg: RunConfig, name: str, step: int) -> None:
-        """stage2.eval_b=end: score D_B once on the stage-2 export, beside the final D_A rows."""
-        folder = step_dir(Path(s2cfg.train.output_dir) / "eval", step)
-        if rows_file(folder, name).is_file():
-            return
-        model = analysis.load_model(Path(s2cfg.train.output_dir) / "final", self.cfg.analysis.device)
-        try:
-            eval_cfg = s2cfg.eval
-            budget = next((d.max_new_tokens for d in self.cfg.data_b if d.name == name), 0)
-            if budget:
-                eval_cfg = dataclasses.replace(eval_cfg, max_new_tokens=budget)
-            s = load_eval_set(str(self.paths[name]), eval_cfg)
-            result = evaluate(model, self.tokenizer, s.examples, eval_cfg, prompt_format=s2cfg.data.prompt_format)
-            write_results(result, folder, name, extra={"step": step}, fingerprint=s.fingerprint)
-        finally:
-            del model
-
-    # ---- running stages ----------------------------------------------------------------------
-    def run_stage(self, cfg: RunConfig, label: str) -> dict:
-        """Train a stage unless its folder says it is done; returns its stats.
-
-        The folder's lock is held while training: a second process (another job, another grid)
-        asking for the same stage waits for the first and then reuses its run."""
-        out = Path(cfg.train.output_dir)
-        if stage_lib.is_done(out):
-            return stage_lib.read_done(out)
-        out.mkdir(parents=True, exist_ok=True)
-        with _wait_lock(out / LOCK, self.log, label):
-            if stage_lib.is_done(out):
-                self.log(f"[experiment] {label}: done by another process, reused")
-                return stage_lib.read_done(out)
-            return self._train_stage(cfg, out, label)
-
-    def _train_stage(self, cfg: RunConfig, out: Path, label: str) -> dict:
-        cfg_path = out / "stage_config.json"
-        cfg.save(cfg_path)
-        self.log(f"[experiment] {label}: training -> {out}")
-        launcher = self.stage_launcher()
-        if launcher is None:
-            return stage_lib.run_stage(cfg)
-        if launcher:  # deepspeed --num_gpus N ...
-            exe = Path(sys.executable).with_name("deepspeed")
-            cmd = [str(exe) if exe.exists() else "deepspeed", *launcher[1:], "--module"]
-        else:
-            cmd = [sys.executable, "-m"]
-        cmd += ["remix_ds.experiments.stage", str(cfg_path)]
-        with (out / "stage.log").open("a") as log:
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        if proc.returncode != 0 or not stage_lib.is_done(out):
-            tail = (out / "stage.log").read_text()[-3000:]
-            raise RuntimeError(f"{label} failed (exit {proc.returncode}); log {out / 'stage.log'}:\n{tail}")
-        return stage_lib.read_done(out)
-
-    def prepare(self, stage0: bool = True) -> None:
-        """Materialize the datasets and run stage 0 (if configured; `stage0=False`: only find its
-        folder). Idempotent and safe to call from many processes at once (locks per dataset and
-        on the stage-0 cache)."""
+    # ---- data and stage 0's folder ------------------------------------------------------------
+    def prepare(self) -> None:
+        """Materialize the datasets and find stage 0's folder (its export is the base model; the
+        jobs train it). Idempotent and safe to call from many processes at once (a lock per dataset)."""
         specs = list(enumerate(self.cfg.data_a)) + [(len(self.cfg.data_a) + i, s) for i, s in enumerate(self.cfg.data_b)]
         if self.cfg.data_dir:  # which prepared data this grid used: recorded in every cell's row
             self.data_manifest_sha256 = manifest_sha256(self.cfg.data_dir)
@@ -238,35 +135,16 @@ class Grid:
             except Exception as e:
                 self.data_errors[spec[1].name] = f"{type(e).__name__}: {str(e)[:500]}"
                 self.log(f"[experiment] dataset {spec[1].name} FAILED to load: {self.data_errors[spec[1].name]}")
-        s0 = self.cfg.stage0
-        if s0.epochs > 0:
+        if self.cfg.stage0.epochs > 0:  # stage 0 itself is a job (GridJobs.run_stage0)
             self.base_model = str(self.stage0_dir() / "final")
-            if stage0 and not stage_lib.is_done(self.stage0_dir()):
-                skip = datasets.PRESERVE_SLOTS + sum(s.num_examples or 64 for s in self.cfg.data_a + self.cfg.data_b
-                                                     if s.dataset == "generic") * (len(specs) + 1)
-                patch = {
-                    **STAGE_COMMON,
-                    "train.output_dir": str(self.stage0_dir()), "train.epochs": s0.epochs,
-                    "train.eval_every": 0, "train.early_stop_metric": None,
-                    "optim.lr": s0.lr, "data.loss_mode": "all", "data.replay": [],
-                    "data.mix.random_ratio": 0.0, "data.mix.generic_ratio": 0.0, "eval.datasets": [],
-                }
-                self.stage0_dir().mkdir(parents=True, exist_ok=True)
-                with FileLock(self.stage0_dir() / ".stage0.lock"):  # the passages file too: grids share this cache
-                    if not stage_lib.is_done(self.stage0_dir()):
-                        path = datasets.stage0_passages(self.tokenizer, self.cfg.run.data, s0.num_passages,
-                                                        s0.passage_words, skip, self.stage0_dir().parent / f"{self.stage0_dir().name}-data")
-                        patch["data.dataset"] = str(path)
-                        self.run_stage(self.stage_configs().stage_config(patch, s0.overrides), "stage 0 (generic pretraining)")
 
     def stage0_dir(self) -> Path:
         """Stage 0 is cached by its config and by the corpus its passages come from: the same base
         model, stage-0 settings and corpus reuse one run.
 
-        NOTE: the key held only the corpus *setting* (`builtin`), so a run whose built-in corpus
-        differed (it is harvested from the installation's docstrings: another venv, other
-        packages) silently reused a stage 0 pretrained on another corpus's passages (found on a
-        fresh clone: other passages, other demo rows). The corpus's identity is in the key now.
+        The key holds the corpus's identity, not only its setting (`builtin`): the built-in corpus
+        is harvested from the installation's docstrings, so another venv or other packages give
+        other passages, and a stage 0 pretrained on them must not be reused.
         """
         if self._stage0_dir is None:
             key = json.dumps({"v": STAGE0_VERSION, "model": configtools.to_dict(self.cfg.run.model),
@@ -289,7 +167,7 @@ class Grid:
         manifest = Path(corpus) / "manifest.json"
         return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16] if manifest.is_file() else str(Path(corpus).resolve())
 
-    # ---- one cell ----------------------------------------------------------------------------
+    # ---- cells: folders, layout, row columns ----------------------------------------------------
     def cell_dir(self, cell: Cell) -> Path:
         return cell_dir(self.out, cell)
 
@@ -299,55 +177,6 @@ class Grid:
                           tokenizer=self.tokenizer, data=self.cfg.run.data, model=self.cfg.run.model,
                           analysis=self.cfg.analysis, base_model=self.base_model)
 
-    def run_cell(self, cell: Cell, layout: GridLayout) -> dict:
-        t0 = time.perf_counter()
-        for name in (cell.d_a.name, cell.d_b.name):
-            if name in self.data_errors:
-                raise RuntimeError(f"dataset {name} could not be loaded: {self.data_errors[name]}")
-        s1cfg = self.stage1_config(cell)
-        if cell.stage1_key in self._failed_stage1:
-            raise RuntimeError(f"shared stage 1 {cell.stage1_key} failed earlier in this run: {self._failed_stage1[cell.stage1_key]}")
-        try:
-            st1 = self.run_stage(s1cfg, f"{cell.stage1_key} stage 1")
-        except Exception as e:
-            self._failed_stage1[cell.stage1_key] = f"{type(e).__name__}: {str(e)[:300]}"
-            raise
-        s2cfg = self.stage2_config(cell)
-        st2 = self.run_stage(s2cfg, f"{cell.key} stage 2")
-        s1dir, s2dir = Path(s1cfg.train.output_dir), Path(s2cfg.train.output_dir)
-        a, b = cell.d_a.name, cell.d_b.name
-        step1, rows1 = latest_eval_rows(s1dir, a)
-        step2, rows2 = latest_eval_rows(s2dir, a)
-        if self.cfg.stage2.eval_b == "end":
-            self.final_eval_b(s2cfg, b, step2)
-        _, rows_b = latest_eval_rows(s2dir, b)
-        em1, em2 = em_of(rows1), em_of(rows2)
-        if em1 < self.cfg.stage1.em_threshold:
-            self.log(report.below_threshold_line(cell.stage1_key, em1, self.cfg.stage1.em_threshold, round(st1["epochs"], 3)))
-        row = {
-            "d_a": a, "d_b": b, "strategy": cell.strategy.spec, "loss_mode": cell.loss_mode or self.cfg.run.data.loss_mode,
-            "status": "done", **self.mix_columns(cell), **self.sweep_columns(cell),
-            "em_a_stage1": em1, "em_a_stage2": em2, "em_b_stage2": em_of(rows_b), "forgetting": em1 - em2,
-            "stage1_reached_threshold": em1 >= self.cfg.stage1.em_threshold, "stage1_key": cell.stage1_key,
-            "stage1_steps": st1["steps"], "stage1_epochs": round(st1["epochs"], 3), "stage2_steps": st2["steps"],
-            "stage1_stop": stage_lib.stop_reason(st1), "stage2_stop": stage_lib.stop_reason(st2),
-            "stage1_wall_s": round(st1["wall_s"], 2), "stage1_eval_s": round(st1["eval_s"], 2),
-            "stage2_wall_s": round(st2["wall_s"], 2), "stage2_eval_s": round(st2["eval_s"], 2),
-            "stage1_eval_step": step1, "stage2_eval_step": step2,
-        }
-        if span_acc_of(rows1) is not None:
-            row.update(span_acc_a_stage1=span_acc_of(rows1), span_acc_a_stage2=span_acc_of(rows2))
-        if self.data_manifest_sha256:
-            row["data_manifest_sha256"] = self.data_manifest_sha256
-        curve = [(0, em1)] + em_curve(s2dir, a)
-        ta = time.perf_counter()
-        row.update(analysis.analyse_cell(layout, cell, s1dir, s2dir, rows1, rows2))
-        row["analysis_s"] = round(time.perf_counter() - ta, 2)
-        row["cell_wall_s"] = round(time.perf_counter() - t0, 2)
-        _write_json(self.cell_dir(cell) / "done.json", {"row": row, "curve_a": curve})
-        self.track_cell(cell, row, {"stage1": configtools.to_dict(s1cfg), "stage2": configtools.to_dict(s2cfg)})
-        return row
-
     def sweep_columns(self, cell: Cell) -> dict:
         """`stage2_setting`: the cell's stage2_sweep point (no column without a sweep)."""
         return {} if cell.stage2 is None else {"stage2_setting": cell.stage2}
@@ -355,124 +184,16 @@ class Grid:
     def wandb_group(self) -> str:
         return self.stage_configs().wandb_group()
 
-    def track_cell(self, cell: Cell, row: dict, stages: dict) -> None:
-        """With metrics.wandb: the cell as a W&B run (job_type `cell`) in the grid's group, its config and
-        final row (summary), under CELL/wandb. A tracking failure is logged; the cell stays done."""
-        w = self.cfg.run.metrics.wandb
-        if w is None:
-            return
-        try:
-            w = dataclasses.replace(w, group=self.wandb_group())
-            config = {"cell": {"key": cell.key, "d_a": cell.d_a.name, "d_b": cell.d_b.name, "strategy": cell.strategy.spec,
-                               "loss_mode": row["loss_mode"], "seed": cell.seed}, **stages}
-            run = start_wandb(w, self.cell_dir(cell), cell.key, config, job_type="cell")
-            run.summary.update(plain_values(row))
-            run.finish()
-        except Exception as e:  # tracking must never cost a finished cell
-            self.log(f"[experiment] {cell.key}: W&B tracking failed ({type(e).__name__}: {str(e)[:300]})")
-
     def mix_columns(self, cell: Cell) -> dict:
         """How the cell's stages mixed (results-table columns `mix_schedule`, `mix_redraw`; `seed` with a seed axis)."""
         m = self.cfg.run.data.mix
         return {"mix_schedule": cell.strategy.schedule or m.schedule, "mix_redraw": cell.strategy.redraw or m.redraw,
                 **seed_column(cell)}
 
-    # ---- jobs (plan.py): what the serial loop and `python -m remix_ds.experiments.job` run ----------
     def error_row(self, cell: Cell, message: str) -> dict:
         return {"d_a": cell.d_a.name, "d_b": cell.d_b.name, "strategy": cell.strategy.spec,
                 "loss_mode": cell.loss_mode or self.cfg.run.data.loss_mode, **self.mix_columns(cell),
                 **self.sweep_columns(cell), "status": "error", "error": message[:500]}
-
-    def record_error(self, cell: Cell, message: str, tb: str = "") -> dict:
-        """Write the cell's error.json (its row in the table) and log it."""
-        row = self.error_row(cell, message)
-        folder = self.cell_dir(cell)
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_json(folder / "error.json", {"row": row, "traceback": tb})
-        self.log(f"[experiment] cell {cell.key} FAILED: {row['error']}")
-        return row
-
-    def cell_finished(self, cell: Cell) -> str | None:
-        """`done`, `error` (recorded and not to be retried) or None (to run)."""
-        folder = self.cell_dir(cell)
-        if (folder / "done.json").is_file():
-            return "done"
-        if (folder / "error.json").is_file() and not self.cfg.retry_failed:
-            return "error"
-        return None
-
-    def run_cell_job(self, cell: Cell, layout: GridLayout, tag: str = "") -> str:
-        """Run one cell unless it is finished; `done` or `error` (error.json written, never raised).
-
-        The cell folder's lock is held throughout: a cell another process runs is waited for and
-        then found finished."""
-        folder = self.cell_dir(cell)
-        folder.mkdir(parents=True, exist_ok=True)
-        with _wait_lock(folder / LOCK, self.log, f"cell {cell.key}"):
-            finished = self.cell_finished(cell)
-            if finished == "done":
-                self.log(f"[experiment] cell {tag}{cell.key}: done earlier, skipped")
-            if finished:
-                return finished
-            self.log(f"[experiment] cell {tag}{cell.key}")
-            try:
-                self.run_cell(cell, layout)
-                (folder / "error.json").unlink(missing_ok=True)
-                return "done"
-            except Exception as e:  # record, keep going: one broken cell must not lose the grid
-                self.record_error(cell, f"{type(e).__name__}: {str(e)[:500]}", traceback.format_exc())
-                return "error"
-
-    def run_stage1_job(self, stage1_key: str) -> None:
-        """Train one shared stage-1 run (raises on failure). A D_A that failed to load leaves the
-        error to its cells (the message the serial path gives)."""
-        cell = next(c for c in self.cells() if c.stage1_key == stage1_key)
-        if cell.d_a.name in self.data_errors:
-            self.log(f"[experiment] stage 1 {stage1_key}: dataset {cell.d_a.name} could not be loaded; its cells record it")
-            return
-        self.run_stage(self.stage1_config(cell), f"{stage1_key} stage 1")
-
-    def job_finished(self, job: Job) -> int | None:
-        """The scheduler's skip test: 0 (done), 1 (failed, not to be retried) or None (to run)."""
-        if job.kind == "stage0":
-            return 0 if stage_lib.is_done(self.stage0_dir()) else None
-        if job.kind == "stage1":
-            return 0 if stage_lib.is_done(self.out / "stage1" / job.id.split(":", 1)[1]) else None
-        cell = self._cells_by_id()[job.id]
-        finished = self.cell_finished(cell)
-        return None if finished is None else (0 if finished == "done" else 1)
-
-    def _cells_by_id(self) -> dict[str, Cell]:
-        return {cell_id(c.key): c for c in self.cells()}
-
-    def job_claim(self, job: Job) -> Path:
-        """The lock file a scheduler holds while its job runs (cooperating grids skip each other's)."""
-        return self.job_log(job).with_name(".scheduled.lock")
-
-    def job_log(self, job: Job) -> Path:
-        """Where a job's stdout/stderr go: in the folder of what it trains."""
-        if job.kind == "stage0":
-            return self.out / "stage0.job.log"
-        if job.kind == "stage1":
-            return self.out / "stage1" / job.id.split(":", 1)[1] / "job.log"
-        return self.cell_dir(self._cells_by_id()[job.id]) / "job.log"
-
-    def job_blocked(self, job: Job, cause: Job, log: Path, code: int) -> None:
-        """A cell that will not run because `cause` (a dependency) failed, or whose own job died
-        without recording why, gets error.json naming the log, so the table shows why."""
-        if job.kind != "cell":
-            return
-        cell = self._cells_by_id()[job.id]
-        if cause.id == job.id and (self.cell_dir(cell) / "error.json").is_file():
-            return  # the job recorded its own error (exit 1)
-        self.record_error(cell, f"RuntimeError: {cause.label} failed (exit {code}); log {log}")
-
-    def job_lost(self, job: Job, message: str) -> None:
-        """A cell's Slurm job ended without done.json (killed, out of time): record why, unless the
-        job recorded its own error.json."""
-        cell = self._cells_by_id()[job.id]
-        if not (self.cell_dir(cell) / "error.json").is_file():
-            self.record_error(cell, message)
 
     # ---- the grid ----------------------------------------------------------------------------
     def claim_output(self) -> None:
@@ -525,34 +246,30 @@ class Grid:
     def run(self) -> list[dict]:
         self.claim_output()
         try:
+            jobs = GridJobs(self)
             if self.cfg.scheduler.kind == "local":
-                self.prepare(stage0=False)  # the data once here; stage 0 is the plan's first job
+                self.prepare()  # the data once here; stage 0 is the plan's first job
                 layout = self.layout()
-                scheduler.run_local(plan_jobs(self), self.out, self.cfg.scheduler, self, log=self.log)
+                scheduler.run_local(plan_jobs(self), self.out, self.cfg.scheduler, jobs, log=self.log)
             elif self.cfg.scheduler.kind == "slurm":
-                self.prepare(stage0=False)  # the data once here; the jobs run on the cluster
+                self.prepare()  # the data once here; the jobs run on the cluster
                 layout = self.layout()
-                if not slurm.run_slurm(plan_jobs(self), self.out, self.cfg.scheduler, self,
+                if not slurm.run_slurm(plan_jobs(self), self.out, self.cfg.scheduler, jobs,
                                        wait_for_jobs=self.wait_for_jobs, log=self.log):
                     return []  # submitted, not waited for: a later run collects the table
             else:
                 self.prepare()
+                jobs.run_stage0()
                 layout = self.layout()
                 cells = layout.cells
                 for i, cell in enumerate(cells, 1):
-                    self.run_cell_job(cell, layout, tag=f"{i}/{len(cells)} ")
+                    jobs.run_cell_job(cell, layout, tag=f"{i}/{len(cells)} ")
             rows = self.collect_rows(layout)
             self.write_report(layout, rows)
         finally:
             if self._claim is not None:
                 self._claim.release()
         return rows
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _held(path: Path, clear: bool = False) -> bool:
@@ -568,24 +285,6 @@ def _held(path: Path, clear: bool = False) -> bool:
     if clear:
         path.unlink(missing_ok=True)
     return False
-
-
-class _wait_lock:
-    """A FileLock that says, once, when it has to wait for another process."""
-
-    def __init__(self, path: Path, log, label: str):
-        self.lock, self.log, self.label = FileLock(path), log, label
-
-    def __enter__(self):
-        try:
-            self.lock.acquire(timeout=0)
-        except Timeout:
-            self.log(f"[experiment] {self.label}: another process is running it; waiting ({self.lock.lock_file})")
-            self.lock.acquire()
-        return self
-
-    def __exit__(self, *exc):
-        self.lock.release()
 
 
 def run_experiment(cfg: ExperimentConfig, log=print) -> list[dict]:

@@ -3,10 +3,11 @@
     python -m remix_ds.experiments.job OUTPUT_DIR JOB_ID [--devices 0,1] [--master-port P] [--launcher L]
 
 Reads `OUTPUT_DIR/experiment_config.json` (written by the grid before it schedules anything),
-rebuilds the Grid, `prepare()`s it (idempotent and locked, so many jobs may start at once) and
-runs the job: `stage0`, `stage1:<key>` (one shared stage-1 run) or `cell:<key>` (stage 2,
-analyses and done.json / error.json, exactly as the serial path writes them). `--devices` and
-`--master-port` place its stages (Grid.stage_launcher). A finished job returns at once.
+rebuilds the Grid, `prepare()`s it and stage 0 (idempotent and locked, so many jobs may start at
+once) and runs the job through `jobs.GridJobs`: `stage0`, `stage1:<key>` (one shared stage-1 run)
+or `cell:<key>` (stage 2, analyses and done.json / error.json, exactly as the serial path writes
+them). `--devices` and `--master-port` place its stages (GridJobs.stage_launcher). A finished job
+returns at once.
 Exit code 0 when the job's work is done; 1 when it failed (a cell that recorded error.json).
 """
 
@@ -22,8 +23,9 @@ from pathlib import Path
 
 from remix_ds import configtools
 from remix_ds.errors import RemixError
-from remix_ds.experiments.config import ExperimentConfig, launcher_argv
+from remix_ds.experiments.config import ExperimentConfig
 from remix_ds.experiments.grid import CONFIG_FILE, Grid
+from remix_ds.experiments.jobs import GridJobs
 from remix_ds.experiments.plan import STAGE0, cell_id, stage1_id
 
 
@@ -44,10 +46,8 @@ def run_job(output_dir: str, job_id: str, devices: str | None = None, port: int 
     `launcher` replaces the config's `launcher` for this job's stages (a Slurm job spanning
     several nodes: `deepspeed --hostfile H --master_addr A --master_port P`, slurm.placement)."""
     grid = load_grid(output_dir)
-    if launcher:
-        grid.launcher = launcher_argv(launcher)
-    grid.devices = [d for d in devices.split(",") if d] if devices else None
-    grid.port = port
+    jobs = GridJobs(grid, launcher=launcher or None,
+                    devices=[d for d in devices.split(",") if d] if devices else None, port=port)
     cells = {cell_id(c.key): c for c in grid.cells()}
     stage1 = {stage1_id(c.stage1_key): c.stage1_key for c in grid.cells()}
     if job_id != STAGE0 and job_id not in cells and job_id not in stage1:
@@ -55,15 +55,16 @@ def run_job(output_dir: str, job_id: str, devices: str | None = None, port: int 
                          f"{', '.join(list(stage1)[:3])}, {', '.join(list(cells)[:3])}, ...)")
     try:
         grid.prepare()
+        jobs.run_stage0()
         if job_id == STAGE0:
             return 0
         if job_id in stage1:
-            grid.run_stage1_job(stage1[job_id])
+            jobs.run_stage1_job(stage1[job_id])
             return 0
     except Exception:
         traceback.print_exc()
         return 1
-    return 0 if grid.run_cell_job(cells[job_id], grid.layout()) == "done" else 1
+    return 0 if jobs.run_cell_job(cells[job_id], grid.layout()) == "done" else 1
 
 
 def _terminate_group(signum, _frame) -> None:

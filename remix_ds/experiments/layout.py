@@ -1,8 +1,8 @@
 """A grid's cells and where their files live: what the analyses and the report read.
 
-`Grid` (grid.py) plans the cells, materializes the datasets and runs stage 0, then builds one
-frozen :class:`GridLayout` and hands it to ``analysis.analyse_cell`` and ``report.write_all``, so
-neither needs the runner itself.
+`Grid` (grid.py) plans the cells, materializes the datasets and finds stage 0's export, then builds
+one frozen :class:`GridLayout`, handed to ``analysis.analyse_cell`` (by the job runner, jobs.py) and
+``report.write_all``, so neither needs the grid or the runner itself.
 """
 
 from __future__ import annotations

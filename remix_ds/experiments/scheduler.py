@@ -5,9 +5,9 @@
 At most K jobs run at once (K = scheduler.max_concurrent, or as many groups of
 `gpus_per_cell` devices as there are; on CPU 2); a job starts when its deps are done. Each
 running job holds one device group: on GPUs its CUDA_VISIBLE_DEVICES is the group and its
-stages' deepspeed launcher gets `--include localhost:<group>` (grid.Grid.stage_launcher); on CPU
+stages' deepspeed launcher gets `--include localhost:<group>` (jobs.GridJobs.stage_launcher); on CPU
 the group's size is the number of ranks. Every job gets its own master port. A job's output
-goes to its log file (grid.Grid.job_log); one line per start and finish. A failed job fails the
+goes to its log file (jobs.GridJobs.job_log); one line per start and finish. A failed job fails the
 jobs that depend on it (`blocked`: a cell then records error.json naming the failed job's log)
 and nothing else. SIGINT / SIGTERM terminate the running jobs' process groups; their stages
 resume from their checkpoints on a rerun, finished jobs are skipped.
