@@ -125,9 +125,9 @@ def batching(cfg: ExperimentConfig) -> list[StageBatching]:
 def batching_lines(cfg: ExperimentConfig) -> list[str]:
     world, source = world_size(cfg)
     lines = [f"batching ({cfg.scheduler.kind} scheduler; world size {world} from {source}):",
-             f"  {'stage':<22}{'world':>6}  {'micro-batch/rank':<20}{'grad accum':<34}{'examples/step':>14}{'tokens/step (at most)':>23}"]
+             f"  {'stage':<22}{'world':>6}  {'micro-batch/rank':<30}{'grad accum':<28}{'examples/step':>14}{'tokens/step (at most)':>23}"]
     for b in batching(cfg):
-        lines.append(f"  {b.stage:<22}{b.world:>6}  {b.micro_batch:<20}{b.grad_accum:<34}{b.examples_per_step:>14}"
+        lines.append(f"  {b.stage:<22}{b.world:>6}  {b.micro_batch:<30}{b.grad_accum:<28}{b.examples_per_step:>14}"
                      f"{b.max_tokens_per_step:>23,}")
     return lines
 
@@ -240,7 +240,8 @@ def disk_lines(cfg: ExperimentConfig, cells) -> list[str]:
     return [
         f"peak disk (analysis.keep_models={cfg.analysis.keep_models}): {d.peak_bytes / GB:,.0f} GB = "
         f"{d.jobs_at_once} running job(s) x {d.running_stage_bytes / GB:,.1f} GB + {d.kept_bytes / GB:,.1f} GB of finished stages "
-        f"({d.stage1_alive} stage-1 export(s) alive)",
+        f"({d.stage1_alive} stage-1 export(s) alive)"
+        + ("; Slurm may run every cell at once: fewer nodes, fewer running jobs" if cfg.scheduler.kind == "slurm" else ""),
         f"  model: {d.params:,} parameters, {cfg.run.model.dtype}: export {d.export_bytes / GB:,.1f} GB, "
         f"ZeRO checkpoint with optimizer state {d.checkpoint_bytes / GB:,.1f} GB "
         f"(train.keep_last={cfg.run.train.keep_last}, save_every={cfg.run.train.save_every})",
