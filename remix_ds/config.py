@@ -282,7 +282,7 @@ class RunConfig:
         if g % per_pass:
             works = [m for m in range(min(t.micro_batch_size, g // world_size), 0, -1) if g % (m * world_size) == 0]
             fix = (f"use train.micro_batch_size={works[0]}" if works else
-                   f"use a train.global_batch_size divisible by world size {world_size}")
+                   f"use train.global_batch_size={-(-g // per_pass) * per_pass} (a multiple of {per_pass})")
             raise ConfigError(
                 f"train.global_batch_size={g} is not divisible by train.micro_batch_size={t.micro_batch_size} x "
                 f"world size {world_size} = {per_pass}; {fix} (or set train.micro_batch_tokens)"

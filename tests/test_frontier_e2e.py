@@ -40,7 +40,8 @@ def test_two_point_sweep_frontier_end_to_end(tmp_path):
         "stage1": {"max_epochs": 30, "eval_every": 30},
         "stage2": {"epochs": 12, "eval_every": 100},
         "stage2_sweep": [{"name": "gentle", "epochs": 1, "overrides": ["optim.lr=3e-4"]}, {"name": "strong"}],
-        "analysis": {"logit_lens": False, "preservation": False, "preserve_bench": [str(bench)]},
+        # keep_models=all: the test compares the stage-2 exports with `remix-ds preserve` afterwards
+        "analysis": {"logit_lens": False, "preservation": False, "preserve_bench": [str(bench)], "keep_models": "all"},
     }
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(cfg))

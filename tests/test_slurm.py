@@ -163,7 +163,9 @@ def test_dry_run_lists_jobs_dependencies_and_sbatch_lines(tmp_path, capsys, monk
         "partition": "gpu", "account": "proj42", "qos": "high", "time_min": 120, "nodes": 2, "gpus_per_node": 8,
         "cpus_per_task": 16, "mem_gb": 400, "constraint": "h100", "additional": {"reservation": "grid"},
         "setup": ["module load cuda/12.4"]}})
-    assert main([str(cfg), "--dry-run"]) == 0
+    assert main([str(cfg), "--dry-run"]) == 2  # 2 nodes x 8 GPUs = 16 ranks cannot share 8 examples per step
+    assert "world size 16" in capsys.readouterr().err
+    assert main([str(cfg), "run.train.global_batch_size=16", "run.train.micro_batch_size=1", "--dry-run"]) == 0
     text = capsys.readouterr().out
     lines = text.splitlines()
     assert "stage1:fa__plain  [to run]  deps: -" in lines

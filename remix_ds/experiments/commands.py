@@ -13,7 +13,10 @@ def _run(args) -> int:
     from remix_ds.experiments.config import load_experiment
     from remix_ds.experiments.grid import Grid
 
+    from remix_ds.experiments import dryrun
+
     cfg = load_experiment(args.config, args.overrides)
+    batching = dryrun.batching_lines(cfg)  # a batch the world size cannot divide: refused here, before any work
     if args.dry_run:
         from remix_ds.experiments import slurm
         from remix_ds.experiments.plan import plan_jobs
@@ -24,6 +27,8 @@ def _run(args) -> int:
         print(f"\nplan ({cfg.scheduler.kind} scheduler):")
         for job in plan_jobs(grid):
             print(f"  {job.id}" + (f"  after {', '.join(job.deps)}" if job.deps else ""))
+        print("\n" + "\n".join(batching))
+        print("\n" + "\n".join(dryrun.disk_lines(cfg, grid.cells())))
         if cfg.scheduler.kind == "slurm":
             from remix_ds.experiments.jobs import GridJobs
 

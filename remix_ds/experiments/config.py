@@ -167,6 +167,10 @@ class AnalysisConfig:
     """Question sets (jsonl with prompt/answer, or NAME[:heldout]) answered greedily by the base model and each cell's stage-1 and stage-2 models, compared as `remix-ds preserve` does (pq_* columns)."""
     preserve_max_new_tokens: int = 32
     """Greedy answer budget of the preserve_bench comparison."""
+    keep_models: Literal["none", "stage1", "all"] = "stage1"
+    """What stays on disk once a cell's evaluations and analyses are written (done.json): `none` deletes its stage-2
+    export and each stage-1 export once every cell built on it is done; `stage1` keeps the stage-1 exports; `all`
+    keeps everything. Except with `all`, a finished stage's checkpoints go as soon as it is done (prune.py)."""
 
 
 @dataclass

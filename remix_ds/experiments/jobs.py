@@ -32,7 +32,7 @@ from remix_ds.config import RunConfig
 from remix_ds.engine.metrics import plain_values, start_wandb
 from remix_ds.eval.data import load_eval_set
 from remix_ds.eval.runner import eval_steps, evaluate, latest_eval_rows, read_rows, rows_file, step_dir, write_results
-from remix_ds.experiments import analysis, datasets, report, scheduler
+from remix_ds.experiments import analysis, datasets, prune, report, scheduler
 from remix_ds.experiments import stage as stage_lib
 from remix_ds.experiments.config import launcher_argv
 from remix_ds.experiments.layout import Cell, GridLayout
@@ -135,7 +135,9 @@ class GridJobs:
             if stage_lib.is_done(out):
                 self.log(f"[experiment] {label}: done by another process, reused")
                 return stage_lib.read_done(out)
-            return self._train_stage(cfg, out, label)
+            stats = self._train_stage(cfg, out, label)
+            prune.drop_checkpoints(out, self.cfg.analysis.keep_models, stage_lib.is_done(out), self.log)
+            return stats
 
     def _train_stage(self, cfg: RunConfig, out: Path, label: str) -> dict:
         cfg_path = out / "stage_config.json"
@@ -170,6 +172,7 @@ class GridJobs:
         except Exception as e:
             self._failed_stage1[cell.stage1_key] = f"{type(e).__name__}: {str(e)[:300]}"
             raise
+        prune.require_export(Path(s1cfg.train.output_dir), f"cell {cell.key}")
         s2cfg = self.grid.stage2_config(cell)
         st2 = self.run_stage(s2cfg, f"{cell.key} stage 2")
         s1dir, s2dir = Path(s1cfg.train.output_dir), Path(s2cfg.train.output_dir)
@@ -203,6 +206,8 @@ class GridJobs:
         row["analysis_s"] = round(time.perf_counter() - ta, 2)
         row["cell_wall_s"] = round(time.perf_counter() - t0, 2)
         _write_json(self.grid.cell_dir(cell) / "done.json", {"row": row, "curve_a": curve})
+        prune.after_cell(cell, layout.cells, self.cfg.analysis.keep_models, s1dir, s2dir,
+                         lambda c: (self.grid.cell_dir(c) / "done.json").is_file(), self.log)
         self.track_cell(cell, row, {"stage1": configtools.to_dict(s1cfg), "stage2": configtools.to_dict(s2cfg)})
         return row
 
