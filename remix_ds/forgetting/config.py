@@ -25,12 +25,13 @@ from remix_ds.configtools import ConfigError
 from remix_ds.data.config import SourceConfig
 from remix_ds.data.config import LOCAL_SUFFIXES
 
-Method = Literal["row_mean", "col_mean", "additive", "knn", "mf", "mf_refit", "random", "emb_cos", "rep_dot",
-                 "grad_sim"]
-METHODS: tuple[str, ...] = ("row_mean", "col_mean", "additive", "knn", "mf", "mf_refit", "random", "emb_cos",
-                            "rep_dot", "grad_sim")
-BinaryMethod = Literal["random", "col_mean", "additive", "mf", "lmf", "lmf_additive"]
-BINARY_METHODS: tuple[str, ...] = ("random", "col_mean", "additive", "mf", "lmf", "lmf_additive")
+Method = Literal["row_mean", "col_mean", "additive", "knn_baseline", "svd", "knn", "mf", "mf_refit", "random",
+                 "emb_cos", "rep_dot", "grad_sim"]
+METHODS: tuple[str, ...] = ("row_mean", "col_mean", "additive", "knn_baseline", "svd", "knn", "mf", "mf_refit",
+                            "random", "emb_cos", "rep_dot", "grad_sim")
+BinaryMethod = Literal["random", "col_mean", "additive", "mf", "lmf", "lmf_additive", "lgmf", "lgmf_additive"]
+BINARY_METHODS: tuple[str, ...] = ("random", "col_mean", "additive", "mf", "lmf", "lmf_additive", "lgmf",
+                                   "lgmf_additive")
 Arm = Literal["none", "uniform", "predicted", "oracle", "online"]
 
 
@@ -161,7 +162,7 @@ class PredictConfig:
     online_fraction: float = 0.1
     """Which intermediate measurement the online variant reveals (one of measure.at_fractions)."""
     methods: list[Method] = field(default_factory=lambda: list(METHODS))
-    """Predictors: row_mean, col_mean, additive (mu + b_i + b_j), knn (task-kNN on additive residuals), mf (biased MF, fold-in), mf_refit (biased MF refit per test row, published), random, emb_cos / rep_dot (cosine / dot product of base-model mean hidden states), grad_sim (cosine of projected LM-head gradients, OUT/features.npz); similarity methods without their inputs are skipped."""
+    """Predictors. Published (forgetting/published.py, refit per test row as the paper): additive (surprise BaselineOnly, SGD), knn_baseline (KNNBaseline, MSD, k 40), svd (biased SVD, 5 factors, 1000 SGD epochs). Ours: row_mean, col_mean, knn (task-kNN on additive residuals), mf (biased MF, fold-in), mf_refit (biased MF by ridge ALS, refit per test row), random, emb_cos / rep_dot (cosine / dot product of base-model mean hidden states), grad_sim (cosine of projected LM-head gradients, OUT/features.npz); similarity methods without their inputs are skipped."""
     rank: int = 5
     """Biased MF: rank of u_i . v_j."""
     reg: float = 1.0
@@ -172,14 +173,14 @@ class PredictConfig:
     """Task-kNN: neighbours (most similar training tasks by residual cosine on the revealed entries)."""
     top_fraction: float = 0.1
     """Top-k metrics: k = top_fraction x hidden entries (at least 1)."""
-    reveal: Literal["shared", "per_task"] = "shared"
-    """Revealed columns: `shared` (published): the same k columns for every test task within a seed; `per_task`: drawn per (seed, task)."""
+    reveal: Literal["shared", "reference", "per_task"] = "shared"
+    """Revealed columns: `shared`: k distinct columns, the same for every test task within a seed; `reference`: the paper's draw, default_rng(seed).choice(N, k) with replacement (so <= k distinct), the same for every test task; `per_task`: drawn per (seed, task)."""
     splits: dict[str, list[str]] = field(default_factory=dict)
     """Named test splits {name: [task names or patterns such as dolly_*]}; training tasks = those no split names. Empty: predict.folds."""
     binary_eval_dir: str = ""
     """Binary matrix (1 - EM after on base-correct examples): a folder of per-example eval files base.jsonl and TASK.jsonl (id, correct); empty: the EM rows the study stored, if any."""
     binary_methods: list[BinaryMethod] = field(default_factory=lambda: list(BINARY_METHODS))
-    """Predictors of the binary matrix: random, col_mean, additive, mf, lmf (logistic MF), lmf_additive (logistic additive)."""
+    """Predictors of the binary matrix. Published (refit per test row, logits): lgmf (logistic W.H, no biases, gradient ascent), lgmf_additive (logistic a_i + b_j). additive (as above). Ours: random, col_mean, mf, lmf (logistic MF with biases, L-BFGS, fold-in), lmf_additive (logistic additive)."""
     binary_rank: int = 5
     """Logistic MF: rank."""
     binary_reg: float = 1.0
