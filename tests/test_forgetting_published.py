@@ -133,3 +133,46 @@ def test_svd_matches_reference_statistically():
         assert np.corrcoef(p[keep], ref[r][keep])[0, 1] >= 0.99
         truth = Z[IN_DOMAIN[r], keep]
         assert abs(np.sqrt(np.mean((p[keep] - truth) ** 2)) - np.sqrt(np.mean((ref[r][keep] - truth) ** 2))) < 0.01
+
+
+def test_replay_predicted_arm_uses_published_svd_seed0_for_every_run():
+    from types import SimpleNamespace
+
+    from remix_ds.forgetting.config import load_forgetting_config
+    from remix_ds.forgetting.replay import fit_replay_predictor, predicted_pool_scores
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(6, 1)) * rng.normal(size=(1, 40)) + 0.1 * rng.normal(size=(6, 40))
+    mat = SimpleNamespace(z=z)
+    pool = np.arange(0, 40, 2)
+    cfg = load_forgetting_config(None, ["replay.method=svd", "replay.prediction_seed=0", "predict.revealed=5"])
+    pred = fit_replay_predictor(cfg, mat, [0, 1, 2, 3, 4])
+    a, cols_a = predicted_pool_scores(cfg, mat, 5, pool, 0, pred)
+    b, cols_b = predicted_pool_scores(cfg, mat, 5, pool, 1, pred)
+    cols = published.reference_columns(40, 5, 0)
+    want = published.complete("svd", z[:5], z[[5]], cols, seed=0)[0][pool]
+    assert np.array_equal(cols_a, cols) and np.array_equal(cols_b, cols)
+    np.testing.assert_allclose(a, want, atol=1e-12)
+    np.testing.assert_allclose(b, want, atol=1e-12)
+    # Ours stays selectable, and reveals per run seed when prediction_seed = -1.
+    cfg = load_forgetting_config(None, ["replay.method=mf", "predict.revealed=5"])
+    pred = fit_replay_predictor(cfg, mat, [0, 1, 2, 3, 4])
+    a, cols_a = predicted_pool_scores(cfg, mat, 5, pool, 0, pred)
+    b, cols_b = predicted_pool_scores(cfg, mat, 5, pool, 1, pred)
+    assert set(cols_a) <= set(pool) and not np.array_equal(cols_a, cols_b) and not np.allclose(a, b)
+
+
+def test_online_phase_b_masks_phase_a_draw():
+    from remix_ds.data.mixing import softmax
+    from remix_ds.forgetting.online import phase_b_probs
+    from remix_ds.forgetting.replay_stream import draw_without_replacement
+
+    z = np.linspace(1.0, 0.0, 12)  # the highest predictions are the first rows
+    phase_a = np.array([0, 1, 5])
+    probs = phase_b_probs(z, 0.1, phase_a)
+    assert probs[phase_a].tolist() == [0.0, 0.0, 0.0]
+    keep = np.setdiff1d(np.arange(12), phase_a)
+    np.testing.assert_allclose(probs[keep], softmax(z[keep], 0.1))
+    draw = draw_without_replacement(12, 6, probs, np.random.default_rng(0))
+    assert not set(draw.tolist()) & set(phase_a.tolist())
+    np.testing.assert_allclose(phase_b_probs(z, 0.1, None), softmax(z, 0.1))  # replay.online_mask=false

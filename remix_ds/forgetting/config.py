@@ -235,8 +235,10 @@ class ReplayExperimentConfig:
     """Fraction of the N upstream examples that form the replay pool; the rest are the evaluation set, never replayed."""
     split_seed: int = 0
     """Seed of the pool / evaluation split."""
-    method: Literal["additive", "knn", "mf"] = "mf"
-    """Predictor of the `predicted` arm."""
+    method: Literal["svd", "additive", "knn", "mf"] = "mf"
+    """Predictor of the `predicted` and `online` arms: `svd` (published: surprise's biased SVD refit on the training rows + the revealed row, forgetting/published.py; the paper config) or ours, fitted once and folding the row in: additive (least squares), knn, mf."""
+    prediction_seed: int = -1
+    """>= 0: every run seed uses this seed's predicted row (its revealed columns and, for svd, its init; the reference uses seed 0's predictions for every run); -1: each run seed reveals its own columns."""
     variant: Literal["offline", "online"] = "offline"
     """Revealed entries of the held-out task from the completed run or from the online_fraction measurement (predict.online_fraction)."""
     pool: Literal["heldout", "fraction"] = "heldout"
@@ -251,6 +253,8 @@ class ReplayExperimentConfig:
     """Replay arms train floor(measure.steps x (1 + ratio)) steps (published: replayed rows add steps); false: measure.steps."""
     save_every: int = 0
     """Checkpoint replay runs every this many steps and resume a killed one from its run folder (the online arm's switch state is kept beside); 0: no checkpoints, a killed run starts over."""
+    online_mask: bool = True
+    """`online` arm: phase B's prediction-weighted draw excludes the examples of phase A's draw (the paper config's enable_mask); false: no mask (what the reference's code does in a one-task run, where its record of replayed examples is still empty)."""
     switch_fraction: float = 0.1
     """`online` arm: train this fraction of the arm's steps with uniform replay, then probe predict.revealed pool examples (current vs initial weights), complete the row and replay by prediction for the rest."""
 

@@ -246,6 +246,26 @@ def _partial(train: np.ndarray, revealed: np.ndarray, cols: np.ndarray):
     return np.vstack([train, row]), np.vstack([np.ones_like(train), mask])
 
 
+class Refit:
+    """A published method behind the fold-in interface (``fit(Z)``, ``fold_in(cols, values)``):
+    each ``fold_in`` refits on the training rows plus the revealed row; ``cache`` is for callers
+    that reuse a row's prediction (the replay experiment's seed-0 predictions)."""
+
+    def __init__(self, method: str, seed: int = 0):
+        if method not in METHODS:
+            raise ValueError(f"unknown published method {method!r}; one of {', '.join(METHODS)}")
+        self.name, self.seed, self.cache = method, seed, {}
+
+    def fit(self, Z: np.ndarray) -> "Refit":
+        self.Z = np.asarray(Z, dtype=np.float64)
+        return self
+
+    def fold_in(self, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
+        row = np.zeros((1, self.Z.shape[1]))
+        row[0, np.asarray(cols)] = values
+        return complete(self.name, self.Z, row, cols, seed=self.seed)[0]
+
+
 METHODS = {"additive": additive, "knn_baseline": knn_baseline, "svd": svd, "lgmf": lgmf, "lgmf_additive": lgmf_additive}
 STOCHASTIC = ("svd",)
 
