@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from remix_ds.configtools import ConfigError
 from remix_ds.forgetting import published
 from remix_ds.forgetting.metrics import pooled_metrics, row_metrics
 
@@ -176,3 +177,35 @@ def test_online_phase_b_masks_phase_a_draw():
     draw = draw_without_replacement(12, 6, probs, np.random.default_rng(0))
     assert not set(draw.tolist()) & set(phase_a.tolist())
     np.testing.assert_allclose(phase_b_probs(z, 0.1, None), softmax(z, 0.1))  # replay.online_mask=false
+
+
+def test_instruction_token_spans_reference_and_ours(tmp_path, tiny_tokenizer):
+    """A 1-turn and a 2-turn chat: ours counts the final reply + EOS of both; the reference's rule
+    counts the reply without EOS and leaves the 2-turn chat out."""
+    from remix_ds.forgetting.config import load_forgetting_config
+    from remix_ds.forgetting.upstream import load_upstream
+
+    def chat(*turns):
+        return [{"role": r, "content": c} for r, c in zip(["user", "assistant"] * 2, turns)]
+
+    rows = [{"id": "two", "messages": chat("Hi", "Hello!", "And?", "Bye now")},
+            {"id": "one", "messages": chat("Hi", "Hello!")}, {"id": "one_b", "messages": chat("Q", "Fine")}]
+    path = tmp_path / "up.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = ["upstream.kind=examples", f"upstream.source.dataset={path}"]
+    eos = tiny_tokenizer.eos_token_id
+    cfg = load_forgetting_config(None, base + ["upstream.num_examples=3"])
+    up = load_upstream(cfg.upstream, tiny_tokenizer, cfg.finetune.data)
+    ours = dict(zip(up.ids, up.items))
+    assert tiny_tokenizer.decode(ours["two"].answer_ids[:-1]).strip() == "Bye now"
+    assert [int(it.answer_ids[-1]) for it in up.items] == [eos] * 3
+    cfg = load_forgetting_config(None, base + ["upstream.num_examples=2", "upstream.answer_tokens=reference"])
+    up = load_upstream(cfg.upstream, tiny_tokenizer, cfg.finetune.data)
+    ref = dict(zip(up.ids, up.items))
+    assert set(ref) == {"one", "one_b"}  # the 2-turn chat is left out
+    assert tiny_tokenizer.decode(ref["one"].answer_ids).strip() == "Hello!"
+    assert all(eos not in it.answer_ids.tolist() for it in up.items)
+    np.testing.assert_array_equal(ref["one"].answer_ids, ours["one"].answer_ids[:-1])
+    cfg = load_forgetting_config(None, base + ["upstream.num_examples=3", "upstream.answer_tokens=reference"])
+    with pytest.raises(ConfigError, match="at most one assistant turn"):
+        load_upstream(cfg.upstream, tiny_tokenizer, cfg.finetune.data)

@@ -55,6 +55,8 @@ class UpstreamConfig:
     """examples: take the upstream set from a task family's source (forgetting/tasks.py; the published Tulu held-out sample: tulu) instead of `source`; source.data_files: its local copy."""
     per_subset: int = 1000
     """family: at most this many rows per subset (published: <= 1000 per Tulu subset), after skip_per_subset; subsets are interleaved round-robin."""
+    answer_tokens: Literal["final_turn_eos", "reference"] = "final_turn_eos"
+    """examples: the tokens whose mean NLL is an example's score. `final_turn_eos` (ours): the final assistant turn + EOS (the evaluator's answer_nll); `reference` (the paper's get_ppl_arr): the tokens after the last assistant marker up to, not including, EOS, and chats with more than one assistant turn are left out (its legacy EOS finder makes them NaN, then drops the column)."""
     skip_per_subset: int = 0
     """family: rows of each subset skipped first; >= the same family's tasks' num_examples + heldout_size keeps the two disjoint."""
 
