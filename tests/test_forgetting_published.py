@@ -209,3 +209,30 @@ def test_instruction_token_spans_reference_and_ours(tmp_path, tiny_tokenizer):
     cfg = load_forgetting_config(None, base + ["upstream.num_examples=3", "upstream.answer_tokens=reference"])
     with pytest.raises(ConfigError, match="at most one assistant turn"):
         load_upstream(cfg.upstream, tiny_tokenizer, cfg.finetune.data)
+
+
+def test_additive_r2_is_the_papers_als_with_least_squares_beside():
+    """baseline_als equals surprise's loop (items, then users, per epoch) on a matrix with a
+    missing entry; its R^2 is below the exact least-squares one (regularized)."""
+    from remix_ds.forgetting.complete import fit_additive, r2
+
+    rng = np.random.default_rng(3)
+    Z = rng.normal(size=(5, 8)) + rng.normal(size=(5, 1)) + rng.normal(size=(1, 8))
+    Z[2, 3] = np.nan
+    obs = [(u, i) for u in range(5) for i in range(8) if not np.isnan(Z[u, i])]
+    mu = np.mean([Z[u, i] for u, i in obs])
+    bu, bi = np.zeros(5), np.zeros(8)
+    for _ in range(100):
+        for i in range(8):
+            us = [u for u, j in obs if j == i]
+            bi[i] = sum(Z[u, i] - mu - bu[u] for u in us) / (10 + len(us))
+        for u in range(5):
+            its = [j for v, j in obs if v == u]
+            bu[u] = sum(Z[u, j] - mu - bi[j] for j in its) / (15 + len(its))
+    got = published.baseline_als(Z)
+    assert got[0] == pytest.approx(mu)
+    np.testing.assert_allclose(got[1], bu, atol=1e-12)
+    np.testing.assert_allclose(got[2], bi, atol=1e-12)
+    full = np.nan_to_num(Z)
+    m, b, c = fit_additive(full)
+    assert r2(full, published.additive_als_fit(full)) < r2(full, m + b[:, None] + c[None, :]) - 0.01

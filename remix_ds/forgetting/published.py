@@ -92,6 +92,29 @@ def baseline_sgd(train: np.ndarray, revealed: np.ndarray, cols: np.ndarray, n_ep
     return mu, bu, bi
 
 
+def baseline_als(Z: np.ndarray, n_epochs: int = 100, reg_u: float = 15.0, reg_i: float = 10.0):
+    """Surprise's ``baseline_als`` on a matrix (NaN = missing): per epoch every column bias
+    b_i = sum_u (r - mu - b_u) / (reg_i + |U_i|), then every row bias b_u = sum_i (r - mu - b_i) /
+    (reg_u + |I_u|); the paper's additive goodness of fit (``fit_utils.examine_all_fit``: 100
+    epochs, surprise's default reg_u 15, reg_i 10). Returns (mu, b_u, b_i)."""
+    Z = np.asarray(Z, dtype=np.float64)
+    mask = ~np.isnan(Z)
+    R = np.where(mask, Z, 0.0)
+    mu = R.sum() / mask.sum()
+    bu, bi = np.zeros(Z.shape[0]), np.zeros(Z.shape[1])
+    n_i, n_u = mask.sum(0), mask.sum(1)
+    for _ in range(n_epochs):
+        bi = (R - mask * (mu + bu[:, None])).sum(0) / (reg_i + n_i)
+        bu = (R - mask * (mu + bi[None, :])).sum(1) / (reg_u + n_u)
+    return float(mu), bu, bi
+
+
+def additive_als_fit(Z: np.ndarray, **options) -> np.ndarray:
+    """The fitted matrix of ``baseline_als`` (clipped to the rating scale, as surprise predicts)."""
+    mu, bu, bi = baseline_als(Z, **options)
+    return _clip(mu + bu[:, None] + bi[None, :])
+
+
 def _clip(x: np.ndarray) -> np.ndarray:
     return np.clip(x, *RATING_SCALE)
 
