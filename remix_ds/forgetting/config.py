@@ -27,8 +27,9 @@ from remix_ds.data.config import LOCAL_SUFFIXES
 
 Method = Literal["row_mean", "col_mean", "additive", "knn_baseline", "svd", "knn", "mf", "mf_refit", "random",
                  "emb_cos", "rep_dot", "grad_sim"]
-METHODS: tuple[str, ...] = ("row_mean", "col_mean", "additive", "knn_baseline", "svd", "knn", "mf", "mf_refit",
-                            "random", "emb_cos", "rep_dot", "grad_sim")
+# svd is not a default: its 1000 SGD epochs cost N x 1000 numpy steps per split and seed (paper.yaml lists it).
+METHODS: tuple[str, ...] = ("row_mean", "col_mean", "additive", "knn_baseline", "knn", "mf", "mf_refit", "random",
+                            "emb_cos", "rep_dot", "grad_sim")
 BinaryMethod = Literal["random", "col_mean", "additive", "mf", "lmf", "lmf_additive", "lgmf", "lgmf_additive"]
 BINARY_METHODS: tuple[str, ...] = ("random", "col_mean", "additive", "mf", "lmf", "lmf_additive", "lgmf",
                                    "lgmf_additive")
@@ -164,7 +165,7 @@ class PredictConfig:
     online_fraction: float = 0.1
     """Which intermediate measurement the online variant reveals (one of measure.at_fractions)."""
     methods: list[Method] = field(default_factory=lambda: list(METHODS))
-    """Predictors. Published (forgetting/published.py, refit per test row as the paper): additive (surprise BaselineOnly, SGD), knn_baseline (KNNBaseline, MSD, k 40), svd (biased SVD, 5 factors, 1000 SGD epochs). Ours: row_mean, col_mean, knn (task-kNN on additive residuals), mf (biased MF, fold-in), mf_refit (biased MF by ridge ALS, refit per test row), random, emb_cos / rep_dot (cosine / dot product of base-model mean hidden states), grad_sim (cosine of projected LM-head gradients, OUT/features.npz); similarity methods without their inputs are skipped."""
+    """Predictors. Published (forgetting/published.py, refit per test row as the paper): additive (surprise BaselineOnly, SGD), knn_baseline (KNNBaseline, MSD, k 40), svd (biased SVD, 5 factors, 1000 SGD epochs; not a default: N x 1000 numpy steps per split and seed). Ours: row_mean, col_mean, knn (task-kNN on additive residuals), mf (biased MF, fold-in), mf_refit (biased MF by ridge ALS, refit per test row), random, emb_cos / rep_dot (cosine / dot product of base-model mean hidden states), grad_sim (cosine of projected LM-head gradients, OUT/features.npz); similarity methods without their inputs are skipped."""
     rank: int = 5
     """Biased MF: rank of u_i . v_j."""
     reg: float = 1.0
