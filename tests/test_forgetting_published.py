@@ -143,14 +143,14 @@ def test_replay_predicted_arm_uses_published_svd_seed0_for_every_run():
     from remix_ds.forgetting.replay import fit_replay_predictor, predicted_pool_scores
 
     rng = np.random.default_rng(0)
-    z = rng.normal(size=(6, 1)) * rng.normal(size=(1, 40)) + 0.1 * rng.normal(size=(6, 40))
+    z = rng.normal(size=(6, 1)) * rng.normal(size=(1, 16)) + 0.1 * rng.normal(size=(6, 16))
     mat = SimpleNamespace(z=z)
-    pool = np.arange(0, 40, 2)
+    pool = np.arange(0, 16, 2)
     cfg = load_forgetting_config(None, ["replay.method=svd", "replay.prediction_seed=0", "predict.revealed=5"])
     pred = fit_replay_predictor(cfg, mat, [0, 1, 2, 3, 4])
     a, cols_a = predicted_pool_scores(cfg, mat, 5, pool, 0, pred)
     b, cols_b = predicted_pool_scores(cfg, mat, 5, pool, 1, pred)
-    cols = published.reference_columns(40, 5, 0)
+    cols = published.reference_columns(16, 5, 0)
     want = published.complete("svd", z[:5], z[[5]], cols, seed=0)[0][pool]
     assert np.array_equal(cols_a, cols) and np.array_equal(cols_b, cols)
     np.testing.assert_allclose(a, want, atol=1e-12)
