@@ -192,10 +192,12 @@ def test_predict_writes_reports_and_skips_online_without_intermediate(tmp_path):
     _, Z = multiplicative_matrix(m=12, n=300, seed=2)
     mat = Matrix(z=Z, task_names=[f"t{i}" for i in range(12)], example_ids=[f"e{j}" for j in range(300)],
                  done=np.ones(12, dtype=bool), steps=100)
-    res = predict(mat, PredictConfig(seeds=[0, 1]), tmp_path, log=lambda *a: None)
+    cfg = PredictConfig(seeds=[0, 1], methods=["row_mean", "col_mean", "additive", "knn", "mf", "random"])
+    res = predict(mat, cfg, tmp_path, log=lambda *a: None)
     assert res["variants"]["online"]["methods"] == {}
     off = res["variants"]["offline"]["methods"]
     assert off["mf"]["mean"]["rmse"] < off["row_mean"]["mean"]["rmse"]
     text = (tmp_path / "predict.md").read_text()
     assert "| mf |" in text and "skipped" in text
+    assert "| published | additive |" in text and "| ours | mf |" in text and "Per-row averages" in text
     assert json.loads((tmp_path / "predict.json").read_text())["folds"] == 12

@@ -86,9 +86,9 @@ def test_shared_revealed_columns_across_test_rows(monkeypatch):
 
     monkeypatch.setattr(predict_mod, "make_predictor", lambda *a, **k: Recorder())
     Z = np.random.default_rng(0).normal(size=(8, 100))
-    cfg = PredictConfig(revealed=10, seeds=[0, 1, 2], methods=["additive"], compare_to="additive",
+    cfg = PredictConfig(revealed=10, seeds=[0, 1, 2], methods=["mf"], compare_to="mf",
                         splits={"id": ["flan_a", "flan_b"], "ood": ["dolly_*", "tulu_z"]})
-    predict_mod.evaluate_splits(Z, None, cfg, named_splits(NAMES, cfg.splits), ["additive"])
+    predict_mod.evaluate_splits(Z, None, cfg, named_splits(NAMES, cfg.splits), ["mf"])
     assert len(seen) == 5 * 3  # 5 test tasks x 3 seeds
     for seed in range(3):  # test rows are visited task by task, seeds inner
         assert len({seen[t * 3 + seed] for t in range(5)}) == 1

@@ -137,7 +137,8 @@ def test_analyze_and_predict_on_measured_matrix(study):
     for variant in ("offline", "online"):
         methods = pred["variants"][variant]["methods"]
         # grad_sim needs OUT/features.npz (`forgetting features`); the embedding baselines use the stored embeddings
-        assert set(methods) == {"row_mean", "col_mean", "additive", "knn", "mf", "mf_refit", "random", "emb_cos", "rep_dot"}
+        assert set(methods) == {"row_mean", "col_mean", "additive", "knn_baseline", "knn", "mf", "mf_refit", "random",
+                                "emb_cos", "rep_dot"}
         assert all(np.isfinite(m["mean"]["rmse"]) and m["mean"]["rmse"] > 0 for m in methods.values())
         assert pred["variants"][variant]["skipped_methods"] == ["grad_sim"]
     assert "online" in (out / "predict.md").read_text()

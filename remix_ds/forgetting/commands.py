@@ -5,6 +5,7 @@
     remix-ds forgetting predict CONFIG|OUT_DIR [key=value ...]     matrix completion for held-out tasks
     remix-ds forgetting features CONFIG|OUT_DIR [key=value ...]    projected LM-head gradients (grad_sim predictor)
     remix-ds forgetting replay-experiment CONFIG [key=value ...]   none / uniform / predicted / oracle replay
+    remix-ds forgetting parity PACK [--out DIR] [--seed S]         published methods vs the reference's outputs
 
 CONFIG is a ForgettingConfig YAML/JSON (remix_ds/forgetting/config.py); OUT_DIR is a study folder
 (its saved config.json is used). Overrides are dotted keys, e.g. ``measure.steps=200``,
@@ -70,6 +71,14 @@ def run_replay(args) -> int:
     return 0
 
 
+def run_parity(args) -> int:
+    from remix_ds.forgetting.parity import main
+
+    main(args.pack, args.out, args.seed)
+    print(f"[forgetting] written: {args.out}/parity.md, parity.json")
+    return 0
+
+
 def add_forgetting_command(subparsers) -> None:
     """Register ``remix-ds forgetting ...`` (each subcommand sets ``func=``)."""
     p = subparsers.add_parser("forgetting", help="forgetting matrices: measure, analyze, predict, replay experiment",
@@ -86,3 +95,8 @@ def add_forgetting_command(subparsers) -> None:
         q.add_argument("config", metavar=target, help="forgetting config (YAML/JSON) or study folder")
         q.add_argument("overrides", nargs="*", help="dotted overrides, e.g. measure.steps=200")
         q.set_defaults(func=func)
+    q = sub.add_parser("parity", help="the published methods and ours on the parity pack, against the reference's outputs")
+    q.add_argument("pack", metavar="PACK", help="folder with synth_N1000.npz and the reference's ref_* outputs")
+    q.add_argument("--out", default="runs/forgetting/parity", help="output folder (parity.json, parity.md)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the revealed columns and of svd / lgmf init")
+    q.set_defaults(func=run_parity)

@@ -25,12 +25,14 @@ from remix_ds.configtools import ConfigError
 from remix_ds.data.config import SourceConfig
 from remix_ds.data.config import LOCAL_SUFFIXES
 
-Method = Literal["row_mean", "col_mean", "additive", "knn", "mf", "mf_refit", "random", "emb_cos", "rep_dot",
-                 "grad_sim"]
-METHODS: tuple[str, ...] = ("row_mean", "col_mean", "additive", "knn", "mf", "mf_refit", "random", "emb_cos",
-                            "rep_dot", "grad_sim")
-BinaryMethod = Literal["random", "col_mean", "additive", "mf", "lmf", "lmf_additive"]
-BINARY_METHODS: tuple[str, ...] = ("random", "col_mean", "additive", "mf", "lmf", "lmf_additive")
+Method = Literal["row_mean", "col_mean", "additive", "knn_baseline", "svd", "knn", "mf", "mf_refit", "random",
+                 "emb_cos", "rep_dot", "grad_sim"]
+# svd is not a default: its 1000 SGD epochs cost N x 1000 numpy steps per split and seed (paper.yaml lists it).
+METHODS: tuple[str, ...] = ("row_mean", "col_mean", "additive", "knn_baseline", "knn", "mf", "mf_refit", "random",
+                            "emb_cos", "rep_dot", "grad_sim")
+BinaryMethod = Literal["random", "col_mean", "additive", "mf", "lmf", "lmf_additive", "lgmf", "lgmf_additive"]
+BINARY_METHODS: tuple[str, ...] = ("random", "col_mean", "additive", "mf", "lmf", "lmf_additive", "lgmf",
+                                   "lgmf_additive")
 Arm = Literal["none", "uniform", "predicted", "oracle", "online"]
 
 
@@ -54,6 +56,8 @@ class UpstreamConfig:
     """examples: take the upstream set from a task family's source (forgetting/tasks.py; the published Tulu held-out sample: tulu) instead of `source`; source.data_files: its local copy."""
     per_subset: int = 1000
     """family: at most this many rows per subset (published: <= 1000 per Tulu subset), after skip_per_subset; subsets are interleaved round-robin."""
+    answer_tokens: Literal["final_turn_eos", "reference"] = "final_turn_eos"
+    """examples: the tokens whose mean NLL is an example's score. `final_turn_eos` (ours): the final assistant turn + EOS (the evaluator's answer_nll); `reference` (the paper's get_ppl_arr): the tokens after the last assistant marker up to, not including, EOS, and chats with more than one assistant turn are left out (its legacy EOS finder makes them NaN, then drops the column)."""
     skip_per_subset: int = 0
     """family: rows of each subset skipped first; >= the same family's tasks' num_examples + heldout_size keeps the two disjoint."""
 
@@ -161,7 +165,7 @@ class PredictConfig:
     online_fraction: float = 0.1
     """Which intermediate measurement the online variant reveals (one of measure.at_fractions)."""
     methods: list[Method] = field(default_factory=lambda: list(METHODS))
-    """Predictors: row_mean, col_mean, additive (mu + b_i + b_j), knn (task-kNN on additive residuals), mf (biased MF, fold-in), mf_refit (biased MF refit per test row, published), random, emb_cos / rep_dot (cosine / dot product of base-model mean hidden states), grad_sim (cosine of projected LM-head gradients, OUT/features.npz); similarity methods without their inputs are skipped."""
+    """Predictors. Published (forgetting/published.py, refit per test row as the paper): additive (surprise BaselineOnly, SGD), knn_baseline (KNNBaseline, MSD, k 40), svd (biased SVD, 5 factors, 1000 SGD epochs; not a default: N x 1000 numpy steps per split and seed). Ours: row_mean, col_mean, knn (task-kNN on additive residuals), mf (biased MF, fold-in), mf_refit (biased MF by ridge ALS, refit per test row), random, emb_cos / rep_dot (cosine / dot product of base-model mean hidden states), grad_sim (cosine of projected LM-head gradients, OUT/features.npz); similarity methods without their inputs are skipped."""
     rank: int = 5
     """Biased MF: rank of u_i . v_j."""
     reg: float = 1.0
@@ -172,14 +176,14 @@ class PredictConfig:
     """Task-kNN: neighbours (most similar training tasks by residual cosine on the revealed entries)."""
     top_fraction: float = 0.1
     """Top-k metrics: k = top_fraction x hidden entries (at least 1)."""
-    reveal: Literal["shared", "per_task"] = "shared"
-    """Revealed columns: `shared` (published): the same k columns for every test task within a seed; `per_task`: drawn per (seed, task)."""
+    reveal: Literal["shared", "reference", "per_task"] = "shared"
+    """Revealed columns: `shared`: k distinct columns, the same for every test task within a seed; `reference`: the paper's draw, default_rng(seed).choice(N, k) with replacement (so <= k distinct), the same for every test task; `per_task`: drawn per (seed, task)."""
     splits: dict[str, list[str]] = field(default_factory=dict)
     """Named test splits {name: [task names or patterns such as dolly_*]}; training tasks = those no split names. Empty: predict.folds."""
     binary_eval_dir: str = ""
     """Binary matrix (1 - EM after on base-correct examples): a folder of per-example eval files base.jsonl and TASK.jsonl (id, correct); empty: the EM rows the study stored, if any."""
     binary_methods: list[BinaryMethod] = field(default_factory=lambda: list(BINARY_METHODS))
-    """Predictors of the binary matrix: random, col_mean, additive, mf, lmf (logistic MF), lmf_additive (logistic additive)."""
+    """Predictors of the binary matrix. Published (refit per test row, logits): lgmf (logistic W.H, no biases, gradient ascent), lgmf_additive (logistic a_i + b_j). additive (as above). Ours: random, col_mean, mf, lmf (logistic MF with biases, L-BFGS, fold-in), lmf_additive (logistic additive)."""
     binary_rank: int = 5
     """Logistic MF: rank."""
     binary_reg: float = 1.0
@@ -234,8 +238,10 @@ class ReplayExperimentConfig:
     """Fraction of the N upstream examples that form the replay pool; the rest are the evaluation set, never replayed."""
     split_seed: int = 0
     """Seed of the pool / evaluation split."""
-    method: Literal["additive", "knn", "mf"] = "mf"
-    """Predictor of the `predicted` arm."""
+    method: Literal["svd", "additive", "knn", "mf"] = "mf"
+    """Predictor of the `predicted` and `online` arms: `svd` (published: surprise's biased SVD refit on the training rows + the revealed row, forgetting/published.py; the paper config) or ours, fitted once and folding the row in: additive (least squares), knn, mf."""
+    prediction_seed: int = -1
+    """>= 0: every run seed uses this seed's predicted row (its revealed columns and, for svd, its init; the reference uses seed 0's predictions for every run); -1: each run seed reveals its own columns."""
     variant: Literal["offline", "online"] = "offline"
     """Revealed entries of the held-out task from the completed run or from the online_fraction measurement (predict.online_fraction)."""
     pool: Literal["heldout", "fraction"] = "heldout"
@@ -250,6 +256,8 @@ class ReplayExperimentConfig:
     """Replay arms train floor(measure.steps x (1 + ratio)) steps (published: replayed rows add steps); false: measure.steps."""
     save_every: int = 0
     """Checkpoint replay runs every this many steps and resume a killed one from its run folder (the online arm's switch state is kept beside); 0: no checkpoints, a killed run starts over."""
+    online_mask: bool = True
+    """`online` arm: phase B's prediction-weighted draw excludes the examples of phase A's draw (the paper config's enable_mask); false: no mask (what the reference's code does in a one-task run, where its record of replayed examples is still empty)."""
     switch_fraction: float = 0.1
     """`online` arm: train this fraction of the arm's steps with uniform replay, then probe predict.revealed pool examples (current vs initial weights), complete the row and replay by prediction for the rest."""
 

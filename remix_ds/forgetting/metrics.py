@@ -11,6 +11,11 @@
 
 ``threshold`` is 0 for NLL-change matrices (z > 0 is forgotten) and 0.5 for binary ones (the
 predictors return probabilities of "forgotten").
+
+``pooled_metrics``: the paper's (``run_matrix_completion.py`` ``compute_rmse`` /
+``compute_bin_metrics``): one RMSE, F1 / precision / recall of "forgotten" and AUROC over the
+hidden entries of every test row of a seed together, not averaged per row (AUROC and F1 move by
+up to 0.1 between the two on the same predictions).
 """
 
 from __future__ import annotations
@@ -40,6 +45,23 @@ def prf(pred: np.ndarray, true: np.ndarray) -> tuple[float, float, float]:
     r = tp / true.sum() if true.sum() else 0.0
     f = 2 * p * r / (p + r) if p + r else 0.0
     return p, r, f
+
+
+POOLED = ("rmse", "f1", "precision", "recall", "auroc")
+
+
+def pooled_metrics(pred: np.ndarray, true: np.ndarray, threshold: float = 0.0,
+                   pred_threshold: float | None = None) -> dict[str, float]:
+    """The paper's metrics over all entries of ``pred`` / ``true`` (any shapes, e.g. (test rows,
+    hidden entries) or a list of rows): forgotten = true > threshold, predicted forgotten = pred >
+    pred_threshold (default: threshold)."""
+    pred = np.concatenate([np.ravel(np.asarray(p, dtype=np.float64)) for p in pred])
+    true = np.concatenate([np.ravel(np.asarray(t, dtype=np.float64)) for t in true])
+    pt = threshold if pred_threshold is None else pred_threshold
+    positive = true > threshold
+    p, r, f = prf(pred > pt, positive)
+    return {"rmse": float(np.sqrt(np.mean((pred - true) ** 2))), "f1": float(f), "precision": float(p), "recall": float(r),
+            "auroc": auroc(pred, positive)}
 
 
 def row_metrics(pred: np.ndarray, true: np.ndarray, top_fraction: float = 0.1, threshold: float = 0.0) -> dict[str, float]:

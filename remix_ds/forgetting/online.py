@@ -8,6 +8,10 @@
    existing completion API: `replay.fit_replay_predictor` + the predictor's ``fold_in``),
 3. draws the prediction-weighted replay (softmax(z_hat / T), without replacement) and switches
    the stage stream's replay slots to it from the current loader position on (`StageStream.set_switch`).
+   With ``mask_replayed`` (``replay.online_mask``, the paper config's ``enable_mask``) the examples of
+   phase A's replay draw get probability 0, so phase B replays other examples (`phase_b_probs`). The
+   reference's code records phase B's draw only after building it, so in its one-task runs the mask it
+   applies is empty; ``replay.online_mask=false`` is that behaviour.
 
 Resumable across the switch: the switch state (step, loader position, probed columns and their
 NLLs, the completed pool row, the weighted draw) is written atomically to
@@ -35,6 +39,21 @@ STATE_FILE = "online_switch.json"
 _ONLINE_TAG = 0x0711
 
 
+def phase_b_probs(z_rows: np.ndarray, temperature: float, replayed: np.ndarray | None = None) -> np.ndarray:
+    """Phase B's replay probabilities over the pool rows: softmax(z_hat / T), with the rows in
+    ``replayed`` (phase A's draw) masked out (probability 0; the rest renormalized)."""
+    z = np.asarray(z_rows, dtype=np.float64)
+    if replayed is None or len(replayed) == 0:
+        return softmax(z, temperature)
+    keep = np.ones(len(z), dtype=bool)
+    keep[np.asarray(replayed, dtype=np.int64)] = False
+    if not keep.any():
+        raise ValueError("online replay mask: phase A replayed every pool row; nothing left for phase B")
+    probs = np.zeros(len(z))
+    probs[keep] = softmax(z[keep], temperature)
+    return probs
+
+
 def switch_step(total_steps: int, fraction: float) -> int:
     """The optimizer step after which the switch happens (>= 1, < total_steps)."""
     return min(max(1, int(round(fraction * total_steps))), max(1, total_steps - 1))
@@ -48,8 +67,9 @@ class OnlineSwitch:
     """
 
     def __init__(self, *, step: int, items, cols: np.ndarray, pool_ids: list[str], complete, temperature: float,
-                 eval_cfg, pad_id: int, rank: int, world: int, log=print):
+                 eval_cfg, pad_id: int, rank: int, world: int, log=print, mask_replayed: bool = True):
         self.step, self.cols, self.complete, self.temperature = step, np.asarray(cols), complete, temperature
+        self.mask_replayed = mask_replayed
         self.pool_ids = list(pool_ids)
         self.items = [dataclasses.replace(it, index=i) for i, it in enumerate(items)]
         self.eval_cfg, self.pad_id, self.rank, self.world, self.log = eval_cfg, pad_id, rank, world, log
@@ -84,7 +104,8 @@ class OnlineSwitch:
         stream = self._stream()
         z_of = dict(zip(self.pool_ids, z_hat.tolist()))
         z_rows = np.array([z_of[ex.id] for ex in stream.replay_pools[0]])  # the stream's pool order (rows that fit)
-        probs = softmax(z_rows, self.temperature)
+        replayed = stream.replay_draw(0, 0) if self.mask_replayed else None  # phase A's draw (the run's fixed one)
+        probs = phase_b_probs(z_rows, self.temperature, replayed)
         rng = np.random.default_rng([stream.seed, _ONLINE_TAG])
         draw = draw_without_replacement(len(z_rows), stream.replay_counts[0], probs, rng)
         loader = self.trainer.loader

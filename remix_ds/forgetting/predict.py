@@ -16,10 +16,15 @@ Protocol (per variant, per split, per method):
   forgetting maps to final forgetting from the training tasks, and the prediction is read from
   the final half. ``binary``: the binary matrix (1 - EM after on base-correct examples;
   forgetting/binary.py) with ``predict.binary_methods``, revealed from itself.
+- Published methods (forgetting/published.py: additive, knn_baseline, svd; binary lgmf,
+  lgmf_additive) refit per test row as the paper; ours (mf, mf_refit, knn, lmf, ...) are reported
+  in a separate block of the same table.
 - Metrics on the hidden entries (the N - k columns not revealed), against the final matrix
-  (forgetting/metrics.py): RMSE, Pearson r, AUROC, precision / recall / F1 of "forgotten"
-  (z > 0; binary: probability > 0.5), top-k. Each metric is averaged over test tasks per seed; we
-  report mean and std over seeds.
+  (forgetting/metrics.py). Pooled (the paper's): RMSE, F1 / precision / recall of "forgotten"
+  (z > 0; binary: probability > 0.5, lgmf logits > 0) and AUROC over every test row's hidden
+  entries of a seed together. Per-row averages (labelled as such): RMSE, Pearson r, AUROC,
+  precision / recall / F1, top-k per row, averaged over test rows per seed. Both: mean and std
+  over seeds.
 - Paired tests (forgetting/stats.py): RMSE and AUROC of every method against ``predict.compare_to``
   (binary: ``lmf``) over the (task, seed) pairs, Wilcoxon signed-rank, Holm-corrected across methods.
 """
@@ -35,7 +40,8 @@ from remix_ds.configtools import ConfigError
 from remix_ds.forgetting import binary as binary_matrix
 from remix_ds.forgetting.complete import SimilarityPredictor, cosine_similarity, make_predictor
 from remix_ds.forgetting.config import PredictConfig
-from remix_ds.forgetting.metrics import METRICS, row_metrics
+from remix_ds.forgetting import published
+from remix_ds.forgetting.metrics import METRICS, POOLED, pooled_metrics, row_metrics
 from remix_ds.forgetting.splits import Split, fold_splits, folds_of, named_splits, reveal, revealed_columns
 from remix_ds.forgetting.stats import compare
 from remix_ds.cachedir import write_text_atomic
@@ -81,45 +87,92 @@ def _make(name: str, cfg: PredictConfig, similarities: dict, width: int, binary:
     return make_predictor(name, cfg.rank, cfg.reg, cfg.iters, cfg.knn)
 
 
+def _columns(n: int, cfg: PredictConfig, seed: int, task: int) -> np.ndarray:
+    if cfg.reveal == "reference":
+        return published.reference_columns(n, cfg.revealed, seed)
+    return revealed_columns(n, cfg.revealed, seed, task, cfg.reveal)
+
+
+def _summary(by_seed: dict[int, dict[str, float]], seeds: list[int], keys) -> dict:
+    per_seed = {k: [by_seed[s][k] for s in seeds] for k in keys}
+    return {"per_seed": per_seed, "mean": {k: _nanmean(v) for k, v in per_seed.items()},
+            "std": {k: _nanstd(v) for k, v in per_seed.items()}}
+
+
 def evaluate_splits(z_final: np.ndarray, z_reveal: np.ndarray | None, cfg: PredictConfig, splits: list[Split],
                     methods: list[str], similarities: dict[str, np.ndarray] | None = None,
-                    binary: bool = False) -> dict:
+                    binary: bool = False, log=None) -> dict:
     """Run the protocol on complete (M, N) matrices for each split (see the module docstring).
 
-    Returns {split: {method: {"per_seed": {metric: [per seed]}, "mean": {...}, "std": {...},
-    "pairs": [{"task": i, "seed": s, metric: value, ...}]}}}; splits sharing a name (folds) are pooled.
+    Returns {split: {method: {"family": "published" | "ours", "pooled": {"per_seed": {metric: [per
+    seed]}, "mean": {...}, "std": {...}} (the paper's metrics: every test row's hidden entries of a
+    seed together), "per_seed" / "mean" / "std" (per-row averages: each metric averaged over the test
+    rows of a seed), "pairs": [{"task": i, "seed": s, metric: value, ...}]}}}; splits sharing a name
+    (folds) are pooled.
     """
     m, n = z_final.shape
     online = z_reveal is not None
     similarities = similarities or {}
-    threshold = 0.5 if binary else 0.0
     train_full = np.hstack([z_reveal, z_final]) if online else z_final
+    source = z_reveal if online else z_final
+    pub = [x for x in methods if x in published.METHODS]
+    ours = [x for x in methods if x not in published.METHODS]
     per: dict[str, dict[str, list[dict]]] = {}
+    pooled: dict[str, dict[str, dict[int, list]]] = {}
+
+    def record(split_name, name, i, seed, pred, hidden):
+        thr = 0.0 if name in published.PUBLISHED_BINARY else (0.5 if binary else 0.0)
+        met = row_metrics(pred[hidden], z_final[i, hidden], cfg.top_fraction, thr)
+        per[split_name][name].append({"task": i, "seed": seed, **met})
+        acc = pooled[split_name][name].setdefault(seed, [[], [], thr])
+        acc[0].append(pred[hidden])
+        acc[1].append(z_final[i, hidden])
+
     for split in splits:
         train = train_full[split.train]
         fitted = {}
-        for name in methods:
+        for name in ours:
             p = _make(name, cfg, similarities, train.shape[1], binary)
             fitted[name] = p.fit(train, split.train) if getattr(p, "needs_task", False) else p.fit(train)
-        rows = per.setdefault(split.name, {name: [] for name in methods})
+        per.setdefault(split.name, {name: [] for name in methods})
+        pooled.setdefault(split.name, {name: {} for name in methods})
         for i in split.test.tolist():
             for seed in cfg.seeds:
-                cols = revealed_columns(n, cfg.revealed, seed, i, cfg.reveal)
-                values = (z_reveal if online else z_final)[i, cols]
+                cols = _columns(n, cfg, seed, i)
+                values = source[i, cols]
                 hidden = np.setdiff1d(np.arange(n), cols)
                 for name, p in fitted.items():
                     pred = p.fold_in(cols, values, task=i) if getattr(p, "needs_task", False) else p.fold_in(cols, values)
                     if online:
                         pred = pred[n:]
-                    met = row_metrics(pred[hidden], z_final[i, hidden], cfg.top_fraction, threshold)
-                    rows[name].append({"task": i, "seed": seed, **met})
+                    record(split.name, name, i, seed, pred, hidden)
+        if pub:
+            # Published methods: a fresh fit per test row; rows sharing the revealed columns run together.
+            test = split.test.tolist()
+            padded = np.hstack([source, np.zeros_like(z_final)]) if online else source
+            for seed in cfg.seeds:
+                groups: dict[tuple, list[int]] = {}
+                for i in test:
+                    groups.setdefault(tuple(_columns(n, cfg, seed, i).tolist()), []).append(i)
+                for key, rows in groups.items():
+                    cols = np.array(key, dtype=np.int64)
+                    if log:
+                        log(f"[forgetting] predict {split.name} seed {seed}: {', '.join(pub)} refit for {len(rows)} rows")
+                    preds = published.complete_all(pub, train, padded[rows], cols, seed=seed)
+                    hidden = np.setdiff1d(np.arange(n), cols)
+                    for name, P in preds.items():
+                        for i, pred in zip(rows, P):
+                            record(split.name, name, i, seed, pred[n:] if online else pred, hidden)
     out = {}
     for split_name, by_method in per.items():
         out[split_name] = {}
-        for name, pairs in by_method.items():
-            seed_means = {k: [_nanmean([r[k] for r in pairs if r["seed"] == s]) for s in cfg.seeds] for k in METRICS}
-            out[split_name][name] = {"per_seed": seed_means, "mean": {k: _nanmean(v) for k, v in seed_means.items()},
-                                     "std": {k: _nanstd(v) for k, v in seed_means.items()}, "pairs": pairs}
+        for name in methods:
+            pairs = sorted(by_method[name], key=lambda r: (r["task"], r["seed"]))
+            rows = {s: {k: _nanmean([r[k] for r in pairs if r["seed"] == s]) for k in METRICS} for s in cfg.seeds}
+            pool = {s: pooled_metrics(a[0], a[1], a[2]) for s, a in pooled[split_name][name].items()}
+            out[split_name][name] = {"family": "published" if name in published.METHODS else "ours",
+                                     "pooled": _summary(pool, cfg.seeds, POOLED), **_summary(rows, cfg.seeds, METRICS),
+                                     "pairs": pairs}
     return out
 
 
@@ -165,6 +218,21 @@ def _p(x: float) -> str:
     return "n/a" if not np.isfinite(x) else f"{x:.3g}"
 
 
+def pooled_table(methods: dict) -> str:
+    """The paper's table: pooled metrics x 100, mean ± std over seeds; the published methods
+    (forgetting/published.py) in one block, ours in another, on the same splits and seeds."""
+    lines = ["Pooled over the test rows' hidden entries (the paper's metrics), x 100, mean ± std over seeds:", "",
+             "| | method | " + " | ".join(POOLED) + " |", "|---|---|" + "---:|" * len(POOLED)]
+    for family in ("published", "ours"):
+        for name, r in methods.items():
+            if r.get("family", "ours") != family:
+                continue
+            cells = ["n/a" if np.isnan(r["pooled"]["mean"][k]) else
+                     f"{100 * r['pooled']['mean'][k]:.2f} ± {100 * r['pooled']['std'][k]:.2f}" for k in POOLED]
+            lines.append(f"| {family} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def markdown(results: dict, header: str) -> str:
     lines = [header, ""]
     for variant, res in results["variants"].items():
@@ -172,6 +240,8 @@ def markdown(results: dict, header: str) -> str:
         for split, methods in res.get("splits", {}).items():
             info = res["split_tasks"][split]
             lines += [f"#### split `{split}`: {len(info['test'])} test tasks, {len(info['train'])} training tasks", "",
+                      pooled_table(methods), "",
+                      "Per-row averages (ours: each metric averaged over the test rows of a seed; the paper pools):", "",
                       "| method | " + " | ".join(METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
             for name, r in methods.items():
                 lines.append(f"| {name} | " + " | ".join(_fmt(r["mean"][k], r["std"][k]) for k in METRICS) + " |")
@@ -192,9 +262,9 @@ def markdown(results: dict, header: str) -> str:
     return "\n".join(lines)
 
 
-def _run_variant(z_final, z_reveal, task_names, cfg, methods, sims, binary, reference) -> dict:
+def _run_variant(z_final, z_reveal, task_names, cfg, methods, sims, binary, reference, log=None) -> dict:
     splits = _splits(task_names, cfg)
-    res = evaluate_splits(z_final, z_reveal, cfg, splits, methods, sims, binary)
+    res = evaluate_splits(z_final, z_reveal, cfg, splits, methods, sims, binary, log=log)
     split_tasks = {}
     for s in splits:
         d = split_tasks.setdefault(s.name, {"test": [], "train": []})
@@ -244,7 +314,7 @@ def predict(matrix: Matrix, cfg: PredictConfig, out_dir: str | Path | None = Non
         else:
             step, z_reveal = mat.at_fraction(cfg.online_fraction)
             desc = f"revealed entries measured after step {step} of {mat.steps}"
-        res = _run_variant(mat.z, z_reveal, mat.task_names, cfg, methods, sims, False, cfg.compare_to)
+        res = _run_variant(mat.z, z_reveal, mat.task_names, cfg, methods, sims, False, cfg.compare_to, log)
         first = next(iter(res["splits"].values()))
         results["variants"][variant] = {"description": desc, "methods": first, "skipped_methods": skipped, **res}
         best = min(first, key=lambda k: first[k]["mean"]["rmse"])
@@ -255,7 +325,7 @@ def predict(matrix: Matrix, cfg: PredictConfig, out_dir: str | Path | None = Non
             log(f"[forgetting] predict binary: skipped ({len(bm.task_names)} tasks x {bm.z.shape[1]} base-correct examples)")
         else:
             ref = "lmf" if "lmf" in cfg.binary_methods else cfg.binary_methods[0]
-            res = _run_variant(bm.z, None, bm.task_names, cfg, list(cfg.binary_methods), {}, True, ref)
+            res = _run_variant(bm.z, None, bm.task_names, cfg, list(cfg.binary_methods), {}, True, ref, log)
             first = next(iter(res["splits"].values()))
             desc = (f"1 - EM after on the {bm.z.shape[1]} of {bm.n_examples} examples the base model answered "
                     f"correctly, {len(bm.task_names)} tasks, from {source}; forgotten = probability > 0.5")
@@ -271,6 +341,7 @@ def predict(matrix: Matrix, cfg: PredictConfig, out_dir: str | Path | None = Non
         header = (f"## Forgetting prediction: {m} tasks x {n} examples, k = {cfg.revealed} revealed entries "
                   f"({'the same columns for every test task of a seed' if cfg.reveal == 'shared' else 'drawn per task'}), "
                   f"{len(cfg.seeds)} seeds, {protocol}\n\n"
-                  "Mean ± std over seeds of the per-seed mean over test tasks; metrics on hidden entries.")
+                  "Metrics on hidden entries; mean ± std over seeds. Pooled: the paper's metrics over every test row "
+                  "of a seed at once; per-row averages: each row's metric, averaged over the rows of a seed.")
         write_text_atomic(out / "predict.md", markdown(results, header) + "\n")
     return results

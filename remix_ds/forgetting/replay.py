@@ -43,6 +43,7 @@ from remix_ds.configtools import ConfigError
 from remix_ds.data import tokenize
 from remix_ds.data.config import ReplayConfig
 from remix_ds.engine import dist
+from remix_ds.forgetting import published
 from remix_ds.forgetting.complete import make_predictor
 from remix_ds.forgetting.config import ForgettingConfig
 from remix_ds.forgetting.measure import RowProbe, quiet, run_with_probe, task_run_config, upstream_for
@@ -88,6 +89,8 @@ def fit_replay_predictor(fcfg: ForgettingConfig, mat, train_rows: list[int]):
     """The ``replay.method`` predictor fitted on the training tasks' rows (online: [Z_early | Z])."""
     early, p = _early(fcfg, mat), fcfg.predict
     train = mat.z[train_rows] if early is None else np.hstack([early[train_rows], mat.z[train_rows]])
+    if fcfg.replay.method in published.METHODS:
+        return published.Refit(fcfg.replay.method, seed=max(fcfg.replay.prediction_seed, 0)).fit(train)
     return make_predictor(fcfg.replay.method, p.rank, p.reg, p.iters, p.knn).fit(train)
 
 
@@ -100,6 +103,16 @@ def predicted_pool_scores(fcfg: ForgettingConfig, mat, task: int, pool: np.ndarr
         raise ConfigError(f"predict.revealed={k} must be smaller than the replay pool ({len(pool)} examples)")
     early = _early(fcfg, mat)
     n = mat.z.shape[1]
+    if fcfg.replay.prediction_seed >= 0:
+        seed = fcfg.replay.prediction_seed
+    if isinstance(predictor, published.Refit):
+        # As the reference: its completion's revealed columns (any of the N), then the row restricted to the pool.
+        cols = published.reference_columns(n, k, seed)
+        key = (task, seed, early is not None)
+        if key not in predictor.cache:
+            pred = predictor.fold_in(cols, (mat.z if early is None else early)[task, cols])
+            predictor.cache[key] = pred[n:] if early is not None else pred
+        return predictor.cache[key][pool], cols
     cols = pool[reveal(len(pool), k, seed, task)]
     pred = predictor.fold_in(cols, (mat.z if early is None else early)[task, cols])
     if early is not None:
@@ -289,7 +302,7 @@ def arm_hooks(fcfg: ForgettingConfig, mat, arm: str, task: int, seed: int, steps
                           pool_ids=[upstream.ids[c] for c in pool.tolist()],
                           complete=partial(complete_pool_row, fcfg, mat, predictor, pool=pool),
                           temperature=rc.temperature, eval_cfg=fcfg.finetune.eval, pad_id=pad_id, rank=rank,
-                          world=world, log=log)
+                          world=world, log=log, mask_replayed=rc.online_mask)
 
     def after_run() -> dict:
         st = switch.state

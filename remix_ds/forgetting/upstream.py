@@ -7,7 +7,11 @@ Two kinds (``upstream.kind``):
   Every token but the first is counted (as when the window is trained raw: labels[0] = -100).
   Example id: ``window-<index of the window in the shard stream>``.
 - ``examples``: the first N examples of a dataset's train split (any registered dataset or local
-  file); the answer tokens + EOS are counted, exactly as the evaluator's ``answer_nll``.
+  file). ``upstream.answer_tokens=final_turn_eos`` (ours): the final answer's tokens + EOS are
+  counted, exactly as the evaluator's ``answer_nll``; ``reference`` (the paper's
+  ``get_ppl_arr.extract_single_ppl``): the tokens after the last assistant marker up to, not
+  including, the EOS; chats with more than one assistant turn are skipped before the first N are
+  taken (the reference's legacy EOS finder ends their span before it starts: NaN, column dropped).
 
 Both become evaluator items (``EvalItem``: prompt ids + counted ids), so the NLL is the fused
 evaluator's per-example mean over the counted tokens.
@@ -15,6 +19,7 @@ evaluator's per-example mean over the counted tokens.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,9 +126,35 @@ def load_upstream(cfg: UpstreamConfig, tokenizer, data: DataConfig) -> UpstreamS
     if len(examples) < n:
         where = f"family {cfg.family!r}" if cfg.family else f"source {cfg.source.dataset!r}"
         raise ConfigError(f"upstream.{where} has {len(examples)} train examples; upstream.num_examples={n} is more")
+    if cfg.answer_tokens == "reference":
+        examples = [ex for ex in examples if assistant_turns(ex) <= 1]
+        if len(examples) < n:
+            raise ConfigError(f"upstream: {len(examples)} examples with at most one assistant turn "
+                              f"(answer_tokens=reference); upstream.num_examples={n} is more")
     examples = examples[:n]
     ids = [ex.id for ex in examples]
     if len(set(ids)) != n:
         raise ConfigError(f"upstream.source {cfg.source.dataset!r}: example ids are not unique")
     items = make_items(examples, tokenizer, data.prompt_format)
+    if cfg.answer_tokens == "reference":
+        items = [reference_item(it, tokenizer.eos_token_id) for it in items]
     return UpstreamSet(ids=ids, items=items, examples=examples)
+
+
+def assistant_turns(ex: Example) -> int:
+    """Assistant turns of a chat example (1 for a prompt / answer example)."""
+    if ex.messages is None:
+        return 1
+    return sum(1 for m in ex.messages if m.get("role") == "assistant")
+
+
+def reference_item(item: EvalItem, eos_id: int) -> EvalItem:
+    """The reference's counted span of a single-answer item: the answer tokens before the first
+    EOS (EOS and what follows it are not counted)."""
+    ans = np.asarray(item.answer_ids)
+    hit = np.nonzero(ans == int(eos_id))[0]
+    if len(hit):
+        ans = ans[: hit[0]]
+    if len(ans) == 0:
+        raise ConfigError(f"upstream example {item.id!r}: no answer token before EOS (answer_tokens=reference)")
+    return dataclasses.replace(item, answer_ids=ans)
