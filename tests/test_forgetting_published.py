@@ -164,9 +164,8 @@ def test_replay_predicted_arm_uses_published_svd_seed0_for_every_run():
 
 
 def test_online_phase_b_masks_phase_a_draw():
-    from remix_ds.data.mixing import softmax
+    from remix_ds.data.replay_rows import draw_without_replacement, softmax
     from remix_ds.forgetting.online import phase_b_probs
-    from remix_ds.forgetting.replay_stream import draw_without_replacement
 
     z = np.linspace(1.0, 0.0, 12)  # the highest predictions are the first rows
     phase_a = np.array([0, 1, 5])
