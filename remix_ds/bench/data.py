@@ -7,11 +7,11 @@ Measures, on one process:
   shard_read     ShardReader windows and documents tokens/s on the built-in generic corpus;
   mixer          REMIX stage-stream build (tokenize + mix) tokens/s, loader packed tokens/s, and
                  packing efficiency (non-pad fraction) per row kind vs padding to the longest row;
-  pack           512 REMIX-mixture examples into 2,048-token rows: this packer vs the one before
-                 issue 14, HF DataCollatorWithFlattening (one row, efficiency 1.00 by construction)
+  pack           512 REMIX-mixture examples into 2,048-token rows: this packer vs the previous one
+                 (benchmarks/packing.py), HF DataCollatorWithFlattening (one row, efficiency 1.00 by construction)
                  and group_by_length-style padded batches; rows, efficiency, attention cells;
   stage          (only with --parts stage) generic completion rows of a 32k-factoid stage, before
-                 (decode every drawn document) vs after issue 14, same rows asserted;
+                 (decode every drawn document) vs the word-cache build, same rows asserted;
   consumption    loader packed tokens/s / tokens/s the tiny model consumes in forward+backward.
                  The engine's own benchmark (`remix_ds.bench.train`) is not used yet: consumption is
                  a plain-torch forward+backward (sum CE loss, no optimizer step) on the loader's own
@@ -274,7 +274,7 @@ def _layout_stats(row_lens: list[list[int]], cells: int, seconds: float) -> dict
 def bench_pack(rows, *, n_examples: int = 512, max_seq_len: int = 2048, group_batch: int = 8,
                repeats: int = 5, old: bool = True) -> dict:
     """Pack `n_examples` rows of the REMIX mixture into `max_seq_len` rows, side by side (alternating,
-    medians): this packer, the packer before issue 14 (`old`), HF `DataCollatorWithFlattening`
+    medians): this packer, the previous packer (`old`, benchmarks/packing.py), HF `DataCollatorWithFlattening`
     (everything in one row: efficiency 1.00 by construction) and `group_by_length`-style batches
     (sort by length, `group_batch` examples per padded batch)."""
     from transformers import DataCollatorWithFlattening
@@ -343,7 +343,7 @@ def bench_pack(rows, *, n_examples: int = 512, max_seq_len: int = 2048, group_ba
 
 
 def bench_stage(tokenizer, *, factoids: int = 32_000, generic_ratio: float = 1.0, repeats: int = 1) -> dict:
-    """Generic completion rows of a REMIX stage (`factoids` x `generic_ratio`), before/after issue 14,
+    """Generic completion rows of a REMIX stage (`factoids` x `generic_ratio`), decode-every-document build vs the word-cache build,
     alternating; asserts both give the same rows."""
     from remix_ds.data.generic import generic_rows
 
@@ -455,7 +455,7 @@ def add_bench_data_command(bsub) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test; noisy numbers)")
     p.add_argument("--parts", default="random_words,shard_read,mixer,consumption,pack",
                    help="comma-separated subset of random_words,shard_read,mixer,consumption,pack,stage "
-                        "(stage: generic-row build before/after issue 14; minutes at 32k factoids)")
+                        "(stage: generic-row build, decode-every-document vs word cache; minutes at 32k factoids)")
     p.add_argument("--stage-factoids", type=int, default=32_000, help="stage part: dataset rows (generic ratio 1)")
     p.add_argument("--stage-repeats", type=int, default=1, help="stage part: alternating before/after rounds (medians)")
     p.set_defaults(func=_run_cli)
