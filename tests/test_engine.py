@@ -128,9 +128,11 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path):
     args = overrides(run_dir, "train.stop_at_step=2", "train.save_every=0", "train.max_steps=4")
     run_cmd([sys.executable, str(REPO / "tests/scripts/save_failure.py"), CONFIG, *args])
     crash = json.loads((run_dir / "crash.json").read_text())
-    assert crash["step"] == 3 and "No space left" in crash["error"]
+    assert crash["step"] == 3 and "disk full while saving checkpoint-3" in crash["error"]
+    assert "checkpoint-2 stays latest" in crash["error"] and "\n" not in crash["error"]
     assert (run_dir / "latest").read_text().strip() == "checkpoint-2"
-    assert (run_dir / ".tmp-checkpoint-3").is_dir() and not (run_dir / "checkpoint-3").exists()
+    # the partial folder is removed at once (it only took space), and no checkpoint-3 exists
+    assert not (run_dir / ".tmp-checkpoint-3").exists() and not (run_dir / "checkpoint-3").exists()
     # The previous checkpoint loads: resume=auto continues from step 2 and recomputes step 3 exactly.
     resumed = run_cmd([sys.executable, "-m", "remix_ds.train", CONFIG, *overrides(run_dir, "train.max_steps=4",
                                                                                   "train.save_every=0")])

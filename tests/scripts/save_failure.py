@@ -14,6 +14,7 @@ from pathlib import Path
 from remix_ds.baselines import build_regularizers
 from remix_ds.config import load_config
 from remix_ds.engine.trainer import Trainer
+from remix_ds.errors import CheckpointError
 from remix_ds.eval.hook import build_eval_hooks
 
 cfg = load_config(sys.argv[1], sys.argv[2:])
@@ -33,7 +34,7 @@ def failing_save(save_dir, tag=None, **kwargs):
 trainer.engine.save_checkpoint = failing_save
 try:
     trainer._save()
-except OSError as e:
+except (OSError, CheckpointError) as e:  # a full disk is one CheckpointError line
     Path(cfg.train.output_dir, "crash.json").write_text(json.dumps({"step": trainer.step, "loss": stats.loss, "error": str(e)}))
 else:
     raise SystemExit("the simulated failure did not raise")
