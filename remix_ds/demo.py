@@ -18,6 +18,7 @@ import subprocess
 from datetime import date
 from pathlib import Path
 
+from remix_ds.cachedir import write_text_atomic
 from remix_ds.configtools import ConfigError
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
@@ -107,13 +108,13 @@ def record(output_dir: Path, path: Path, readme: Path | None) -> dict:
                 "rows": [{k: r[k] for k in ROW_KEYS if k in r} for r in results],
                 "summary": summary["summary"], "comparisons": summary["comparisons"]}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(recorded, indent=1) + "\n")
+    write_text_atomic(path, json.dumps(recorded, indent=1) + "\n")
     if readme is not None and readme.is_file():
         text = readme.read_text()
         if text.count(README_BEGIN) != 1 or text.count(README_END) != 1:
             raise ConfigError(f"{readme}: needs one {README_BEGIN} and one {README_END} line around the demo table")
         head, rest = text.split(README_BEGIN)
-        readme.write_text(f"{head}{README_BEGIN}\n{readme_table(recorded)}\n{README_END}{rest.split(README_END)[1]}")
+        write_text_atomic(readme, f"{head}{README_BEGIN}\n{readme_table(recorded)}\n{README_END}{rest.split(README_END)[1]}")
     print(f"recorded: {path}" + (f" and the table in {readme}" if readme is not None and readme.is_file() else ""))
     return recorded
 
