@@ -22,6 +22,19 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def matmuls_only(hidden, weight, target):
+    """The floor of every exact lm_head + CE with gradients: only its three matrix products over the
+    supervised rows (logits, grad_hidden, grad_weight), no softmax. Returns a zero "loss" that
+    backpropagates nothing, so the timing is the products alone."""
+    keep = (target != -100).nonzero().squeeze(1)
+    with torch.no_grad():
+        h = hidden.index_select(0, keep)
+        z = h @ weight.t()  # (M, V): the logits
+        z @ weight  # grad_hidden's product
+        z.t() @ h  # grad_weight's product
+    return (hidden.sum() * 0).float()
+
+
 def loss_worker(spec: dict) -> dict:
     """Run in a fresh process: one loss path, `repeats` times; time and peak memory (see module docstring)."""
     from remix_ds.kernels.linear_cross_entropy import linear_cross_entropy, reference_linear_cross_entropy
@@ -45,7 +58,7 @@ def loss_worker(spec: dict) -> dict:
         plain_indexed = baseline("loss").plain_indexed
     else:
         plain_indexed = None
-    fn = {"plain": reference_linear_cross_entropy, "plain_indexed": plain_indexed}.get(
+    fn = {"plain": reference_linear_cross_entropy, "plain_indexed": plain_indexed, "matmuls": matmuls_only}.get(
         spec["path"], lambda *a: linear_cross_entropy(*a, backend=spec["backend"]))
     cuda = device.type == "cuda"
     if cuda:
@@ -66,7 +79,7 @@ def loss_worker(spec: dict) -> dict:
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     timed = times[1:] or times
     return {"seconds": statistics.median(timed), "seconds_all": times, "peak_bytes_above_inputs": peak - base,
-            "loss": loss.item(), "grad_weight_norm": weight.grad.float().norm().item(),
+            "loss": loss.item(), "grad_weight_norm": None if weight.grad is None else weight.grad.float().norm().item(),
             "memory_method": "cuda max_memory_allocated" if cuda else "ru_maxrss - RSS before the loss (fresh process)"}
 
 
