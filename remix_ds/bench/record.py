@@ -23,6 +23,10 @@ Parts (each a few rows; ~10 min in all on 2 shared CPU cores):
 - ``packing``: efficiency on the REMIX mixture vs `group_by_length` + pad on the same rows, and
   `pack()` tokens/s vs HF `DataCollatorWithFlattening`.
 - ``stage``: generic completion rows of a 32k-factoid stage vs decoding every drawn document.
+- ``mix``: stage start with ``data.mix.redraw=step`` vs the default ``redraw=stage`` (an option's
+  cost, not a rival: no goal).
+- ``train``: the engine vs Hugging Face ``Trainer`` + DeepSpeed on the same micro-batches
+  (``remix-ds bench train``, a fresh process).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import numpy as np
 
 from remix_ds.bench.checkout import CHECKOUT, baseline
 
-PARTS = ("random_words", "eval", "eval_zero3", "loss", "packing", "stage")
+PARTS = ("random_words", "eval", "eval_zero3", "loss", "packing", "stage", "mix", "train")
 BEGIN, END = "<!-- bench-headline:begin -->", "<!-- bench-headline:end -->"
 RESULTS = Path("docs") / "bench_results" / "headline.json"
 DOC = Path("docs") / "benchmarks.md"
@@ -287,8 +291,55 @@ def part_stage(repeats: int, factoids: int = 32_000) -> list[dict]:
                 goal_on="ours", check=f"rows identical: {same}", load_before=l0)]
 
 
+def part_train(repeats: int) -> list[dict]:
+    """The engine vs Hugging Face `Trainer` on the same model, packed micro-batches and ZeRO-3 JSON
+    (`remix-ds bench train`, a fresh process so its process group is its own)."""
+    import subprocess
+    import sys
+
+    l0 = load()
+    overrides = ["data.kvr.num_pairs=512", "train.global_batch_size=16", "train.micro_batch_size=16"]
+    with tempfile.TemporaryDirectory(prefix="remix-bench-record-") as tmp:
+        out = Path(tmp) / "train.json"
+        cmd = [sys.executable, "-m", "remix_ds.cli", "bench", "train", str(CHECKOUT / "configs" / "tiny.yaml"),
+               *overrides, "--steps", "12", "--warmup", "3", "--repeats", str(repeats), "--hf-trainer", "on",
+               "--out", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, timeout=3600)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()
+            raise RuntimeError(f"bench train: {tail[-1] if tail else f'exit {proc.returncode}'}")
+        res = json.loads(out.read_text())
+    return [row("train", "training throughput", "built-in tiny Llama (1.25M parameters), ZeRO-3 JSON, "
+                "world size 1, 16 KVR examples a step packed, 12 timed steps after 3", "tokens/s",
+                ("remix-ds engine (Trainer.train_step)", res["remix_ds_tokens_per_s_all"]),
+                ("HF transformers.Trainer + DeepSpeed, same micro-batches", res["hf_trainer_tokens_per_s_all"]),
+                None, check="same model, micro-batches and ds_configs/zero3.json", load_before=l0)]
+
+
+def part_mix(repeats: int, pairs: int = 2000) -> list[dict]:
+    """Stage start (`remix-ds bench mix`): seconds to the first optimizer step in hand with
+    data.mix.redraw=step against the default redraw=stage (the whole pool drawn up front)."""
+    from remix_ds.bench.mix import MIXES, _loader
+    from remix_ds.data import corpus
+    from remix_ds.models import load_tokenizer
+
+    tok = load_tokenizer("tiny")
+    corpus.generic_corpus(tok, tokenizer_name="tiny", progress=False)  # built/cached before timing
+    rows = []
+    for name, mix in MIXES.items():
+        l0 = load()
+        arms = {r: (lambda r=r: _loader(tok, pairs, {**mix, "redraw": r}).next_step(4)) for r in ("step", "stage")}
+        t = alternate(arms, repeats)
+        rows.append(row(f"mix_{name}", "stage start", f"{pairs:,} KVR facts, {name.replace('_', ' ')} at ratio 2, "
+                        "global batch 32, micro-batch 8, max_seq_len 512: seconds to the first step's batches",
+                        "s", ("data.mix.redraw=step (the first step's rows only)", t["step"]),
+                        ("data.mix.redraw=stage, the default (every mixing row drawn and tokenized up front)",
+                         t["stage"]), None, higher_is_better=False, load_before=l0))
+    return rows
+
+
 RUNNERS = {"random_words": part_random_words, "eval": part_eval, "eval_zero3": part_eval_zero3, "loss": part_loss,
-           "packing": part_packing, "stage": part_stage}
+           "packing": part_packing, "stage": part_stage, "train": part_train, "mix": part_mix}
 
 
 # ---- rendering ----------------------------------------------------------------------------------
