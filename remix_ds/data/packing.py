@@ -26,6 +26,7 @@ from remix_ds.data.tokenize import IGNORE, TokenizedExample
 _STALE_ROWS = 4
 # `balanced_rows` exchanges pairs of examples between rows of at most this many examples.
 _PAIR_ROWS = 12
+_TRIPLE_ROWS = 8
 # `balanced_rows` stops after this many sweeps over all pairs of rows.
 _SWEEPS = 3
 # `plan_micro_batches` also tries rows of budget / k tokens for this many row counts k per micro-batch.
@@ -165,28 +166,57 @@ def _bundles(row: list[int], lengths: Sequence[int]) -> dict[int, tuple[int, ...
         for p in range(len(row)):
             for q in range(p + 1, len(row)):
                 out.setdefault(lengths[row[p]] + lengths[row[q]], (p, q))
+    if len(row) <= _TRIPLE_ROWS:
+        for p in range(len(row)):
+            for q in range(p + 1, len(row)):
+                for t in range(q + 1, len(row)):
+                    out.setdefault(lengths[row[p]] + lengths[row[q]] + lengths[row[t]], (p, q, t))
     return out
+
+
+def _lpt(lengths: Sequence[int], rows: int) -> list[list[int]]:
+    """Longest examples first, each onto the emptiest row (ties: the lowest row)."""
+    bins: list[list[int]] = [[] for _ in range(rows)]
+    heap = [(0, r) for r in range(rows)]
+    for i in _descending(lengths):
+        load, r = heapq.heappop(heap)
+        bins[r].append(i)
+        heapq.heappush(heap, (load + lengths[i], r))
+    return bins
+
+
+def _differencing(lengths: Sequence[int], rows: int) -> list[list[int]]:
+    """Karmarkar-Karp largest differencing into ``rows`` rows: partial partitions (each example
+    alone, to begin with) are merged two at a time, the two with the largest spread first, the
+    fullest rows of one joined with the emptiest of the other. Ties by a running counter."""
+    heap = []
+    for n, i in enumerate(_descending(lengths)):
+        part = [(lengths[i], [i])] + [(0, []) for _ in range(rows - 1)]
+        heap.append((-lengths[i], n, part))
+    heapq.heapify(heap)
+    count = len(heap)
+    while len(heap) > 1:
+        _, _, a = heapq.heappop(heap)
+        _, _, b = heapq.heappop(heap)
+        merged = sorted(((x[0] + y[0], x[1] + y[1]) for x, y in zip(a, b[::-1])), key=lambda t: -t[0])
+        heapq.heappush(heap, (-(merged[0][0] - merged[-1][0]), count, merged))
+        count += 1
+    return [r for _, r in heap[0][2]]
 
 
 def balanced_rows(lengths: Sequence[int], rows: int, max_seq_len: int) -> list[list[int]] | None:
     """Examples split into exactly ``rows`` rows with the fullest row as short as the search finds
     (multiway number partitioning), or None when the fullest row still exceeds ``max_seq_len``.
 
-    Longest examples first, each onto the emptiest row (ties: the lowest row); then up to `_SWEEPS`
+    The better start (lower fullest row) of `_lpt` and `_differencing`; then up to `_SWEEPS`
     sweeps over every pair of rows (a fuller than b), each making the exchange that brings the two
     loads closest: a moves one or two of its examples to b and takes back none, one or two (pairs
     within rows of at most `_PAIR_ROWS` examples). Every exchange lowers the sum of squared loads.
     Deterministic: rows and examples are scanned in index order and lengths are ints.
     """
-    order = _descending(lengths)
-    bins: list[list[int]] = [[] for _ in range(rows)]
-    loads = [0] * rows
-    heap = [(0, r) for r in range(rows)]
-    for i in order:
-        load, r = heapq.heappop(heap)
-        bins[r].append(i)
-        loads[r] = load + lengths[i]
-        heapq.heappush(heap, (loads[r], r))
+    bins = min(_lpt(lengths, rows), _differencing(lengths, rows),
+               key=lambda b: max(sum(lengths[i] for i in r) for r in b))
+    loads = [sum(lengths[i] for i in r) for r in bins]
     cache: list[tuple[list[int], dict] | None] = [None] * rows  # per row: sorted bundle totals, bundles
 
     def bundles(r: int) -> tuple[list[int], dict]:
