@@ -24,6 +24,8 @@ from remix_ds.data.tokenize import IGNORE, TokenizedExample
 
 # `balanced_bins` stops after this many row counts in a row without a better layout.
 _STALE_ROWS = 4
+# `plan_micro_batches` stops after this many row counts in a row without a better plan.
+_PLAN_STALE_ROWS = 2
 # `balanced_rows` exchanges pairs of examples between rows of at most this many examples.
 _PAIR_ROWS = 12
 _TRIPLE_ROWS = 8
@@ -318,16 +320,18 @@ def plan_micro_batches(lengths: Sequence[int], max_seq_len: int, budget: int,
     padded area (rows x the fullest row, rounded up to ``pad_to_multiple_of``) is at most ``budget``.
 
     Minimizes the number of micro-batches first, then the padded cells, over all the step's examples
-    (not in arrival order). Candidate row layouts: for row counts R from ``ceil(tokens /
-    max_seq_len)`` up, the examples spread evenly over R rows (`balanced_rows`) and rows filled by
-    exact subset sums up to ``ceil(tokens / R)`` (`subset_sum_rows`); then rows filled by subset sums
-    up to ``budget // k`` for k rows per micro-batch (rows that fill the budget exactly). Rows are
-    taken fullest first; a micro-batch takes as many as fit the budget at the width of its first
-    (fullest) row, and keeps the layout with the fewest cells among these rows, `balanced_bins` and
-    `balanced_rows` of its own examples (the last micro-batch while candidates are compared, every
-    one in the chosen plan). Row counts stop after `_STALE_ROWS` without a better plan, or once the
-    plan has the fewest micro-batches possible and is `_GOOD_ENOUGH` full. A pure function of the
-    lengths: every rank computes the same plan for every rank.
+    (not in arrival order). The plan to beat is first fit: first-fit decreasing into rows of
+    max_seq_len, ``budget // max_seq_len`` rows a micro-batch, each re-packed by `balanced_bins`
+    (the result is never worse than it). Other candidate row layouts: for row counts R from
+    ``ceil(tokens / max_seq_len)`` up, the examples spread evenly over R rows (`balanced_rows`) and
+    rows filled by exact subset sums up to ``ceil(tokens / R)`` (`subset_sum_rows`); then rows
+    filled by subset sums up to ``budget // k`` for k rows a micro-batch (rows that fill the budget
+    exactly). Rows are taken fullest first; a micro-batch takes as many as fit the budget at the
+    width of its first (fullest) row, and keeps the layout with the fewest cells among these rows,
+    `balanced_bins` and `balanced_rows` of its own examples (the last micro-batch while candidates
+    are compared, every one in the chosen plan). Row counts stop after `_PLAN_STALE_ROWS` without a
+    better plan, or once the plan has the fewest micro-batches possible and is `_GOOD_ENOUGH` full.
+    A pure function of the lengths: every rank computes the same plan for every rank.
     """
     if not lengths:
         return []
@@ -338,25 +342,38 @@ def plan_micro_batches(lengths: Sequence[int], max_seq_len: int, budget: int,
         raise ValueError(f"example of {max(lengths)} tokens does not fit a row of {max_seq_len} (filter before packing)")
     def evaluate(bins):  # the last, partly filled micro-batch re-packed (the full ones: once a plan is chosen)
         groups = _group_rows(lengths, bins, max_seq_len, budget, pad_to_multiple_of)
+        full = sum(_area(lengths, g, max_seq_len, pad_to_multiple_of) for g in groups[:-1])
+        if (len(groups), full + sum(lengths[i] for r in groups[-1] for i in r)) >= best:
+            return best, None  # cannot win, even with a last micro-batch without padding
         groups[-1] = _improve(lengths, groups[-1], max_seq_len, pad_to_multiple_of)
-        return (len(groups), sum(_area(lengths, g, max_seq_len, pad_to_multiple_of) for g in groups)), groups
+        return (len(groups), full + _area(lengths, groups[-1], max_seq_len, pad_to_multiple_of)), groups
 
     def good(cost):  # the fewest micro-batches possible, (almost) no padding: stop searching
         return cost[0] == -(-total // budget) and cost[1] * _GOOD_ENOUGH <= total
 
-    best: tuple[int, int] | None = None
-    plan: list[list[list[int]]] = []
+    # First fit into rows of max_seq_len, budget // max_seq_len rows a micro-batch, each re-packed
+    # by `balanced_bins` (as `pack` would): the plan to beat, and often good enough.
+    ffd, k = first_fit_decreasing(lengths, max_seq_len), budget // max_seq_len
+    plan = []
+    for j in range(0, len(ffd), k):
+        items = [i for b in ffd[j:j + k] for i in b]
+        alt = [[items[i] for i in b] for b in balanced_bins([lengths[i] for i in items], max_seq_len)]
+        plan.append(min((ffd[j:j + k], alt), key=lambda g: _area(lengths, g, max_seq_len, pad_to_multiple_of)))
+    best = (len(plan), sum(_area(lengths, g, max_seq_len, pad_to_multiple_of) for g in plan))
     stale = 0
     for rows in range(-(-total // max_seq_len), n_items + 1):
-        if stale > _STALE_ROWS or (best is not None and good(best)):
+        if stale > _PLAN_STALE_ROWS or good(best):
             break
         stale += 1
+        per = budget // _width(-(-total // rows), max_seq_len, pad_to_multiple_of)  # rows a micro-batch holds, at most
+        if per < 1 or -(-rows // per) > best[0]:
+            continue
         for bins in (balanced_rows(lengths, rows, max_seq_len),
                      subset_sum_rows(lengths, min(max_seq_len, max(max(lengths), -(-total // rows))))):
             if bins is None:
                 continue
             cost, groups = evaluate(bins)
-            if best is None or cost < best:
+            if groups is not None and cost < best:
                 best, plan, stale = cost, groups, 0
     longest, k0 = max(lengths), -(-budget // max_seq_len)
     for k in range(k0, k0 + _BUDGET_WIDTHS):  # rows exactly as wide as k of them fill the budget
@@ -364,9 +381,9 @@ def plan_micro_batches(lengths: Sequence[int], max_seq_len: int, budget: int,
         if width < longest or good(best):
             break
         cost, groups = evaluate(subset_sum_rows(lengths, width))
-        if cost < best:
+        if groups is not None and cost < best:
             best, plan = cost, groups
-    return [_improve(lengths, g, max_seq_len, pad_to_multiple_of) for g in plan]
+    return [_improve(lengths, g, max_seq_len, pad_to_multiple_of) if len(g) > 1 else g for g in plan]
 
 
 def _improve(lengths, group, max_seq_len, pad_to_multiple_of) -> list[list[int]]:
