@@ -340,6 +340,7 @@ def plan_micro_batches(lengths: Sequence[int], max_seq_len: int, budget: int,
     n_items, total = len(lengths), sum(lengths)
     if max(lengths) > max_seq_len:
         raise ValueError(f"example of {max(lengths)} tokens does not fit a row of {max_seq_len} (filter before packing)")
+
     def evaluate(bins):  # the last, partly filled micro-batch re-packed (the full ones: once a plan is chosen)
         groups = _group_rows(lengths, bins, max_seq_len, budget, pad_to_multiple_of)
         full = sum(_area(lengths, g, max_seq_len, pad_to_multiple_of) for g in groups[:-1])
@@ -365,7 +366,8 @@ def plan_micro_batches(lengths: Sequence[int], max_seq_len: int, budget: int,
         if stale > _PLAN_STALE_ROWS or good(best):
             break
         stale += 1
-        per = budget // _width(-(-total // rows), max_seq_len, pad_to_multiple_of)  # rows a micro-batch holds, at most
+        # Skip row counts whose rows, at the average fill, would need more micro-batches than the best plan.
+        per = budget // _width(-(-total // rows), max_seq_len, pad_to_multiple_of)
         if per < 1 or -(-rows // per) > best[0]:
             continue
         for bins in (balanced_rows(lengths, rows, max_seq_len),
