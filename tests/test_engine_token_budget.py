@@ -14,10 +14,11 @@ from remix_ds.engine.metrics import read_metrics
 
 CONFIG = str(REPO / "configs" / "tiny.yaml")
 STEPS = 6
-# The engine run: 32 KVR rows of ~35 tiny-tokenizer tokens, rows of 64 tokens, two rows per
-# micro-batch, 5 examples per step over 2 ranks: rank 0 gets 2 examples (one micro-batch), rank 1
-# gets 3 (two) -> rank 0 pads with an empty one.
-GLOBAL, BUDGET, SEQ = 5, 128, 64
+# The engine run: 32 KVR rows of 34-36 tiny-tokenizer tokens (no two share a 64-token row), budget
+# 128 cells, 7 examples per step over 2 ranks: rank 0 gets 3 examples (three rows of <= 36 tokens:
+# one micro-batch), rank 1 gets 4 (four rows need up to 144 cells: two) -> rank 0 pads with an
+# empty one. Step 5 is the epoch's short last step (4 examples, one micro-batch per rank).
+GLOBAL, BUDGET, SEQ = 7, 128, 64
 
 
 def loaders(bpe_tok, world=2, n=32, budget=64, global_batch=5, seq=64):
@@ -132,8 +133,9 @@ def test_token_budget_metrics_and_loss_falls(token_run):
     rows = read_metrics(token_run["run"] / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     assert rows[-1]["loss"] < rows[0]["loss"]
-    assert all(r["examples"] == GLOBAL for r in rows[:5])  # 32 rows: step 7 would be the short one
-    assert all(r["micro_batches"] == 2 and 0 < r["micro_batch_fill"] <= 1 for r in rows)
+    assert [r["examples"] for r in rows] == [GLOBAL] * 4 + [4, GLOBAL]  # 32 rows: step 5 is the short one
+    assert [r["micro_batches"] for r in rows] == [2, 2, 2, 2, 1, 2]
+    assert all(0 < r["micro_batch_fill"] <= 1 for r in rows)
     assert all(0 <= r["loader_wait_frac"] < 1 and r["loader_wait_s"] >= 0 for r in rows)
     assert f"micro-batches of up to {BUDGET} tokens (2 rows of {SEQ})" in token_run["stdout"]
 

@@ -20,8 +20,9 @@ Parts (each a few rows; ~10 min in all on 2 shared CPU cores):
   vocabulary 128,256, each repetition of each arm a fresh process; seconds and peak memory. A third
   arm times the three matrix products alone (logits, grad_hidden, grad_weight over the supervised
   rows), the floor of any exact fused CE: the check column gives the most it could gain.
-- ``packing``: efficiency on the REMIX mixture vs `group_by_length` + pad on the same rows, and
-  `pack()` tokens/s vs HF `DataCollatorWithFlattening`.
+- ``packing``: efficiency on the REMIX mixture vs `group_by_length` + pad on the same rows,
+  `pack()` tokens/s vs HF `DataCollatorWithFlattening`, and token-budget fill on factoids + long
+  passages vs example micro-batches of the same memory bound.
 - ``stage``: generic completion rows of a 32k-factoid stage vs decoding every drawn document.
 - ``mix``: stage start with ``data.mix.redraw=step`` vs the default ``redraw=stage`` (an option's
   cost, not a rival: no goal).
@@ -251,6 +252,7 @@ def part_packing(repeats: int) -> list[dict]:
     for r in out:
         r["goal"], r["goal_on"] = 0.99, "ours"
         r["goal_met"] = r["ours"]["median"] >= 0.99
+    out.append(_fill_row(tok))
 
     l0 = load()
     exs = build_stage_stream(_data_cfg(512, 2048, generic_ratio=1.0, random_ratio=1.0), tok, 0).epoch_items(0)[:512]
@@ -264,6 +266,52 @@ def part_packing(repeats: int) -> list[dict]:
             load_before=l0)
     out.append(r)
     return out
+
+
+def _fill_row(tok, max_seq_len: int = 2048, budget: int = 16384, step: int = 32) -> dict:
+    """Token-budget fill on KVR factoids mixed 1:1 with 512-2048-token passages (random ids, lengths
+    uniform, seed 0): tokens / (micro-batches x budget) over one epoch, against example micro-batches
+    of budget / max_seq_len examples (the same memory bound) on the same epoch order."""
+    from remix_ds.bench.data import _data_cfg
+    from remix_ds.data.loader import TrainLoader
+    from remix_ds.data.mixing import StageStream, build_stage_stream
+    from remix_ds.data.tokenize import IGNORE, TokenizedExample
+
+    l0 = load()
+    facts = build_stage_stream(_data_cfg(256, max_seq_len), tok, 0).epoch_items(0)
+    rng = np.random.default_rng(0)
+    passages = []
+    for i, n in enumerate(rng.integers(512, max_seq_len + 1, len(facts)).tolist()):
+        ids = rng.integers(3, tok.vocab_size, n).astype(np.int32)
+        labels = ids.copy()
+        labels[0] = IGNORE
+        passages.append(TokenizedExample(f"passage-{i}", ids, labels))
+    rows = list(facts) + passages
+
+    def loader(**kw):
+        return TrainLoader(StageStream(dataset=list(rows), seed=0), rank=0, world_size=1, max_seq_len=max_seq_len,
+                           pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, **kw)
+
+    ours = loader(micro_batch_size=1, micro_batch_tokens=budget, step_examples=step)
+    tokens = mbs = fewest = 0
+    for _ in range(ours.batches_per_epoch):
+        info = ours.next_step(1).info
+        tokens, mbs, fewest = tokens + info["num_tokens"], mbs + info["real_micro_batches"], \
+            fewest + -(-info["num_tokens"] // budget)
+    per = budget // max_seq_len
+    ex = loader(micro_batch_size=per)
+    ex_tokens = ex_mbs = 0
+    for _ in range(ex.batches_per_epoch):
+        ex_tokens, ex_mbs = ex_tokens + next(ex)["num_tokens"], ex_mbs + 1
+    fill, bound = tokens / (mbs * budget), tokens / (fewest * budget)
+    setting = (f"KVR factoids + 512-2,048-token passages 1:1 ({len(rows)} rows), max_seq_len {max_seq_len:,}, "
+               f"train.micro_batch_tokens {budget:,} ({per} rows), global batch {step}, 1 rank, one epoch; "
+               "fill = tokens / (micro-batches x micro_batch_tokens)")
+    r = row("token_budget_fill", "token-budget fill", setting, "fraction", ("token-budget micro-batches", [fill]),
+            (f"example micro-batches of {per} (same memory bound)", [ex_tokens / (ex_mbs * budget)]), 0.95,
+            goal_on="ours", check=f"deterministic; the fewest whole-example micro-batches per step allow at most "
+            f"{bound:.3f}", load_before=l0)
+    return r
 
 
 def part_stage(repeats: int, factoids: int = 32_000) -> list[dict]:

@@ -18,10 +18,10 @@ when the number of rows consumed in the epoch divides into the new M * W.
 
 Token-budget mode (`micro_batch_tokens` > 0, docs/token_budget.md): the loader's unit is one
 optimizer step of G = `step_examples` rows, split evenly across ranks as above; each rank's share
-is packed first-fit-decreasing into rows of max_seq_len and the rows are grouped
-`micro_batch_tokens // max_seq_len` at a time into micro-batches. Every rank computes every rank's
-plan from the global order (no communication) and pads with empty micro-batches up to the largest
-count, so all ranks run the same number of forward/backward passes (ZeRO-3 gathers are collectives).
+is planned over all its examples at once (`packing.plan_micro_batches`: the fewest micro-batches
+whose padded area is at most `micro_batch_tokens`, then the fewest padding cells). Every rank
+computes every rank's plan from the global order (no communication) and pads with empty
+micro-batches up to the largest count, so all ranks run the same number of forward/backward passes (ZeRO-3 gathers are collectives).
 
 `next_step(n)` returns a `StepBatches` (a list of micro-batches) whose `info` holds the step's
 *global* counts (all ranks), known on the host from the same order, so the trainer needs no
@@ -40,7 +40,7 @@ import torch
 
 from remix_ds.data.config import DataConfig
 from remix_ds.data.mixing import StageStream, build_stage_stream
-from remix_ds.data.packing import empty_batch, first_fit_decreasing, pack, pad_reference
+from remix_ds.data.packing import empty_batch, pack, pack_rows, pad_reference, plan_micro_batches
 from remix_ds.data.tokenize import IGNORE, TokenizedExample, eos_id, pad_id
 
 STATE_VERSION = 1
@@ -153,14 +153,20 @@ class TrainLoader:
         return {"num_supervised": self._supervised(rows), "num_tokens": sum(len(ex) for ex in rows),
                 "num_examples": len(rows)}
 
-    def plan(self, rows: list[TokenizedExample]) -> list[list[int]]:
-        """Token-budget split of one rank's share: groups of row indices, whole examples, each
-        packing into <= micro_batch_tokens // max_seq_len rows of max_seq_len (first-fit decreasing)."""
-        if not rows:
-            return []
-        bins = first_fit_decreasing([len(ex) for ex in rows], self.max_seq_len)
-        k = self.rows_per_micro_batch
-        return [[i for b in bins[j:j + k] for i in b] for j in range(0, len(bins), k)]
+    def plan(self, rows: list[TokenizedExample]) -> list[list[list[int]]]:
+        """Token-budget split of one rank's share: micro-batches of rows of row indices, whole
+        examples, each micro-batch's padded area <= micro_batch_tokens (`packing.plan_micro_batches`:
+        fewest micro-batches, then fewest padded cells, over the share's examples)."""
+        return plan_micro_batches([len(ex) for ex in rows], self.max_seq_len, self.micro_batch_tokens,
+                                  self.pad_to_multiple_of)
+
+    def _collate_plan(self, rows: list[TokenizedExample], group: list[list[int]]) -> dict:
+        items = [i for row in group for i in row]
+        if self.reference_compat:
+            return pad_reference([rows[i] for i in items], self.reference_len, self.eos_id)
+        local = {i: n for n, i in enumerate(items)}
+        return pack_rows([rows[i] for i in items], [[local[i] for i in row] for row in group], self.max_seq_len,
+                         self.pad_id, self.pad_to_multiple_of)
 
     def _token_step(self) -> StepBatches:
         epoch, step = self.epoch, self.step_in_epoch
@@ -168,10 +174,10 @@ class TrainLoader:
         plans = [(rows, self.plan(rows)) for rows in shares]
         passes = max(1, max(len(p) for _, p in plans))
         rows, mine = plans[self.rank]
-        batches = [self._collate([rows[i] for i in group]) for group in mine]
+        batches = [self._collate_plan(rows, group) for group in mine]
         batches += [empty_batch(self.pad_id) for _ in range(passes - len(batches))]  # same pass count on every rank
-        tokens = [sum(len(rows_r[i]) for i in g) for rows_r, p in plans for g in p]
-        full = [sum(len(rows_r[i]) for i in g) for rows_r, p in plans for g in p[:-1]]
+        tokens = [sum(len(rows_r[i]) for row in g for i in row) for rows_r, p in plans for g in p]
+        full = [sum(len(rows_r[i]) for row in g for i in row) for rows_r, p in plans for g in p[:-1]]
         budget = self.micro_batch_tokens
         info = {**self._global_counts(epoch, step), "micro_batches": passes, "real_micro_batches": len(tokens),
                 "fill": sum(tokens) / (budget * len(tokens)) if tokens else 0.0,

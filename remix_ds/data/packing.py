@@ -14,6 +14,7 @@ sequences) and whose labels are -100. Rows are as long as the fullest row (round
 from __future__ import annotations
 
 import bisect
+import heapq
 from typing import Sequence
 
 import numpy as np
@@ -23,6 +24,17 @@ from remix_ds.data.tokenize import IGNORE, TokenizedExample
 
 # `balanced_bins` stops after this many row counts in a row without a better layout.
 _STALE_ROWS = 4
+# `plan_micro_batches` stops after this many row counts in a row without a better plan.
+_PLAN_STALE_ROWS = 2
+# `balanced_rows` exchanges pairs of examples between rows of at most this many examples.
+_PAIR_ROWS = 12
+_TRIPLE_ROWS = 8
+# `balanced_rows` stops after this many sweeps over all pairs of rows.
+_SWEEPS = 3
+# `plan_micro_batches` also tries rows of budget / k tokens for this many row counts k per micro-batch.
+_BUDGET_WIDTHS = 8
+# A layout at least this full (non-pad cells / cells) ends the search for a better one.
+_GOOD_ENOUGH = 0.999
 
 
 def _descending(lengths: Sequence[int]) -> list[int]:
@@ -146,6 +158,253 @@ def balanced_bins(lengths: Sequence[int], max_seq_len: int) -> list[list[int]]:
     return best
 
 
+def _bundles(row: list[int], lengths: Sequence[int]) -> dict[int, tuple[int, ...]]:
+    """Total length -> positions in ``row`` of one way to take it: nothing, one example, or two
+    (pairs only for rows of at most `_PAIR_ROWS` examples); the first way found in position order."""
+    out: dict[int, tuple[int, ...]] = {0: ()}
+    for p, i in enumerate(row):
+        out.setdefault(lengths[i], (p,))
+    if len(row) <= _PAIR_ROWS:
+        for p in range(len(row)):
+            for q in range(p + 1, len(row)):
+                out.setdefault(lengths[row[p]] + lengths[row[q]], (p, q))
+    if len(row) <= _TRIPLE_ROWS:
+        for p in range(len(row)):
+            for q in range(p + 1, len(row)):
+                for t in range(q + 1, len(row)):
+                    out.setdefault(lengths[row[p]] + lengths[row[q]] + lengths[row[t]], (p, q, t))
+    return out
+
+
+def _lpt(lengths: Sequence[int], rows: int) -> list[list[int]]:
+    """Longest examples first, each onto the emptiest row (ties: the lowest row)."""
+    bins: list[list[int]] = [[] for _ in range(rows)]
+    heap = [(0, r) for r in range(rows)]
+    for i in _descending(lengths):
+        load, r = heapq.heappop(heap)
+        bins[r].append(i)
+        heapq.heappush(heap, (load + lengths[i], r))
+    return bins
+
+
+def _differencing(lengths: Sequence[int], rows: int) -> list[list[int]]:
+    """Karmarkar-Karp largest differencing into ``rows`` rows: partial partitions (each example
+    alone, to begin with) are merged two at a time, the two with the largest spread first, the
+    fullest rows of one joined with the emptiest of the other. Ties by a running counter."""
+    heap = []
+    for n, i in enumerate(_descending(lengths)):
+        part = [(lengths[i], [i])] + [(0, []) for _ in range(rows - 1)]
+        heap.append((-lengths[i], n, part))
+    heapq.heapify(heap)
+    count = len(heap)
+    while len(heap) > 1:
+        _, _, a = heapq.heappop(heap)
+        _, _, b = heapq.heappop(heap)
+        merged = sorted(((x[0] + y[0], x[1] + y[1]) for x, y in zip(a, b[::-1])), key=lambda t: -t[0])
+        heapq.heappush(heap, (-(merged[0][0] - merged[-1][0]), count, merged))
+        count += 1
+    return [r for _, r in heap[0][2]]
+
+
+def balanced_rows(lengths: Sequence[int], rows: int, max_seq_len: int) -> list[list[int]] | None:
+    """Examples split into exactly ``rows`` rows with the fullest row as short as the search finds
+    (multiway number partitioning), or None when the fullest row still exceeds ``max_seq_len``.
+
+    The better start (lower fullest row) of `_lpt` and `_differencing`; then up to `_SWEEPS`
+    sweeps over every pair of rows (a fuller than b), each making the exchange that brings the two
+    loads closest: a moves one or two of its examples to b and takes back none, one or two (pairs
+    within rows of at most `_PAIR_ROWS` examples). Every exchange lowers the sum of squared loads.
+    Deterministic: rows and examples are scanned in index order and lengths are ints.
+    """
+    bins = min(_lpt(lengths, rows), _differencing(lengths, rows),
+               key=lambda b: max(sum(lengths[i] for i in r) for r in b))
+    loads = [sum(lengths[i] for i in r) for r in bins]
+    cache: list[tuple[list[int], dict] | None] = [None] * rows  # per row: sorted bundle totals, bundles
+
+    def bundles(r: int) -> tuple[list[int], dict]:
+        if cache[r] is None:
+            got = _bundles(bins[r], lengths)
+            cache[r] = (sorted(got), got)
+        return cache[r]
+
+    changed, sweeps = True, 0
+    while changed and sweeps < _SWEEPS:  # each exchange lowers the sum of squared loads
+        changed, sweeps = False, sweeps + 1
+        for a in range(rows):
+            for b in range(rows):
+                gap = loads[a] - loads[b]
+                if gap <= 1:
+                    continue
+                # the exchange moving d = x - y tokens from a to b, 0 < d < gap, d closest to gap / 2
+                best = (gap, (), ())  # (|gap - 2d| after the exchange, positions leaving a, positions leaving b)
+                mine, theirs = bundles(a), bundles(b)
+                ys = theirs[0]
+                for x in mine[0]:
+                    if x == 0:
+                        continue
+                    j = bisect.bisect_left(ys, x - gap / 2)
+                    for y in ys[max(0, j - 1):j + 1]:
+                        d = x - y
+                        if 0 < d < gap and abs(gap - 2 * d) < best[0]:
+                            best = (abs(gap - 2 * d), mine[1][x], theirs[1][y])
+                if not best[1]:
+                    continue
+                _, p, q = best
+                out_a = [bins[a][t] for t in p]
+                out_b = [bins[b][t] for t in q]
+                bins[a] = [i for t, i in enumerate(bins[a]) if t not in p] + out_b
+                bins[b] = [i for t, i in enumerate(bins[b]) if t not in q] + out_a
+                moved = sum(lengths[i] for i in out_a) - sum(lengths[i] for i in out_b)
+                loads[a] -= moved
+                loads[b] += moved
+                cache[a] = cache[b] = None
+                changed = True
+    if max(loads) > max_seq_len:
+        return None
+    return [b for b in bins if b]
+
+
+def subset_sum_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Rows of at most ``capacity`` tokens, filled one at a time, each with the largest total any
+    subset of the examples left reaches (an exact subset sum, reachable sums as bits of a Python int);
+    among subsets of that total, the one the backtrack finds, which keeps the shortest examples for
+    later rows. Examples must fit ``capacity``. Deterministic."""
+    left = _descending(lengths)
+    mask = (1 << (capacity + 1)) - 1
+    rows: list[list[int]] = []
+    while left:
+        reach = [1]
+        for i in left:
+            reach.append((reach[-1] | (reach[-1] << lengths[i])) & mask)
+        t = reach[-1].bit_length() - 1  # the largest reachable total
+        row, keep = [], []
+        for pos in range(len(left), 0, -1):
+            i = left[pos - 1]
+            if (reach[pos - 1] >> t) & 1:
+                keep.append(i)
+            else:
+                row.append(i)
+                t -= lengths[i]
+        if not row:  # only empty examples left (never from a tokenizer): one row holds them
+            row, keep = keep, []
+        rows.append(row[::-1])
+        left = keep[::-1]
+    return rows
+
+
+def _width(fill: int, max_seq_len: int, pad_to_multiple_of: int) -> int:
+    """The row length `pack` gives a micro-batch whose fullest row holds ``fill`` tokens."""
+    return min(-(-fill // pad_to_multiple_of) * pad_to_multiple_of, max(max_seq_len, fill))
+
+
+def _area(lengths: Sequence[int], bins: list[list[int]], max_seq_len: int, pad_to_multiple_of: int) -> int:
+    return len(bins) * _width(max(sum(lengths[i] for i in b) for b in bins), max_seq_len, pad_to_multiple_of)
+
+
+def _group_rows(lengths, bins, max_seq_len, budget, pad_to_multiple_of) -> list[list[list[int]]]:
+    """Rows fullest first; a micro-batch takes as many as fit the budget at its first row's width."""
+    fills = [sum(lengths[i] for i in b) for b in bins]
+    bins = [bins[r] for r in sorted(range(len(bins)), key=lambda r: (-fills[r], r))]
+    groups: list[list[list[int]]] = []
+    r = 0
+    while r < len(bins):
+        k = max(1, budget // _width(sum(lengths[i] for i in bins[r]), max_seq_len, pad_to_multiple_of))
+        groups.append(bins[r:r + k])
+        r += k
+    return groups
+
+
+def plan_micro_batches(lengths: Sequence[int], max_seq_len: int, budget: int,
+                       pad_to_multiple_of: int = 1) -> list[list[list[int]]]:
+    """A token-budget step: micro-batches, each a list of rows (lists of example indices) whose
+    padded area (rows x the fullest row, rounded up to ``pad_to_multiple_of``) is at most ``budget``.
+
+    Minimizes the number of micro-batches first, then the padded cells, over all the step's examples
+    (not in arrival order). The plan to beat is first fit: first-fit decreasing into rows of
+    max_seq_len, ``budget // max_seq_len`` rows a micro-batch, each re-packed by `balanced_bins`
+    (the result is never worse than it). Other candidate row layouts: for row counts R from
+    ``ceil(tokens / max_seq_len)`` up, the examples spread evenly over R rows (`balanced_rows`) and
+    rows filled by exact subset sums up to ``ceil(tokens / R)`` (`subset_sum_rows`); then rows
+    filled by subset sums up to ``budget // k`` for k rows a micro-batch (rows that fill the budget
+    exactly). Rows are taken fullest first; a micro-batch takes as many as fit the budget at the
+    width of its first (fullest) row, and keeps the layout with the fewest cells among these rows,
+    `balanced_bins` and `balanced_rows` of its own examples (the last micro-batch while candidates
+    are compared, every one in the chosen plan). Row counts stop after `_PLAN_STALE_ROWS` without a
+    better plan, or once the plan has the fewest micro-batches possible and is `_GOOD_ENOUGH` full.
+    A pure function of the lengths: every rank computes the same plan for every rank.
+    """
+    if not lengths:
+        return []
+    if budget < max_seq_len:
+        raise ValueError(f"budget {budget} is smaller than one row of {max_seq_len}")
+    n_items, total = len(lengths), sum(lengths)
+    if max(lengths) > max_seq_len:
+        raise ValueError(f"example of {max(lengths)} tokens does not fit a row of {max_seq_len} (filter before packing)")
+
+    def evaluate(bins):  # the last, partly filled micro-batch re-packed (the full ones: once a plan is chosen)
+        groups = _group_rows(lengths, bins, max_seq_len, budget, pad_to_multiple_of)
+        full = sum(_area(lengths, g, max_seq_len, pad_to_multiple_of) for g in groups[:-1])
+        if (len(groups), full + sum(lengths[i] for r in groups[-1] for i in r)) >= best:
+            return best, None  # cannot win, even with a last micro-batch without padding
+        groups[-1] = _improve(lengths, groups[-1], max_seq_len, pad_to_multiple_of)
+        return (len(groups), full + _area(lengths, groups[-1], max_seq_len, pad_to_multiple_of)), groups
+
+    def good(cost):  # the fewest micro-batches possible, (almost) no padding: stop searching
+        return cost[0] == -(-total // budget) and cost[1] * _GOOD_ENOUGH <= total
+
+    # First fit into rows of max_seq_len, budget // max_seq_len rows a micro-batch, each re-packed
+    # by `balanced_bins` (as `pack` would): the plan to beat, and often good enough.
+    ffd, k = first_fit_decreasing(lengths, max_seq_len), budget // max_seq_len
+    plan = []
+    for j in range(0, len(ffd), k):
+        items = [i for b in ffd[j:j + k] for i in b]
+        alt = [[items[i] for i in b] for b in balanced_bins([lengths[i] for i in items], max_seq_len)]
+        plan.append(min((ffd[j:j + k], alt), key=lambda g: _area(lengths, g, max_seq_len, pad_to_multiple_of)))
+    best = (len(plan), sum(_area(lengths, g, max_seq_len, pad_to_multiple_of) for g in plan))
+    stale = 0
+    for rows in range(-(-total // max_seq_len), n_items + 1):
+        if stale > _PLAN_STALE_ROWS or good(best):
+            break
+        stale += 1
+        # Skip row counts whose rows, at the average fill, would need more micro-batches than the best plan.
+        per = budget // _width(-(-total // rows), max_seq_len, pad_to_multiple_of)
+        if per < 1 or -(-rows // per) > best[0]:
+            continue
+        for bins in (balanced_rows(lengths, rows, max_seq_len),
+                     subset_sum_rows(lengths, min(max_seq_len, max(max(lengths), -(-total // rows))))):
+            if bins is None:
+                continue
+            cost, groups = evaluate(bins)
+            if groups is not None and cost < best:
+                best, plan, stale = cost, groups, 0
+    longest, k0 = max(lengths), -(-budget // max_seq_len)
+    for k in range(k0, k0 + _BUDGET_WIDTHS):  # rows exactly as wide as k of them fill the budget
+        width = min(max_seq_len, budget // k)
+        if width < longest or good(best):
+            break
+        cost, groups = evaluate(subset_sum_rows(lengths, width))
+        if groups is not None and cost < best:
+            best, plan = cost, groups
+    return [_improve(lengths, g, max_seq_len, pad_to_multiple_of) if len(g) > 1 else g for g in plan]
+
+
+def _improve(lengths, group, max_seq_len, pad_to_multiple_of) -> list[list[int]]:
+    """The micro-batch's rows, or `balanced_bins` / `balanced_rows` of its examples where they pad less."""
+    items = [i for row in group for i in row]
+    sub = [lengths[i] for i in items]
+    best, best_area = group, _area(lengths, group, max_seq_len, pad_to_multiple_of)
+    if best_area * _GOOD_ENOUGH <= sum(sub):
+        return group
+    for alt in (balanced_bins(sub, max_seq_len), balanced_rows(sub, len(group), max_seq_len)):
+        if alt is None:
+            continue
+        alt = [[items[i] for i in b] for b in alt]
+        area = _area(lengths, alt, max_seq_len, pad_to_multiple_of)
+        if area < best_area:
+            best, best_area = alt, area
+    return best
+
+
 def _to_batch(ids, pos, labels, seg_lens: list[int], num_examples: int, num_tokens: int) -> dict:
     cu = np.zeros(len(seg_lens) + 1, dtype=np.int32)
     np.cumsum(seg_lens, out=cu[1:])
@@ -181,8 +440,14 @@ def pack(examples: Sequence[TokenizedExample], max_seq_len: int, pad_id: int, pa
     """
     if not examples:
         return empty_batch(pad_id)
+    return pack_rows(examples, balanced_bins([len(ex) for ex in examples], max_seq_len), max_seq_len, pad_id,
+                     pad_to_multiple_of)
+
+
+def pack_rows(examples: Sequence[TokenizedExample], bins: list[list[int]], max_seq_len: int, pad_id: int,
+              pad_to_multiple_of: int = 1) -> dict:
+    """`pack` with the rows given: ``bins[r]`` lists the indices of the examples of row r, in order."""
     lengths = [len(ex) for ex in examples]
-    bins = balanced_bins(lengths, max_seq_len)
     fill = max(sum(lengths[i] for i in b) for b in bins)
     T = min(-(-fill // pad_to_multiple_of) * pad_to_multiple_of, max(max_seq_len, fill))
     R = len(bins)
