@@ -120,15 +120,57 @@ def render(example: Example, tokenizer, prompt_format: PromptFormat = "plain") -
     return formats.render_plain(messages)
 
 
+def rust_backend(tokenizer):
+    """The `tokenizers.Tokenizer` that the HF wrapper's ``__call__`` hands the texts to unchanged, or
+    None (a slow / sentencepiece Python tokenizer, or a class that overrides the encode path).
+
+    ``tokenizer(texts, add_special_tokens=a, split_special_tokens=s)["input_ids"]`` of a
+    `TokenizersBackend` turns the backend's truncation and padding off (the call neither truncates
+    nor pads), sets ``encode_special_tokens = s``, calls ``encode_batch(texts, add_special_tokens=a)``
+    and copies every encoding's fields into Python lists; `rust_encode` does the same on the backend
+    and reads only the ids (``tests/test_data_tokenize_rust.py``: identical ids)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode_special_tokens"):
+        return None
+    try:
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:  # an older transformers: its wrapper is not the one checked here
+        return None
+    kind = type(tokenizer)
+    if not isinstance(tokenizer, TokenizersBackend) or kind.__call__ is not TokenizersBackend.__call__ \
+            or kind._encode_plus is not TokenizersBackend._encode_plus or hasattr(tokenizer, "_switch_to_input_mode"):
+        return None
+    return backend
+
+
+def rust_encode(backend, texts: Sequence[str], add_special_tokens: bool, split_special: bool) -> list[list[int]]:
+    """Ids of `texts` straight from the Rust `backend` (`rust_backend`), as the HF wrapper call gives them."""
+    if backend.truncation is not None:  # what the wrapper does for truncation=False / padding=False
+        backend.no_truncation()
+    if backend.padding is not None:
+        backend.no_padding()
+    if backend.encode_special_tokens != split_special:
+        backend.encode_special_tokens = split_special
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # the same ids, no offsets computed
+    return [e.ids for e in encode(list(texts), add_special_tokens=add_special_tokens)]
+
+
 def batch_encode(tokenizer, texts: Sequence[str], add_special_tokens: bool, split_special: bool = True) -> list[list[int]]:
-    """Token ids of many texts through the tokenizer's batched (Rust) path, in chunks.
+    """Token ids of many texts through the tokenizer's batched (Rust) path, in chunks: the ids of
+    ``tokenizer(texts, add_special_tokens=..., split_special_tokens=...)["input_ids"]``, read straight
+    from the Rust backend where there is one (`rust_backend`), else from that call.
 
     ``split_special``: special-token text inside the texts is encoded as text (HF
     ``split_special_tokens``); ``add_special_tokens`` still adds the real BOS/EOS ids."""
     out: list[list[int]] = []
+    backend = rust_backend(tokenizer)
     for start in range(0, len(texts), _CHUNK):
         chunk = list(texts[start : start + _CHUNK])
-        out.extend(tokenizer(chunk, add_special_tokens=add_special_tokens, split_special_tokens=split_special)["input_ids"])
+        if backend is not None:
+            out.extend(rust_encode(backend, chunk, add_special_tokens, split_special))
+        else:
+            out.extend(tokenizer(chunk, add_special_tokens=add_special_tokens,
+                                 split_special_tokens=split_special)["input_ids"])
     return out
 
 
