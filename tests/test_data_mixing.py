@@ -246,6 +246,22 @@ def test_generic_rows_identical_to_decoding_every_document(which, tiny_tokenizer
                [(x.id, x.input_ids.tolist(), x.labels.tolist()) for x in ref]
 
 
+def test_generic_rows_of_repeated_documents_identical_to_decoding_every_document(tiny_tokenizer):
+    """More draws than the built-in corpus has documents: each document is tokenized once and its row
+    repeated; rows, ids and the too-long count are those of tokenizing every drawn document."""
+    from remix_ds.data.config import MixConfig
+    from remix_ds.data.generic import generic_rows
+
+    for n, max_len in [(1500, 512), (400, 240)]:
+        cfg = DataConfig(kvr=KVRConfig(num_pairs=10), max_seq_len=max_len, mix=MixConfig(generic_ratio=1.0, seed=5))
+        ref, ref_drop = reference_generic_rows(cfg, tiny_tokenizer, n)
+        got, drop = generic_rows(cfg, tiny_tokenizer, n)
+        assert drop == ref_drop and (drop > 0) is (max_len == 240)
+        assert len({x.input_ids.tobytes() for x in got}) < n  # documents did repeat
+        assert [(x.id, x.input_ids.tolist(), x.labels.tolist()) for x in got] == \
+               [(x.id, x.input_ids.tolist(), x.labels.tolist()) for x in ref]
+
+
 def test_word_counts_from_ids_equal_decoding_on_the_whole_corpus(tiny_tokenizer, sp_tok, bpe_tok):
     from remix_ds.data import corpus
     from remix_ds.data.doc_words import WordCounter, fast_batch_decode

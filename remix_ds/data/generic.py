@@ -89,17 +89,24 @@ def generic_rows(cfg: DataConfig, tokenizer, count: int) -> tuple[list[Tokenized
         drawn = reader.sample_document_indices(rng, 2 * want + 8)
         n_words, cut = words_and_cut(drawn)
         ok = n_words >= need
-        words = counter.words([reader.tokens(int(bounds[i]), int(bounds[i] + c))
-                               for i, c in zip(drawn[ok].tolist(), cut[ok])])
+        # a row depends only on its document: each distinct document is read and tokenized once
+        # (draws repeat documents: the built-in corpus has 2,930), duplicates share its arrays
+        uniq, first, inv = np.unique(drawn[ok], return_index=True, return_inverse=True)
+        words = counter.words(reader.ranges(bounds[uniq], bounds[uniq] + cut[ok][first]))
         if any(len(w) < need for w in words):  # the table overcounted: decode whole documents from here on
             counter.exact = False
             words = [w for w in (t.split() for t in fast_batch_decode(tokenizer, [reader.document(int(i)) for i in drawn]))
                      if len(w) >= need]
+            inv = np.arange(len(words))
         # NOTE: rows from per-word ids, identical to tokenizing each formatted row (word_cache.py)
-        toks, dropped = completion.rows([w[:need] for w in words], cfg.mix.prompt_words, cfg.mix.answer_words,
-                                        "generic", cfg.max_seq_len)
-        too_long += dropped
-        kept += toks[:want]
+        toks, _ = completion.rows([w[:need] for w in words], cfg.mix.prompt_words, cfg.mix.answer_words,
+                                  "generic", cfg.max_seq_len)
+        by_doc: list[TokenizedExample | None] = [None] * len(words)
+        for t in toks:
+            by_doc[int(t.id.rsplit("-", 1)[1])] = t
+        rows = [by_doc[j] for j in inv.tolist()]
+        too_long += sum(r is None for r in rows)  # every drawn row that does not fit, as each were tokenized
+        kept += [r for r in rows if r is not None][:want]
         if len(kept) == count:
             # ids are positions in the mixed set, so they stay unique across refills
             return [TokenizedExample(f"generic-{i}", t.input_ids, t.labels) for i, t in enumerate(kept)], too_long
