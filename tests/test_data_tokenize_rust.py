@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 
 from remix_ds.data.tokenize import batch_encode, rust_backend, tokenize_examples
@@ -95,3 +96,31 @@ def test_a_class_that_overrides_the_encode_path_keeps_the_wrapper(tiny_tokenizer
     tok.__class__ = Custom
     assert rust_backend(tok) is None
     assert batch_encode(tok, ["a b"], False) == [[7] + batch_encode(tiny_tokenizer, ["a b"], False)[0]]
+
+
+def test_rows_equal_per_example_assembly(tok):
+    """Rows laid out in one flat array == each example's segments tokenized and concatenated on their own."""
+    from remix_ds.data.tokenize import IGNORE, render
+
+    exs = [Example(id=str(i), source="t", prompt=f"Key K{i}: {t}?", answer=t or "x") for i, t in enumerate(TEXTS)]
+    exs.append(Example(id="chat", source="t", messages=[
+        {"role": "user", "content": "hi </s>"}, {"role": "assistant", "content": "one"},
+        {"role": "user", "content": "again"}, {"role": "assistant", "content": "two <s>"}]))
+    for mode in ("answer", "all"):
+        for max_len in (None, 40):
+            res = tokenize_examples(exs, tok, mode=mode, max_len=max_len)
+            want, dropped = [], []
+            for ex in exs:
+                ids, labels = [], []
+                for j, seg in enumerate(render(ex, tok)):
+                    part = tok([seg.text], add_special_tokens=j == 0, split_special_tokens=True)["input_ids"][0]
+                    part = part + ([tok.eos_token_id] if seg.eos else [])
+                    ids += part
+                    labels += part if mode == "all" or seg.supervised else [IGNORE] * len(part)
+                if len(ids) < 2 or (max_len is not None and len(ids) > max_len):
+                    dropped.append(ex.id)
+                    continue
+                want.append((ex.id, ids, [IGNORE] + labels[1:]))
+            assert [(x.id, x.input_ids.tolist(), x.labels.tolist()) for x in res.examples] == want
+            assert res.dropped_ids == dropped and (max_len is None or dropped)
+            assert all(x.input_ids.dtype == np.int32 and x.labels.dtype == np.int32 for x in res.examples)

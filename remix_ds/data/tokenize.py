@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Literal, Sequence
 
 import numpy as np
@@ -433,23 +434,17 @@ def tokenize_examples(
     first_special = prompt_format == "plain"  # a chat template writes its own BOS
     kept: list[TokenizedExample] = []
     dropped: list[str] = []
-    if mode == "key_spans":
-        per_seg = _key_span_ids(segmented, tokenizer, first_special, key_span_delimiters, [ex.id for ex in examples])
-    else:
-        seg_ids = _segment_ids(segmented, tokenizer, first_special)
+    if mode != "key_spans":
+        return _assemble(examples, segmented, _segment_ids(segmented, tokenizer, first_special), eos, mode, max_len)
+    per_seg = _key_span_ids(segmented, tokenizer, first_special, key_span_delimiters, [ex.id for ex in examples])
     for e, (ex, segs) in enumerate(zip(examples, segmented)):
         ids_parts, lab_parts = [], []
         for s, seg in enumerate(segs):
-            if mode == "key_spans":
-                ids, mask, _ = per_seg[e][s]
-                ids = np.asarray(ids, dtype=np.int32)
-                labels = np.where(mask, ids, IGNORE).astype(np.int32)
-                if seg.eos:
-                    ids, labels = np.append(ids, eos), np.append(labels, IGNORE)
-            else:
-                ids = np.asarray(seg_ids[e][s] + ([eos] if seg.eos else []), dtype=np.int32)
-                on = mode == "all" or seg.supervised
-                labels = ids.copy() if on else np.full(len(ids), IGNORE, dtype=np.int32)
+            ids, mask, _ = per_seg[e][s]
+            ids = np.asarray(ids, dtype=np.int32)
+            labels = np.where(mask, ids, IGNORE).astype(np.int32)
+            if seg.eos:
+                ids, labels = np.append(ids, eos), np.append(labels, IGNORE)
             ids_parts.append(ids)
             lab_parts.append(labels.astype(np.int32))
         input_ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int32)
@@ -460,6 +455,34 @@ def tokenize_examples(
         labels[0] = IGNORE  # never train a row's first token (packing puts examples end to end)
         kept.append(TokenizedExample(ex.id, input_ids.astype(np.int32), labels))
     return TokenizeResult(kept, dropped)
+
+
+def _assemble(examples, segmented, seg_ids, eos: int, mode: LossMode, max_len: int | None) -> TokenizeResult:
+    """Rows of the `answer` / `all` / `surprise` modes from segment ids, laid out in one flat array:
+    each example's segments (+ EOS where flagged) end to end, labels = ids on supervised segments
+    (every segment in `all`), -100 elsewhere and at each row's first token. Rows are views of the
+    flat arrays (nothing writes into a row's arrays in place)."""
+    parts: list[list[int]] = []
+    on: list[bool] = []
+    per_example = np.zeros(len(examples) + 1, np.int64)  # segments before example e
+    for e, (segs, ids) in enumerate(zip(segmented, seg_ids)):
+        for seg, part in zip(segs, ids):
+            parts.append(part + [eos] if seg.eos else part)
+            on.append(mode == "all" or seg.supervised)
+        per_example[e + 1] = len(parts)
+    seg_len = np.fromiter(map(len, parts), np.int64, len(parts))
+    flat = np.fromiter(chain.from_iterable(parts), np.int32, int(seg_len.sum()))
+    labels = np.where(np.repeat(np.asarray(on, bool), seg_len), flat, IGNORE).astype(np.int32)
+    bounds = np.concatenate([[0], np.cumsum(seg_len)])[per_example]  # token bounds of each example
+    lengths = np.diff(bounds)
+    keep = lengths >= 2
+    if max_len is not None:
+        keep &= lengths <= max_len
+    labels[bounds[:-1][keep]] = IGNORE  # never train a row's first token (packing puts examples end to end)
+    starts, ends = bounds[:-1].tolist(), bounds[1:].tolist()
+    kept = [TokenizedExample(ex.id, flat[a:b], labels[a:b])
+            for ex, a, b, k in zip(examples, starts, ends, keep.tolist()) if k]
+    return TokenizeResult(kept, [ex.id for ex, k in zip(examples, keep.tolist()) if not k])
 
 
 def from_token_ids(ids: np.ndarray, example_id: str) -> TokenizedExample:
