@@ -262,6 +262,41 @@ def test_generic_rows_of_repeated_documents_identical_to_decoding_every_document
                [(x.id, x.input_ids.tolist(), x.labels.tolist()) for x in ref]
 
 
+@pytest.mark.parametrize("which,max_len", [("tiny", 512), ("tiny", 240), ("bpe", 512)])
+def test_fresh_generic_rows_identical_to_tokenizing_each_decoded_document(which, max_len, tiny_tokenizer, bpe_tok,
+                                                                          shard_corpus):
+    """redraw=epoch rows == each drawn document decoded, cut to its first words and tokenized whole;
+    a row that does not fit is replaced by the unit one pass later."""
+    from remix_ds.data.config import MixConfig
+    from remix_ds.data.generic import GenericRows, completion_examples
+    from remix_ds.data.tokenize import tokenize_for
+
+    tok, corpus = (tiny_tokenizer, "builtin") if which == "tiny" else (bpe_tok, shard_corpus)
+    mix = MixConfig(generic_ratio=1.0, generic_corpus=corpus, redraw="epoch", seed=2)
+    cfg = DataConfig(kvr=KVRConfig(num_pairs=10), max_seq_len=max_len, mix=mix)
+    g = GenericRows(cfg, tok, 700)
+    need = mix.prompt_words + mix.answer_words
+
+    def reference(unit):
+        words = tok.decode(g._reader.document(int(unit)), skip_special_tokens=True).split()
+        if len(words) < need:
+            return None
+        rows, _ = tokenize_for(completion_examples([words[:need]], cfg, "generic"), cfg, tok, "answer")
+        return rows[0] if rows else None
+
+    for epoch in (0, 3):
+        slots = np.arange(0, 700, 3)
+        got = g.rows(epoch, 0, slots)
+        want = []
+        for s in slots.tolist():
+            k = 0
+            while (row := reference(g.units(epoch, np.array([s + k * len(g._units)]))[0])) is None:
+                k += 1
+            want.append((f"generic-e{epoch}-{s}", row.input_ids.tolist(), row.labels.tolist()))
+        assert [(x.id, x.input_ids.tolist(), x.labels.tolist()) for x in got] == want
+    assert (g.substituted > 0) is (max_len == 240)
+
+
 def test_word_counts_from_ids_equal_decoding_on_the_whole_corpus(tiny_tokenizer, sp_tok, bpe_tok):
     from remix_ds.data import corpus
     from remix_ds.data.doc_words import WordCounter, fast_batch_decode
