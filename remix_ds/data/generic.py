@@ -229,8 +229,8 @@ class GenericRows:
             cut = self._cut[docs]
         else:
             cut = self._counter.count_and_cut([reader.document(int(i)) for i in docs], need)[1]
-        texts = fast_batch_decode(self.tokenizer, reader.ranges(self._bounds[docs], self._bounds[docs] + cut))
-        words = [t.split() for t in texts]
+        # decode(...).split() of each cut document, from per-token pieces (doc_words.py)
+        words = self._counter.words(reader.ranges(self._bounds[docs], self._bounds[docs] + cut))
         good = [j for j, w in enumerate(words) if len(w) >= need]
         if self._rows is None:  # its unit cache grows over the epochs
             self._rows = CompletionRows(self.tokenizer, m.instruction, self.cfg.prompt_format)
