@@ -246,6 +246,57 @@ def test_generic_rows_identical_to_decoding_every_document(which, tiny_tokenizer
                [(x.id, x.input_ids.tolist(), x.labels.tolist()) for x in ref]
 
 
+def test_generic_rows_of_repeated_documents_identical_to_decoding_every_document(tiny_tokenizer):
+    """More draws than the built-in corpus has documents: each document is tokenized once and its row
+    repeated; rows, ids and the too-long count are those of tokenizing every drawn document."""
+    from remix_ds.data.config import MixConfig
+    from remix_ds.data.generic import generic_rows
+
+    for n, max_len in [(1500, 512), (400, 240)]:
+        cfg = DataConfig(kvr=KVRConfig(num_pairs=10), max_seq_len=max_len, mix=MixConfig(generic_ratio=1.0, seed=5))
+        ref, ref_drop = reference_generic_rows(cfg, tiny_tokenizer, n)
+        got, drop = generic_rows(cfg, tiny_tokenizer, n)
+        assert drop == ref_drop and (drop > 0) is (max_len == 240)
+        assert len({x.input_ids.tobytes() for x in got}) < n  # documents did repeat
+        assert [(x.id, x.input_ids.tolist(), x.labels.tolist()) for x in got] == \
+               [(x.id, x.input_ids.tolist(), x.labels.tolist()) for x in ref]
+
+
+@pytest.mark.parametrize("which,max_len", [("tiny", 512), ("tiny", 240), ("bpe", 512)])
+def test_fresh_generic_rows_identical_to_tokenizing_each_decoded_document(which, max_len, tiny_tokenizer, bpe_tok,
+                                                                          shard_corpus):
+    """redraw=epoch rows == each drawn document decoded, cut to its first words and tokenized whole;
+    a row that does not fit is replaced by the unit one pass later."""
+    from remix_ds.data.config import MixConfig
+    from remix_ds.data.generic import GenericRows, completion_examples
+    from remix_ds.data.tokenize import tokenize_for
+
+    tok, corpus = (tiny_tokenizer, "builtin") if which == "tiny" else (bpe_tok, shard_corpus)
+    mix = MixConfig(generic_ratio=1.0, generic_corpus=corpus, redraw="epoch", seed=2)
+    cfg = DataConfig(kvr=KVRConfig(num_pairs=10), max_seq_len=max_len, mix=mix)
+    g = GenericRows(cfg, tok, 700)
+    need = mix.prompt_words + mix.answer_words
+
+    def reference(unit):
+        words = tok.decode(g._reader.document(int(unit)), skip_special_tokens=True).split()
+        if len(words) < need:
+            return None
+        rows, _ = tokenize_for(completion_examples([words[:need]], cfg, "generic"), cfg, tok, "answer")
+        return rows[0] if rows else None
+
+    for epoch in (0, 3):
+        slots = np.arange(0, 700, 3)
+        got = g.rows(epoch, 0, slots)
+        want = []
+        for s in slots.tolist():
+            k = 0
+            while (row := reference(g.units(epoch, np.array([s + k * len(g._units)]))[0])) is None:
+                k += 1
+            want.append((f"generic-e{epoch}-{s}", row.input_ids.tolist(), row.labels.tolist()))
+        assert [(x.id, x.input_ids.tolist(), x.labels.tolist()) for x in got] == want
+    assert (g.substituted > 0) is (max_len == 240)
+
+
 def test_word_counts_from_ids_equal_decoding_on_the_whole_corpus(tiny_tokenizer, sp_tok, bpe_tok):
     from remix_ds.data import corpus
     from remix_ds.data.doc_words import WordCounter, fast_batch_decode

@@ -86,6 +86,33 @@ def test_kvr_is_deterministic_distinct_and_configurable():
     assert [x.answer for x in generate_kvr(KVRConfig(seed=1))] != [x.answer for x in a]
 
 
+def reference_kvr(cfg):
+    """generate_kvr with a per-row Python join (the joined strings must not change)."""
+    import numpy as np
+
+    rng = np.random.default_rng(cfg.seed)
+    alphabet = np.array(list(dict.fromkeys(cfg.alphabet)))
+    keys, seen = [], set()
+    while len(keys) < cfg.num_pairs:
+        need = cfg.num_pairs - len(keys)
+        for k in map("".join, alphabet[rng.integers(0, len(alphabet), size=(2 * need, cfg.key_len))]):
+            if k not in seen:
+                seen.add(k)
+                keys.append(k)
+                if len(keys) == cfg.num_pairs:
+                    break
+    values = map("".join, alphabet[rng.integers(0, len(alphabet), size=(cfg.num_pairs, cfg.value_len))])
+    return [(f"The value of key {k} is?", v) for k, v in zip(keys, values)]
+
+
+@pytest.mark.parametrize("kw", [{}, dict(num_pairs=3000, key_len=3, alphabet="abcdefghijklmnopqrstuvwxyz", seed=4),
+                                dict(num_pairs=300, key_len=5, value_len=1, alphabet="\u00e9\U0001f600x\x00 ", seed=2),
+                                dict(num_pairs=50, key_len=6, value_len=3, alphabet="ab ")])
+def test_kvr_keys_and_values_are_the_per_row_joins(kw):
+    cfg = KVRConfig(**kw)
+    assert [(x.prompt, x.answer) for x in generate_kvr(cfg)] == reference_kvr(cfg)
+
+
 def test_split_heldout_and_subsample(tmp_path):
     f = write_jsonl(tmp_path / "g.jsonl", [{"id": f"r{i}", "prompt": f"q{i}", "answer": f"a{i}"} for i in range(20)])
     train = load_examples(SourceConfig(dataset=f, num_examples=5, heldout_size=3))

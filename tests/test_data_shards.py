@@ -98,6 +98,23 @@ def test_documents_windows_across_shards(tmp_path):
         r.window(r.num_windows(L), L)
 
 
+def test_ranges_equal_tokens_within_and_across_shards(tmp_path):
+    rng = np.random.default_rng(1)
+    docs = [np.append(rng.integers(3, 900, size=rng.integers(1, 30)), 2) for _ in range(40)]
+    write_shard_dir(docs_to_batches(docs, 3), tmp_path, FP, max_tokens_per_shard=100)
+    r = ShardReader(tmp_path)
+    stream = np.concatenate(docs)
+    starts = rng.integers(0, len(stream), 300)
+    stops = np.minimum(starts + rng.integers(0, 60, 300), len(stream))  # empty ones, and some cross a shard
+    starts[:2], stops[:2] = [0, len(stream)], [len(stream), len(stream)]
+    got = r.ranges(starts, stops)
+    assert [g.tolist() for g in got] == [stream[a:b].tolist() for a, b in zip(starts, stops)]
+    assert all(g.dtype == np.int32 for g in got)
+    assert r.ranges(np.zeros(0, np.int64), np.zeros(0, np.int64)) == []
+    with pytest.raises(IndexError, match="token ranges"):
+        r.ranges([5], [len(stream) + 1])
+
+
 def test_seeded_sampling_is_deterministic(tmp_path):
     docs = [np.array([i, i + 1, 2]) for i in range(3, 60)]
     write_shard_dir(docs_to_batches(docs), tmp_path, FP)

@@ -318,7 +318,7 @@ def part_stage(repeats: int, factoids: int = 32_000) -> list[dict]:
     decode_all_generic_rows = baseline("stage").decode_all_generic_rows
 
     from remix_ds.bench.data import _data_cfg
-    from remix_ds.data.mixing import generic_rows
+    from remix_ds.data.generic import generic_rows
     from remix_ds.models import load_tokenizer
 
     l0 = load()
@@ -334,7 +334,7 @@ def part_stage(repeats: int, factoids: int = 32_000) -> list[dict]:
     t = alternate({"ours": arm("ours", generic_rows), "decode": arm("decode", decode_all_generic_rows)}, repeats, 0)
     same = [x.input_ids.tolist() for x in got["ours"]] == [x.input_ids.tolist() for x in got["decode"]]
     return [row("stage_build", "stage build, generic rows", f"{factoids:,} generic completion rows (a {factoids:,}-factoid "
-                "stage at ratio 1), tiny tokenizer", "s", ("word cache (remix_ds.data.mixing.generic_rows)", t["ours"]),
+                "stage at ratio 1), tiny tokenizer", "s", ("word cache, each drawn document once (remix_ds.data.generic.generic_rows)", t["ours"]),
                 ("decode every drawn document, tokenize rows", t["decode"]), 3.0, higher_is_better=False,
                 goal_on="ours", check=f"rows identical: {same}", load_before=l0)]
 

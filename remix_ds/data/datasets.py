@@ -172,6 +172,15 @@ def known_datasets() -> list[str]:
     return sorted(REGISTRY)
 
 
+def _join_rows(chars: np.ndarray) -> list[str]:
+    """``[''.join(row) for row in chars]`` of a (n, L) array of one-character strings, by viewing each
+    row as one L-character numpy string (numpy strips trailing NULs: rows that can hold one are joined)."""
+    n, length = chars.shape
+    if length == 0 or chars.dtype != np.dtype("<U1") or (chars == "\x00").any():
+        return list(map("".join, chars))
+    return np.ascontiguousarray(chars).view(f"<U{length}").reshape(n).tolist()
+
+
 def generate_kvr(cfg: KVRConfig) -> list[Example]:
     """`cfg.num_pairs` distinct keys with random values, deterministic from `cfg.seed` (vectorized)."""
     rng = np.random.default_rng(cfg.seed)
@@ -181,13 +190,13 @@ def generate_kvr(cfg: KVRConfig) -> list[Example]:
     while len(keys) < cfg.num_pairs:  # draw in bulk, keep first occurrences (collisions are rare)
         need = cfg.num_pairs - len(keys)
         draw = alphabet[rng.integers(0, len(alphabet), size=(2 * need, cfg.key_len))]
-        for k in map("".join, draw):
+        for k in _join_rows(draw):
             if k not in seen:
                 seen.add(k)
                 keys.append(k)
                 if len(keys) == cfg.num_pairs:
                     break
-    values = map("".join, alphabet[rng.integers(0, len(alphabet), size=(cfg.num_pairs, cfg.value_len))])
+    values = _join_rows(alphabet[rng.integers(0, len(alphabet), size=(cfg.num_pairs, cfg.value_len))])
     return [
         Example(id=f"kvr-{i}", source="kvr", prompt=formats.kvr_prompt(k), answer=v)
         for i, (k, v) in enumerate(zip(keys, values))

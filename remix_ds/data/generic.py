@@ -26,7 +26,7 @@ from remix_ds.data import formats
 from remix_ds.data.config import DataConfig
 from remix_ds.data.doc_words import WordCounter, fast_batch_decode
 from remix_ds.data.records import DataError, Example
-from remix_ds.data.tokenize import TokenizedExample, from_token_ids, tokenize_for
+from remix_ds.data.tokenize import TokenizedExample, from_token_ids
 from remix_ds.data.word_cache import CompletionRows
 
 WHOLE_CORPUS_TOKENS = 256_000_000
@@ -89,17 +89,24 @@ def generic_rows(cfg: DataConfig, tokenizer, count: int) -> tuple[list[Tokenized
         drawn = reader.sample_document_indices(rng, 2 * want + 8)
         n_words, cut = words_and_cut(drawn)
         ok = n_words >= need
-        words = counter.words([reader.tokens(int(bounds[i]), int(bounds[i] + c))
-                               for i, c in zip(drawn[ok].tolist(), cut[ok])])
+        # a row depends only on its document: each distinct document is read and tokenized once
+        # (draws repeat documents: the built-in corpus has 2,930), duplicates share its arrays
+        uniq, first, inv = np.unique(drawn[ok], return_index=True, return_inverse=True)
+        words = counter.words(reader.ranges(bounds[uniq], bounds[uniq] + cut[ok][first]))
         if any(len(w) < need for w in words):  # the table overcounted: decode whole documents from here on
             counter.exact = False
             words = [w for w in (t.split() for t in fast_batch_decode(tokenizer, [reader.document(int(i)) for i in drawn]))
                      if len(w) >= need]
+            inv = np.arange(len(words))
         # NOTE: rows from per-word ids, identical to tokenizing each formatted row (word_cache.py)
-        toks, dropped = completion.rows([w[:need] for w in words], cfg.mix.prompt_words, cfg.mix.answer_words,
-                                        "generic", cfg.max_seq_len)
-        too_long += dropped
-        kept += toks[:want]
+        toks, _ = completion.rows([w[:need] for w in words], cfg.mix.prompt_words, cfg.mix.answer_words,
+                                  "generic", cfg.max_seq_len)
+        by_doc: list[TokenizedExample | None] = [None] * len(words)
+        for t in toks:
+            by_doc[int(t.id.rsplit("-", 1)[1])] = t
+        rows = [by_doc[j] for j in inv.tolist()]
+        too_long += sum(r is None for r in rows)  # every drawn row that does not fit, as each were tokenized
+        kept += [r for r in rows if r is not None][:want]
         if len(kept) == count:
             # ids are positions in the mixed set, so they stay unique across refills
             return [TokenizedExample(f"generic-{i}", t.input_ids, t.labels) for i, t in enumerate(kept)], too_long
@@ -130,7 +137,7 @@ class GenericRows:
         self.per_epoch = count
         """Generic rows per epoch."""
         self._passes: dict[int, np.ndarray] = {}
-        self._reader = self._units = self._cut = None
+        self._reader = self._units = self._cut = self._rows = None
         if self.fresh and count:
             self._open()
 
@@ -213,18 +220,22 @@ class GenericRows:
                         f"words that fits data.max_seq_len={self.cfg.max_seq_len} after {_SUBSTITUTE_TRIES} passes")
 
     def _completion_rows(self, docs: np.ndarray) -> list[TokenizedExample | None]:
+        """Each document's completion row (None: fewer than need words, or too long); each distinct
+        document is decoded and tokenized once, rows from per-word ids as in `generic_rows`."""
         m, reader = self.cfg.mix, self._reader
         need = m.prompt_words + m.answer_words
+        docs, inv = np.unique(docs, return_inverse=True)
         if self._cut is not None:
             cut = self._cut[docs]
         else:
             cut = self._counter.count_and_cut([reader.document(int(i)) for i in docs], need)[1]
-        texts = fast_batch_decode(self.tokenizer, [reader.tokens(int(self._bounds[i]), int(self._bounds[i] + c))
-                                                   for i, c in zip(docs.tolist(), cut)])
-        words = [t.split() for t in texts]
+        # decode(...).split() of each cut document, from per-token pieces (doc_words.py)
+        words = self._counter.words(reader.ranges(self._bounds[docs], self._bounds[docs] + cut))
         good = [j for j, w in enumerate(words) if len(w) >= need]
-        # completion_examples numbers its rows generic-0, generic-1, ... in the order given
-        toks, _ = tokenize_for(completion_examples([words[j][:need] for j in good], self.cfg, "generic"), self.cfg,
-                               self.tokenizer, "answer")
-        by_slot = {good[int(t.id.rsplit("-", 1)[1])]: t for t in toks}
-        return [by_slot.get(j) for j in range(len(docs))]
+        if self._rows is None:  # its unit cache grows over the epochs
+            self._rows = CompletionRows(self.tokenizer, m.instruction, self.cfg.prompt_format)
+        # NOTE: identical to tokenize_for(completion_examples(...), "answer") (word_cache.py); ids generic-{k}
+        toks, _ = self._rows.rows([words[j][:need] for j in good], m.prompt_words, m.answer_words, "generic",
+                                  self.cfg.max_seq_len)
+        by_doc = {good[int(t.id.rsplit("-", 1)[1])]: t for t in toks}
+        return [by_doc.get(j) for j in inv.tolist()]

@@ -667,6 +667,30 @@ class ShardReader:
             pos, s = end, s + 1
         return out
 
+    def ranges(self, starts: np.ndarray, stops: np.ndarray) -> list[np.ndarray]:
+        """``[tokens(a, b) for a, b in zip(starts, stops)]``, gathered with one index per shard
+        (ranges that cross a shard boundary: one `tokens` call each)."""
+        starts, stops = np.asarray(starts, np.int64), np.asarray(stops, np.int64)
+        if len(starts) and (starts.min() < 0 or stops.max() > self.num_tokens or (stops < starts).any()):
+            raise IndexError(f"token ranges outside [0, {self.num_tokens}) of {self.path}")
+        lens = stops - starts
+        out: list[np.ndarray | None] = [None] * len(starts)
+        shard = np.searchsorted(self._shard_tok_start, starts, side="right") - 1
+        inside = stops <= self._shard_tok_start[np.minimum(shard + 1, len(self._shard_tok_start) - 1)]
+        for j in np.flatnonzero(lens == 0).tolist():
+            out[j] = np.zeros(0, np.int32)
+        inside &= lens > 0
+        for s in np.unique(shard[inside]).tolist():
+            sel = np.flatnonzero(inside & (shard == s))
+            n = lens[sel]
+            at = np.repeat(starts[sel] - self._shard_tok_start[s] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
+            flat = np.asarray(self._shards[s].tokens[at], dtype=np.int32)
+            for j, part in zip(sel.tolist(), np.split(flat, np.cumsum(n)[:-1])):
+                out[j] = part
+        for j in np.flatnonzero(~inside).tolist():
+            out[j] = self.tokens(int(starts[j]), int(stops[j]))
+        return out
+
     def document(self, i: int) -> np.ndarray:
         """Document ``i`` (EOS last): (doc_len,) int32."""
         n = self.num_documents

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Literal, Sequence
 
 import numpy as np
@@ -120,15 +121,57 @@ def render(example: Example, tokenizer, prompt_format: PromptFormat = "plain") -
     return formats.render_plain(messages)
 
 
+def rust_backend(tokenizer):
+    """The `tokenizers.Tokenizer` that the HF wrapper's ``__call__`` hands the texts to unchanged, or
+    None (a slow / sentencepiece Python tokenizer, or a class that overrides the encode path).
+
+    ``tokenizer(texts, add_special_tokens=a, split_special_tokens=s)["input_ids"]`` of a
+    `TokenizersBackend` turns the backend's truncation and padding off (the call neither truncates
+    nor pads), sets ``encode_special_tokens = s``, calls ``encode_batch(texts, add_special_tokens=a)``
+    and copies every encoding's fields into Python lists; `rust_encode` does the same on the backend
+    and reads only the ids (``tests/test_data_tokenize_rust.py``: identical ids)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode_special_tokens"):
+        return None
+    try:
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:  # an older transformers: its wrapper is not the one checked here
+        return None
+    kind = type(tokenizer)
+    if not isinstance(tokenizer, TokenizersBackend) or kind.__call__ is not TokenizersBackend.__call__ \
+            or kind._encode_plus is not TokenizersBackend._encode_plus or hasattr(tokenizer, "_switch_to_input_mode"):
+        return None
+    return backend
+
+
+def rust_encode(backend, texts: Sequence[str], add_special_tokens: bool, split_special: bool) -> list[list[int]]:
+    """Ids of `texts` straight from the Rust `backend` (`rust_backend`), as the HF wrapper call gives them."""
+    if backend.truncation is not None:  # what the wrapper does for truncation=False / padding=False
+        backend.no_truncation()
+    if backend.padding is not None:
+        backend.no_padding()
+    if backend.encode_special_tokens != split_special:
+        backend.encode_special_tokens = split_special
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # the same ids, no offsets computed
+    return [e.ids for e in encode(list(texts), add_special_tokens=add_special_tokens)]
+
+
 def batch_encode(tokenizer, texts: Sequence[str], add_special_tokens: bool, split_special: bool = True) -> list[list[int]]:
-    """Token ids of many texts through the tokenizer's batched (Rust) path, in chunks.
+    """Token ids of many texts through the tokenizer's batched (Rust) path, in chunks: the ids of
+    ``tokenizer(texts, add_special_tokens=..., split_special_tokens=...)["input_ids"]``, read straight
+    from the Rust backend where there is one (`rust_backend`), else from that call.
 
     ``split_special``: special-token text inside the texts is encoded as text (HF
     ``split_special_tokens``); ``add_special_tokens`` still adds the real BOS/EOS ids."""
     out: list[list[int]] = []
+    backend = rust_backend(tokenizer)
     for start in range(0, len(texts), _CHUNK):
         chunk = list(texts[start : start + _CHUNK])
-        out.extend(tokenizer(chunk, add_special_tokens=add_special_tokens, split_special_tokens=split_special)["input_ids"])
+        if backend is not None:
+            out.extend(rust_encode(backend, chunk, add_special_tokens, split_special))
+        else:
+            out.extend(tokenizer(chunk, add_special_tokens=add_special_tokens,
+                                 split_special_tokens=split_special)["input_ids"])
     return out
 
 
@@ -391,23 +434,17 @@ def tokenize_examples(
     first_special = prompt_format == "plain"  # a chat template writes its own BOS
     kept: list[TokenizedExample] = []
     dropped: list[str] = []
-    if mode == "key_spans":
-        per_seg = _key_span_ids(segmented, tokenizer, first_special, key_span_delimiters, [ex.id for ex in examples])
-    else:
-        seg_ids = _segment_ids(segmented, tokenizer, first_special)
+    if mode != "key_spans":
+        return _assemble(examples, segmented, _segment_ids(segmented, tokenizer, first_special), eos, mode, max_len)
+    per_seg = _key_span_ids(segmented, tokenizer, first_special, key_span_delimiters, [ex.id for ex in examples])
     for e, (ex, segs) in enumerate(zip(examples, segmented)):
         ids_parts, lab_parts = [], []
         for s, seg in enumerate(segs):
-            if mode == "key_spans":
-                ids, mask, _ = per_seg[e][s]
-                ids = np.asarray(ids, dtype=np.int32)
-                labels = np.where(mask, ids, IGNORE).astype(np.int32)
-                if seg.eos:
-                    ids, labels = np.append(ids, eos), np.append(labels, IGNORE)
-            else:
-                ids = np.asarray(seg_ids[e][s] + ([eos] if seg.eos else []), dtype=np.int32)
-                on = mode == "all" or seg.supervised
-                labels = ids.copy() if on else np.full(len(ids), IGNORE, dtype=np.int32)
+            ids, mask, _ = per_seg[e][s]
+            ids = np.asarray(ids, dtype=np.int32)
+            labels = np.where(mask, ids, IGNORE).astype(np.int32)
+            if seg.eos:
+                ids, labels = np.append(ids, eos), np.append(labels, IGNORE)
             ids_parts.append(ids)
             lab_parts.append(labels.astype(np.int32))
         input_ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int32)
@@ -418,6 +455,34 @@ def tokenize_examples(
         labels[0] = IGNORE  # never train a row's first token (packing puts examples end to end)
         kept.append(TokenizedExample(ex.id, input_ids.astype(np.int32), labels))
     return TokenizeResult(kept, dropped)
+
+
+def _assemble(examples, segmented, seg_ids, eos: int, mode: LossMode, max_len: int | None) -> TokenizeResult:
+    """Rows of the `answer` / `all` / `surprise` modes from segment ids, laid out in one flat array:
+    each example's segments (+ EOS where flagged) end to end, labels = ids on supervised segments
+    (every segment in `all`), -100 elsewhere and at each row's first token. Rows are views of the
+    flat arrays (nothing writes into a row's arrays in place)."""
+    parts: list[list[int]] = []
+    on: list[bool] = []
+    per_example = np.zeros(len(examples) + 1, np.int64)  # segments before example e
+    for e, (segs, ids) in enumerate(zip(segmented, seg_ids)):
+        for seg, part in zip(segs, ids):
+            parts.append(part + [eos] if seg.eos else part)
+            on.append(mode == "all" or seg.supervised)
+        per_example[e + 1] = len(parts)
+    seg_len = np.fromiter(map(len, parts), np.int64, len(parts))
+    flat = np.fromiter(chain.from_iterable(parts), np.int32, int(seg_len.sum()))
+    labels = np.where(np.repeat(np.asarray(on, bool), seg_len), flat, IGNORE).astype(np.int32)
+    bounds = np.concatenate([[0], np.cumsum(seg_len)])[per_example]  # token bounds of each example
+    lengths = np.diff(bounds)
+    keep = lengths >= 2
+    if max_len is not None:
+        keep &= lengths <= max_len
+    labels[bounds[:-1][keep]] = IGNORE  # never train a row's first token (packing puts examples end to end)
+    starts, ends = bounds[:-1].tolist(), bounds[1:].tolist()
+    kept = [TokenizedExample(ex.id, flat[a:b], labels[a:b])
+            for ex, a, b, k in zip(examples, starts, ends, keep.tolist()) if k]
+    return TokenizeResult(kept, [ex.id for ex, k in zip(examples, keep.tolist()) if not k])
 
 
 def from_token_ids(ids: np.ndarray, example_id: str) -> TokenizedExample:
