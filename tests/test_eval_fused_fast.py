@@ -31,10 +31,10 @@ def _same(got, ref) -> None:
                                rtol=1e-4, atol=1e-4)
 
 
-def _score(model, items, max_seq_len, max_batch_tokens, pad, trim=True):
+def _score(model, items, max_seq_len, max_batch_tokens, pad, trim=True, share_prefix=True):
     attn = model.config._attn_implementation
     out = [r for b in fused.batches(items, max_seq_len, max_batch_tokens, pad, attn)
-           for r in fused.forward_batch(model, b, trim=trim)]
+           for r in fused.forward_batch(model, b, trim=trim, share_prefix=share_prefix)]
     return sorted(out, key=lambda r: r.index)
 
 
@@ -47,13 +47,14 @@ def kvr_items(trained_tiny):
 
 
 @pytest.mark.parametrize("max_seq_len,max_batch_tokens", [(0, 8192), (0, 160), (96, 192), (1, 1)])
-@pytest.mark.parametrize("trim", [True, False])
-def test_fast_path_equals_the_plain_reference(trained_tiny, kvr_items, max_seq_len, max_batch_tokens, trim):
+@pytest.mark.parametrize("trim,share_prefix", [(True, True), (False, False), (True, False), (False, True)])
+def test_fast_path_equals_the_plain_reference(trained_tiny, kvr_items, max_seq_len, max_batch_tokens, trim,
+                                              share_prefix):
     model, tok, _ = trained_tiny
     ref = fused.score_reference(model, kvr_items)
     assert 0 < sum(r.correct for r in ref) < len(ref), "the fixture model must get some but not all pairs right"
     assert any(r.span_correct and not all(r.span_correct) for r in ref) or any(all(r.span_correct) for r in ref)
-    _same(_score(model, kvr_items, max_seq_len, max_batch_tokens, tok.pad_token_id, trim), ref)
+    _same(_score(model, kvr_items, max_seq_len, max_batch_tokens, tok.pad_token_id, trim, share_prefix), ref)
 
 
 def test_collate_layout_is_the_plain_one(trained_tiny, kvr_items):
@@ -81,45 +82,60 @@ def test_collate_layout_is_the_plain_one(trained_tiny, kvr_items):
                         at += n
 
 
-def test_trim_runs_the_last_mlp_on_the_answer_positions_only(trained_tiny, kvr_items):
+def test_trim_and_shared_prefix_cut_the_work(trained_tiny, kvr_items):
+    """The shared prompt prefix runs once (one row), the rest of each row after it; the last
+    layer's MLP runs on the answer positions only. Results stay the reference's."""
     model, tok, _ = trained_tiny
     b = fused.batches(kvr_items, 0, 8192, tok.pad_token_id, "sdpa")[0]
+    rows, width = b.input_ids.shape
+    shared = fused.shared_prefix_length(model, b)
+    assert shared >= 5  # BOS + the KVR prompt's opening words
+    assert b.input_ids[:, :shared].eq(b.input_ids[:1, :shared]).all()
+    assert (b.input_ids[:, shared] != b.input_ids[0, shared]).any() or shared == min(p for _, _, p, _ in b.spans) - 1
     n_keep = sum(a for *_, a in b.spans)
     rows_seen = []
     layers = model.model.layers
     hooks = [layers[i].mlp.down_proj.register_forward_hook(
         lambda m, args, out, i=i: rows_seen.append((i, args[0].shape[:-1].numel()))) for i in (0, len(layers) - 1)]
     try:
-        fused.forward_batch(model, b)
+        got = fused.forward_batch(model, b)
     finally:
         for h in hooks:
             h.remove()
-    assert rows_seen == [(0, b.input_ids.numel()), (len(layers) - 1, n_keep)]
-    assert n_keep < b.input_ids.numel() / 2
+    last = len(layers) - 1
+    assert rows_seen == [(0, shared), (last, shared), (0, rows * (width - shared)), (last, n_keep)]
+    assert n_keep < rows * (width - shared) / 2
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules()), "hooks are removed"
+    _same(sorted(got, key=lambda r: r.index), fused.score_reference(model, b.items))
+    plain = fused.forward_batch(model, b, trim=False, share_prefix=False)
+    _same(sorted(got, key=lambda r: r.index), sorted(plain, key=lambda r: r.index))
 
 
 def _tiny(model_type: str):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    extra = {"gemma2": dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
-                            attn_logit_softcapping=50.0, final_logit_softcapping=30.0),
+    gemma2 = dict(head_dim=16, query_pre_attn_scalar=16, attn_logit_softcapping=50.0, final_logit_softcapping=30.0)
+    extra = {"gemma2": dict(gemma2, sliding_window=8), "gemma2-wide": dict(gemma2, sliding_window=64),
              "mistral": dict(sliding_window=8), "qwen2": dict(use_sliding_window=False),
              "qwen3": dict(head_dim=16)}.get(model_type, {})
-    cfg = AutoConfig.for_model(model_type, vocab_size=2048, hidden_size=64, intermediate_size=128,
+    cfg = AutoConfig.for_model(model_type.split("-")[0], vocab_size=2048, hidden_size=64, intermediate_size=128,
                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                max_position_embeddings=256, **extra)
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(cfg).eval()
 
 
-@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "qwen3", "gemma2"])
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma2-wide"])
 def test_trim_keeps_results_across_architectures(trained_tiny, kvr_items, model_type):
-    """Random-init models of each family (Gemma-2: softcapping, a sliding window shorter than the
-    examples): trimmed == untrimmed == the plain reference, and the trim did engage."""
+    """Random-init models of each family (Gemma-2: softcapping, hybrid cache; Mistral and
+    Gemma-2: a sliding window shorter than the examples, so no shared prefix; the others and
+    Gemma-2 with a wide window share it): trimmed ==
+    the plain reference, and the trim did engage."""
     _, tok, _ = trained_tiny
     model = _tiny(model_type)
     assert len(fused._trimmable(model)) == 4
+    b = fused.batches(kvr_items, 0, 8192, tok.pad_token_id, "sdpa")[0]
+    assert (fused.shared_prefix_length(model, b) > 0) == (model_type not in ("mistral", "gemma2"))
     ref = fused.score_reference(model, kvr_items)
     _same(_score(model, kvr_items, 0, 8192, tok.pad_token_id, trim=True), ref)
     _same(_score(model, kvr_items, 96, 192, tok.pad_token_id, trim=True), ref)

@@ -192,6 +192,11 @@ class _KeptRowsOnly:
         return full.view(self.rows, self.width, -1)
 
 
+def _partitioned(model) -> bool:
+    """ZeRO-3 parameters not gathered (each forward all-gathers them)."""
+    return any(p.numel() == 0 and hasattr(p, "ds_id") for p in model.parameters())
+
+
 def _trimmable(model) -> list[torch.nn.Module]:
     """The last decoder layer's query and output projections and dense MLP, and the final norm,
     where the model has them under the usual Hugging Face names (Llama, Mistral, Qwen2/3,
@@ -200,8 +205,8 @@ def _trimmable(model) -> list[torch.nn.Module]:
     layers = getattr(decoder, "layers", None)
     if not isinstance(layers, torch.nn.ModuleList) or not len(layers):
         return []
-    if any(p.numel() == 0 and hasattr(p, "ds_id") for p in model.parameters()):
-        return []  # ZeRO-3 parameters not gathered: leave DeepSpeed's hooks the only ones
+    if _partitioned(model):
+        return []  # leave DeepSpeed's hooks the only ones
     last, attn = layers[-1], getattr(layers[-1], "self_attn", None)
     found = [getattr(attn, "q_proj", None), getattr(attn, "o_proj", None)]
     found = [m for m in found if isinstance(m, torch.nn.Linear)]
@@ -235,6 +240,42 @@ def trim_last_layer(model, keep_index: torch.Tensor, rows: int, width: int, enab
             h.remove()
 
 
+def _cache_kwarg(model) -> str:
+    """The name under which this transformers version takes and returns a KV cache."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+MIN_SHARED_PREFIX = 2
+
+
+def shared_prefix_length(model, batch: PackedBatch) -> int:
+    """How many first tokens all rows of a causal batch share and no kept position needs as a
+    query (at most the shortest prompt minus one), when the model can take them from a KV cache:
+    a ``DynamicCache`` that repeats over the batch, and no sliding window shorter than the rows
+    (a windowed cache drops keys). 0 when not worth it (fewer than ``MIN_SHARED_PREFIX`` tokens,
+    one row) or not possible (packed rows, varlen attention, a partitioned ZeRO-3 model, other
+    models)."""
+    rows, width = batch.input_ids.shape
+    if not batch.causal or rows < 2 or _partitioned(model):
+        return 0  # partitioned: every extra forward is a collective, ranks must run the same ones
+    window = getattr(model.config, "sliding_window", None)
+    if window is not None and window < width:
+        return 0
+    try:
+        from transformers.cache_utils import DynamicCache
+    except ImportError:  # pragma: no cover - transformers without caches
+        return 0
+    if not hasattr(DynamicCache, "batch_repeat_interleave") or not getattr(model, "_supports_cache_class", True):
+        return 0
+    ids = batch.input_ids
+    differs = (ids != ids[:1]).any(0).nonzero()
+    common = int(differs[0]) if len(differs) else width
+    shared = min(common, min(p for _, _, p, _ in batch.spans) - 1)
+    return shared if shared >= MIN_SHARED_PREFIX else 0
+
+
 def _kept(batch: PackedBatch) -> tuple[np.ndarray, np.ndarray]:
     """(flat positions whose logits predict an answer token or the EOS, in row-major order;
     each example's first index into them, plus the total). ``_collate`` lays examples out in
@@ -247,12 +288,15 @@ def _kept(batch: PackedBatch) -> tuple[np.ndarray, np.ndarray]:
 
 
 @torch.no_grad()
-def forward_batch(model, batch: PackedBatch, trim: bool = True) -> list[FusedResult]:
+def forward_batch(model, batch: PackedBatch, trim: bool = True, share_prefix: bool = True) -> list[FusedResult]:
     """Score one packed batch. ``model`` is a plain HF causal LM (already unwrapped/gathered).
 
     trim: run the last decoder layer's position-wise work and the final norm at the kept
-    positions only (:func:`trim_last_layer`); the results equal the untrimmed pass's to float
-    precision (``tests/test_eval_paths.py``)."""
+    positions only (:func:`trim_last_layer`).
+    share_prefix: run the first tokens that every causal row shares once
+    (:func:`shared_prefix_length`).
+    Both leave the results equal to the plain pass's to float precision
+    (``tests/test_eval_fused_fast.py``)."""
     device = _model_device(model)
     keep_index, seg = _kept(batch)
     gold = batch.input_ids.view(-1)[torch.from_numpy(keep_index + 1)]  # the token each kept position predicts
@@ -266,16 +310,37 @@ def forward_batch(model, batch: PackedBatch, trim: bool = True) -> list[FusedRes
     if takes_varlen_kwargs(getattr(model.config, "_attn_implementation", None)):
         kwargs = _varlen_kwargs(batch, device)
     keep_dev = torch.from_numpy(keep_index).to(device)
-    with trim_last_layer(model, keep_dev, rows, width, enabled=trim):
+    shared = shared_prefix_length(model, batch) if share_prefix and not kwargs else 0
+    logits = None
+    if shared:
+        # The rows' common first tokens run once (one row, KV cache), the rest of every row reads
+        # that cache: the same keys and values each row would have computed for them.
+        rest = width - shared
+        keep_rest = torch.from_numpy((keep_index // width) * rest + keep_index % width - shared).to(device)
+        cache_kw = _cache_kwarg(model)
         try:
-            # Only the kept positions go through the LM head: (N_keep, V) instead of (R, T, V).
-            logits = model(input_ids=ids, position_ids=pos, use_cache=False,
-                           logits_to_keep=keep.view(rows, width).to(device), **kwargs).logits
+            first = model(input_ids=ids[:1, :shared], position_ids=pos[:1, :shared], use_cache=True, logits_to_keep=1)
+            cache = getattr(first, cache_kw)
+            cache.batch_repeat_interleave(rows)
+            with trim_last_layer(model, keep_rest, rows, rest, enabled=trim):
+                logits = model(input_ids=ids[:, shared:], position_ids=pos[:1, shared:], use_cache=True,
+                               logits_to_keep=keep.view(rows, width)[:, shared:].to(device),
+                               **{cache_kw: cache}).logits
             if logits.dim() != 2:
-                raise TypeError("model ignored a boolean logits_to_keep")
-        except TypeError:
-            logits = model(input_ids=ids, position_ids=pos, use_cache=False, **kwargs).logits
-            logits = logits.reshape(-1, logits.shape[-1]).index_select(0, keep_dev)
+                logits = None
+        except (TypeError, AttributeError):  # no boolean logits_to_keep or no repeatable cache: the plain pass
+            logits = None
+    if logits is None:
+        with trim_last_layer(model, keep_dev, rows, width, enabled=trim):
+            try:
+                # Only the kept positions go through the LM head: (N_keep, V) instead of (R, T, V).
+                logits = model(input_ids=ids, position_ids=pos, use_cache=False,
+                               logits_to_keep=keep.view(rows, width).to(device), **kwargs).logits
+                if logits.dim() != 2:
+                    raise TypeError("model ignored a boolean logits_to_keep")
+            except TypeError:
+                logits = model(input_ids=ids, position_ids=pos, use_cache=False, **kwargs).logits
+                logits = logits.reshape(-1, logits.shape[-1]).index_select(0, keep_dev)
     logits = logits.float()  # (N_keep, V), row-major order of the kept positions
     gold_dev = gold.to(device)
     # log p(gold) = logit(gold) - logsumexp; argmax and the runner-up logit by two max passes
