@@ -149,3 +149,18 @@ def test_models_laid_out_otherwise_run_untrimmed(trained_tiny, kvr_items):
     model = GPT2LMHeadModel(GPT2Config(vocab_size=2048, n_embd=64, n_layer=2, n_head=4, n_positions=256)).eval()
     assert fused._trimmable(model) == []
     _same(_score(model, kvr_items[:12], 0, 8192, tok.pad_token_id), fused.score_reference(model, kvr_items[:12]))
+
+
+def test_partitioned_zero3_models_run_the_plain_pass(trained_tiny, kvr_items):
+    """Parameters still partitioned (ZeRO-3 without gathering: every forward is a collective, ranks
+    must run the same forwards): no extra prefix forward and no hooks beside DeepSpeed's."""
+    _, tok, _ = trained_tiny
+    model = _tiny("llama")
+    b = fused.batches(kvr_items, 0, 8192, tok.pad_token_id, "sdpa")[0]
+    assert fused.shared_prefix_length(model, b) > 0 and fused._trimmable(model)
+    for p in model.parameters():
+        p.ds_id = 0  # gathered: whole parameters, tagged
+    assert not fused._partitioned(model) and fused.shared_prefix_length(model, b) > 0
+    model.model.layers[0].mlp.up_proj.weight.data = torch.empty(0)  # one partitioned parameter
+    assert fused._partitioned(model)
+    assert fused.shared_prefix_length(model, b) == 0 and fused._trimmable(model) == []

@@ -194,7 +194,11 @@ class _KeptRowsOnly:
 
 def _partitioned(model) -> bool:
     """ZeRO-3 parameters not gathered (each forward all-gathers them)."""
-    return any(p.numel() == 0 and hasattr(p, "ds_id") for p in model.parameters())
+    params = model.parameters()
+    first = next(params, None)
+    if first is None or not hasattr(first, "ds_id"):  # ZeRO-3 tags every parameter: not a ZeRO-3 model
+        return False
+    return any(p.numel() == 0 for p in (first, *params))
 
 
 def _trimmable(model) -> list[torch.nn.Module]:
