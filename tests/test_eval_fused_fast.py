@@ -83,8 +83,9 @@ def test_collate_layout_is_the_plain_one(trained_tiny, kvr_items):
 
 
 def test_trim_and_shared_prefix_cut_the_work(trained_tiny, kvr_items):
-    """The shared prompt prefix runs once (one row), the rest of each row after it; the last
-    layer's MLP runs on the answer positions only. Results stay the reference's."""
+    """The shared prompt prefix runs once (one row), the rest of each row after it up to the
+    last column; the last layer's MLP runs on the answer positions only. Results stay the
+    reference's."""
     model, tok, _ = trained_tiny
     b = fused.batches(kvr_items, 0, 8192, tok.pad_token_id, "sdpa")[0]
     rows, width = b.input_ids.shape
@@ -103,8 +104,9 @@ def test_trim_and_shared_prefix_cut_the_work(trained_tiny, kvr_items):
         for h in hooks:
             h.remove()
     last = len(layers) - 1
-    assert rows_seen == [(0, shared), (last, shared), (0, rows * (width - shared)), (last, n_keep)]
-    assert n_keep < rows * (width - shared) / 2
+    # The last column (the longest rows' EOS, padding elsewhere) predicts nothing and is not run.
+    assert rows_seen == [(0, shared), (last, shared), (0, rows * (width - 1 - shared)), (last, n_keep)]
+    assert n_keep < rows * (width - 1 - shared) / 2
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules()), "hooks are removed"
     _same(sorted(got, key=lambda r: r.index), fused.score_reference(model, b.items))
     plain = fused.forward_batch(model, b, trim=False, share_prefix=False)

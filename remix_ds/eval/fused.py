@@ -305,22 +305,26 @@ def forward_batch(model, batch: PackedBatch, trim: bool = True, share_prefix: bo
     keep_index, seg = _kept(batch)
     gold = batch.input_ids.view(-1)[torch.from_numpy(keep_index + 1)]  # the token each kept position predicts
     rows, width = batch.input_ids.shape
-    keep = torch.zeros(rows * width, dtype=torch.bool)
-    keep[torch.from_numpy(keep_index)] = True
-    ids = batch.input_ids.to(device)
-    # Causal rows share positions 0..width-1: one row of them (the rotary tables are computed once).
-    pos = (batch.position_ids[:1] if batch.causal else batch.position_ids).to(device)
     kwargs = {}
     if takes_varlen_kwargs(getattr(model.config, "_attn_implementation", None)):
         kwargs = _varlen_kwargs(batch, device)
-    keep_dev = torch.from_numpy(keep_index).to(device)
+    # The last column holds each row's final token (an example's EOS, the last one of its
+    # sequence) or padding: no kept position is there and none reads its key. Dropped, unless
+    # cu_seq_lens describe the full rows.
+    cols = width - 1 if not kwargs and width > 1 else width
+    row_of, col_of = keep_index // width, keep_index % width
+    keep = torch.zeros(rows, cols, dtype=torch.bool)
+    keep[torch.from_numpy(row_of), torch.from_numpy(col_of)] = True
+    ids = batch.input_ids[:, :cols].to(device)
+    # Causal rows share positions 0..width-1: one row of them (the rotary tables are computed once).
+    pos = (batch.position_ids[:1] if batch.causal else batch.position_ids)[:, :cols].to(device)
     shared = shared_prefix_length(model, batch) if share_prefix and not kwargs else 0
     logits = None
     if shared:
         # The rows' common first tokens run once (one row, KV cache), the rest of every row reads
         # that cache: the same keys and values each row would have computed for them.
-        rest = width - shared
-        keep_rest = torch.from_numpy((keep_index // width) * rest + keep_index % width - shared).to(device)
+        rest = cols - shared
+        keep_rest = torch.from_numpy(row_of * rest + col_of - shared).to(device)
         cache_kw = _cache_kwarg(model)
         try:
             first = model(input_ids=ids[:1, :shared], position_ids=pos[:1, :shared], use_cache=True, logits_to_keep=1)
@@ -328,18 +332,18 @@ def forward_batch(model, batch: PackedBatch, trim: bool = True, share_prefix: bo
             cache.batch_repeat_interleave(rows)
             with trim_last_layer(model, keep_rest, rows, rest, enabled=trim):
                 logits = model(input_ids=ids[:, shared:], position_ids=pos[:1, shared:], use_cache=True,
-                               logits_to_keep=keep.view(rows, width)[:, shared:].to(device),
-                               **{cache_kw: cache}).logits
+                               logits_to_keep=keep[:, shared:].to(device), **{cache_kw: cache}).logits
             if logits.dim() != 2:
                 logits = None
         except (TypeError, AttributeError):  # no boolean logits_to_keep or no repeatable cache: the plain pass
             logits = None
     if logits is None:
-        with trim_last_layer(model, keep_dev, rows, width, enabled=trim):
+        keep_dev = torch.from_numpy(row_of * cols + col_of).to(device)
+        with trim_last_layer(model, keep_dev, rows, cols, enabled=trim):
             try:
                 # Only the kept positions go through the LM head: (N_keep, V) instead of (R, T, V).
-                logits = model(input_ids=ids, position_ids=pos, use_cache=False,
-                               logits_to_keep=keep.view(rows, width).to(device), **kwargs).logits
+                logits = model(input_ids=ids, position_ids=pos, use_cache=False, logits_to_keep=keep.to(device),
+                               **kwargs).logits
                 if logits.dim() != 2:
                     raise TypeError("model ignored a boolean logits_to_keep")
             except TypeError:
