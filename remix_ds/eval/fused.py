@@ -3,8 +3,16 @@
 Each example is laid out as ``prompt + gold answer + EOS``; many examples are packed per row with
 position ids restarting at 0 (``use_cache=False``, no attention mask, so transformers builds a
 block-diagonal causal mask; models whose attention takes varlen kwargs, flash-attention and
-``remix_varlen``, also get ``cu_seq_lens_*``: the rule the training loss uses too). An example is
+``remix_varlen``, also get ``cu_seq_lens_*``: the rule the training loss uses too); with sdpa or
+eager attention, one example per causal row instead (:func:`causal_rows`). An example is
 *correct* iff the argmax at every answer position and at the final EOS equals the gold token.
+
+Work the pass skips, each exact up to float summation order (checked against the plain
+:func:`score_reference`): the first tokens all causal rows of a batch share run once, in one row,
+and the rest of each row reads them from a repeated KV cache (:func:`shared_prefix_length`); the
+last decoder layer's query / output projections and MLP, and the final norm, run at the answer
+positions only (:func:`trim_last_layer`); the rows' last column (a final EOS or padding) is not
+run; the LM head runs at the answer positions only (``logits_to_keep``).
 
 Why this is greedy decoding's verdict: greedy decoding from the same prompt ids emits token
 ``t_j = argmax p(. | prompt, t_<j)``. If every argmax under teacher forcing equals the gold token,
