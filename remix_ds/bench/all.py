@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from remix_ds.bench.loss_worker import available_bytes, spawn_loss_worker
+from remix_ds.bench.record import PARTS
 
 SECTIONS = ("fused_loss", "attention", "train", "data", "eval")
 
@@ -262,7 +263,7 @@ def add_bench_all_command(bsub) -> None:
     p.add_argument("--record", action="store_true",
                    help="run the headline benchmarks instead (remix_ds/bench/record.py): write "
                         "docs/bench_results/headline.json and the table in docs/benchmarks.md")
-    p.add_argument("--record-parts", default="random_words,eval,eval_zero3,loss,packing,stage",
+    p.add_argument("--record-parts", default=",".join(PARTS),
                    help="headline parts to run with --record (rows of the others are kept)")
     p.add_argument("--record-repeats", type=int, default=3, help="alternated repetitions per arm with --record")
     p.add_argument("--skip", default="", help=f"comma-separated sections to skip: {','.join(SECTIONS)}")

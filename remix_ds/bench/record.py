@@ -336,7 +336,38 @@ def part_stage(repeats: int, factoids: int = 32_000) -> list[dict]:
     return [row("stage_build", "stage build, generic rows", f"{factoids:,} generic completion rows (a {factoids:,}-factoid "
                 "stage at ratio 1), tiny tokenizer", "s", ("word cache, each drawn document once (remix_ds.data.generic.generic_rows)", t["ours"]),
                 ("decode every drawn document, tokenize rows", t["decode"]), 3.0, higher_is_better=False,
-                goal_on="ours", check=f"rows identical: {same}", load_before=l0)]
+                goal_on="ours", check=f"rows identical: {same}", load_before=l0), _stage_full_row(repeats, factoids)]
+
+
+def _stage_full_row(repeats: int, factoids: int) -> dict:
+    """The whole stage (`build_stage_stream`: KVR facts, their tokens, the generic rows at ratio 1)
+    with ids read straight from the Rust tokenizer, against the same build through the HF
+    tokenizer's ``__call__`` (`data.tokenize.rust_backend` answering None, as for a slow tokenizer)."""
+    from unittest import mock
+
+    from remix_ds.bench.data import _data_cfg
+    from remix_ds.data import tokenize
+    from remix_ds.data.mixing import build_stage_stream
+    from remix_ds.models import load_tokenizer
+
+    l0 = load()
+    tok = load_tokenizer("tiny")
+    cfg = _data_cfg(factoids, 2048, generic_ratio=1.0, generic_format="completion")
+    got = {}
+
+    def wrapper():
+        with mock.patch.object(tokenize, "rust_backend", lambda tokenizer: None):
+            got["wrapper"] = build_stage_stream(cfg, tok, 0).epoch_items(0)
+
+    def rust():
+        got["rust"] = build_stage_stream(cfg, tok, 0).epoch_items(0)
+
+    t = alternate({"rust": rust, "wrapper": wrapper}, repeats)
+    same = [x.input_ids.tolist() for x in got["rust"]] == [x.input_ids.tolist() for x in got["wrapper"]]
+    return row("stage_build_full", "stage build, whole stage", f"{factoids:,} KVR facts + {factoids:,} generic completion "
+               "rows (build_stage_stream), tiny tokenizer", "s", ("ids straight from the Rust tokenizer", t["rust"]),
+               ("the same build through the HF tokenizer call", t["wrapper"]), 3.0, higher_is_better=False,
+               goal_on="ours", check=f"rows identical: {same}", load_before=l0)
 
 
 def part_train(repeats: int) -> list[dict]:
