@@ -109,6 +109,21 @@ def bpe_tokenizer():
                                    bos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
+def llama3_style(bpe_tok):
+    """The byte-level BPE with a Llama-3 pre-tokenizer (Split regex, then ByteLevel without its regex)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from remix_ds.data.word_cache import LLAMA3_PATTERN
+
+    spec = json.loads(bpe_tok.backend_tokenizer.to_str())
+    spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": LLAMA3_PATTERN}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), eos_token="<|endoftext|>",
+                                   bos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
 def tokenizers():
     return {"sentencepiece": sp_tokenizer(), "bytelevel_bpe": bpe_tokenizer()}
 

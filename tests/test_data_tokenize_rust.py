@@ -3,34 +3,18 @@
 from __future__ import annotations
 
 import copy
-import json
 
 import numpy as np
 import pytest
 
 from remix_ds.data.tokenize import batch_encode, rust_backend, tokenize_examples
 from remix_ds.data.records import Example
-from helpers import CountingTokenizer
+from helpers import CountingTokenizer, llama3_style
 
 TEXTS = ["Paris", "", " ", "  leading and trailing  ", "The value of key K12 is?", "two, three and 12345!",
          "</s> inside <s> text <unk> and <|endoftext|>", "<s>", "</s>", "a</s>b", "na\u00efve \u65e5\u672c\u8a9e \U0001f600",
          "tab\tnew\nline\r\n", "\u2581x a\u2581b", "e\u0301 \ufb01 \u200d", "1,000,000 U.S. don't",
          " ".join(f"w{i}" for i in range(600))]
-
-
-def llama3_style(bpe_tok):
-    """The byte-level BPE with a Llama-3 pre-tokenizer (Split regex, then ByteLevel without its regex)."""
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    from remix_ds.data.word_cache import LLAMA3_PATTERN
-
-    spec = json.loads(bpe_tok.backend_tokenizer.to_str())
-    spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": LLAMA3_PATTERN}, "behavior": "Isolated", "invert": False},
-        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), eos_token="<|endoftext|>",
-                                   bos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
 @pytest.fixture(params=["tiny", "sentencepiece", "bytelevel", "llama3"])

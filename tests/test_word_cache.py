@@ -10,7 +10,8 @@ import pytest
 from remix_ds.data import formats
 from remix_ds.data.records import Example
 from remix_ds.data.tokenize import tokenize_examples
-from remix_ds.data.word_cache import LLAMA3_PATTERN, CompletionRows, unit_split_reason
+from remix_ds.data.word_cache import CompletionRows, unit_split_reason
+from helpers import llama3_style
 
 ODD = ["the", "cat's", "don't", "U.S.", "12345", "3.14", "(hello)", "\u2014", "na\u00efve", "\u65e5\u672c\u8a9e",
        "\U0001f600", "e\u0301", "</s>", "<s>", "<|endoftext|>", "<unk>", "\u2581", "\u2581x", "a\u2581b", "'s", "'ll",
@@ -35,19 +36,6 @@ def whole_rows(rows, tok, p, a, max_len, instruction=formats.COMPLETION_INSTRUCT
            for i, w in enumerate(rows)]
     res = tokenize_examples(exs, tok, mode="answer", prompt_format=prompt_format, max_len=max_len)
     return [(x.id, x.input_ids.tolist(), x.labels.tolist()) for x in res.examples], res.dropped
-
-
-def llama3_style(bpe_tok):
-    """The byte-level BPE with a Llama-3 pre-tokenizer (Split regex, then ByteLevel without its regex)."""
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    spec = json.loads(bpe_tok.backend_tokenizer.to_str())
-    spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": LLAMA3_PATTERN}, "behavior": "Isolated", "invert": False},
-        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), eos_token="<|endoftext|>",
-                                   bos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
 @pytest.mark.parametrize("which", ["tiny", "sentencepiece", "bytelevel", "llama3"])
