@@ -137,7 +137,7 @@ def test_token_budget_metrics_and_loss_falls(token_run):
     assert [r["micro_batches"] for r in rows] == [2, 2, 2, 2, 1, 2]
     assert all(0 < r["micro_batch_fill"] <= 1 for r in rows)
     assert all(0 <= r["loader_wait_frac"] < 1 and r["loader_wait_s"] >= 0 for r in rows)
-    assert f"micro-batches of up to {BUDGET} tokens (2 rows of {SEQ})" in token_run["stdout"]
+    assert f"micro-batches of up to {BUDGET} token cells (rows x width, rows of at most {SEQ})" in token_run["stdout"]
 
 
 @pytest.mark.slow

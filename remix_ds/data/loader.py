@@ -92,7 +92,6 @@ class TrainLoader:
         self.reference_compat = reference_compat
         self.rows_per_epoch = len(stream)
         self.micro_batch_tokens = micro_batch_tokens
-        self.rows_per_micro_batch = micro_batch_tokens // max_seq_len
         self.per_step = step_examples if micro_batch_tokens else micro_batch_size * world_size
         self.batches_per_epoch = -(-self.rows_per_epoch // self.per_step)
         self.step_rows = step_examples or self.per_step

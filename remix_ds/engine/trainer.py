@@ -277,8 +277,8 @@ class Trainer:
             f"[remix-ds] world size {self.world} | device {self.device.type} | dtype {str(self.dtype).replace('torch.', '')}"
             f" | attention {self.attn} | ZeRO stage {zero_stage(self.ds_config)} | params {self.num_params:,}\n"
             + (f"[remix-ds] {c.train.global_batch_size} examples per optimizer step over {self.world} ranks, in micro-batches"
-               f" of up to {c.train.micro_batch_tokens} tokens ({c.train.micro_batch_tokens // c.data.max_seq_len} rows of"
-               f" {c.data.max_seq_len}) | {self.loader.batches_per_epoch} optimizer steps per epoch"
+               f" of up to {c.train.micro_batch_tokens} token cells (rows x width, rows of at most {c.data.max_seq_len})"
+               f" | {self.loader.batches_per_epoch} optimizer steps per epoch"
                if c.train.micro_batch_tokens else
                f"[remix-ds] {c.train.global_batch_size} examples per optimizer step = micro-batch {c.train.micro_batch_size}"
                f" x grad accum {self.gas} x {self.world} ranks | {self.loader.batches_per_epoch} micro-batches per rank per epoch")
