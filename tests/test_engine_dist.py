@@ -132,7 +132,7 @@ d.init_distributed("gloo")  # as an in-process test does: this environment now s
 sys.path.insert(0, "tests")
 from helpers import deepspeed_cmd, run_cmd
 probe = ("import sys, remix_ds.engine.dist as d; d.init_distributed('gloo'); "  # one write: ranks share the pipe
-         "sys.stdout.write(f'RANK {d.rank()} OF {d.world_size()}' + chr(10))")
+         "sys.stdout.write(f'RANK {d.rank()} OF {d.world_size()}' + chr(10)); d.shutdown()")
 open(sys.argv[1], "w").write(probe)
 print(run_cmd(deepspeed_cmd([sys.argv[1]], 2), timeout=240).stdout)
 """
@@ -163,6 +163,7 @@ from pathlib import Path
 mine = Path("/dev/shm") / f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ['MASTER_ADDR']}_{os.environ['MASTER_PORT']}_{d.rank()}"
 total = d.all_reduce_sum([1.0], __import__("torch").device("cpu"))  # the collectives work without the op
 sys.stdout.write(f"SHM {d.rank()} {mine.exists()} {comm.cdb.shm_comm_op is None} {total}" + chr(10))  # one write
+d.shutdown()  # as the package's entry points: gloo's threads left to interpreter exit can abort a rank
 """
 
 
