@@ -44,6 +44,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from remix_ds.bench.checkout import CHECKOUT, baseline
+from remix_ds.cachedir import write_text_atomic
 
 PARTS = ("random_words", "eval", "eval_zero3", "loss", "packing", "stage", "mix", "train")
 BEGIN, END = "<!-- bench-headline:begin -->", "<!-- bench-headline:end -->"
@@ -481,7 +482,7 @@ def rewrite_doc(doc: Path, table: str) -> None:
     if text.count(BEGIN) != 1 or text.count(END) != 1:
         raise SystemExit(f"{doc}: needs exactly one {BEGIN} and one {END} line")
     head, rest = text.split(BEGIN)
-    doc.write_text(head + BEGIN + "\n" + table + "\n" + END + rest.split(END, 1)[1])
+    write_text_atomic(doc, head + BEGIN + "\n" + table + "\n" + END + rest.split(END, 1)[1])
 
 
 def machine_summary() -> dict:
@@ -524,7 +525,7 @@ def record(parts: tuple[str, ...], repeats: int, root: Path = CHECKOUT, command:
         recorded = {"command": command, "repeats": repeats, "machine": machine_summary(),
                     "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": rows, "errors": errors}
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(recorded, indent=2) + "\n")
+        write_text_atomic(path, json.dumps(recorded, indent=2) + "\n")
         rewrite_doc(root / DOC, render(recorded))
     print(f"wrote {path} and the table in {root / DOC}")
     return recorded

@@ -449,7 +449,7 @@ def pack_rows(examples: Sequence[TokenizedExample], bins: list[list[int]], max_s
     """`pack` with the rows given: ``bins[r]`` lists the indices of the examples of row r, in order."""
     lengths = [len(ex) for ex in examples]
     fill = max(sum(lengths[i] for i in b) for b in bins)
-    T = min(-(-fill // pad_to_multiple_of) * pad_to_multiple_of, max(max_seq_len, fill))
+    T = _width(fill, max_seq_len, pad_to_multiple_of)
     R = len(bins)
     # Vectorized fill: every example's tokens go, in row order, to one flat run of destinations.
     flat = [i for b in bins for i in b]
